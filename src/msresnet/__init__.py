@@ -1,0 +1,19 @@
+"""msresnet: multi-scale ResNets for image recognition that keeps working when image scale changes."""
+
+from __future__ import annotations
+
+from msresnet.errors import UserError
+from msresnet.models import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+
+def load_model(path: str, **kwargs):
+    """Rebuild a trained model from a checkpoint (``.safetensors``) or a run directory; see
+    :func:`msresnet.engine.checkpoint.load_model`."""
+    from msresnet.engine.checkpoint import load_model as _load_model
+
+    return _load_model(path, **kwargs)
+
+
+__all__ = ["UserError", "__version__", "create_model", "list_models", "load_model", "register_model"]
