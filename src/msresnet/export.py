@@ -1,0 +1,239 @@
+"""Export a trained classifier to ONNX or TorchScript, verified against the eager model.
+
+The exported graph **includes the normalisation**: it takes images scaled to [0, 1] (``float32 [B, C, H, W]``) and
+returns logits, so a deployment needs no copy of the training mean/std. Batch, height and width are dynamic (any
+size at or above the model's ``min_input_size``).
+
+Before an export is reported as done, the file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for
+TorchScript) and run at three input sizes; its outputs must match the eager model within ``1e-3`` relative to the
+logits' magnitude (``max|a - b| <= 1e-3 * max(1, max|eager|)``). A mismatch raises :class:`ExportMismatchError`
+and the file is removed, so a bad export never looks like a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from msresnet.errors import UserError
+
+__all__ = [
+    "CHECK_SIZES",
+    "ExportCheck",
+    "ExportMismatchError",
+    "NormalizedClassifier",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+]
+
+#: (H, W) sizes at which an export is compared with the eager model: square, non-square, larger than training.
+CHECK_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (48, 80), (96, 96))
+RTOL = 1e-3
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported model does not reproduce the eager model (the file has been removed)."""
+
+
+@dataclass
+class ExportCheck:
+    """Parity of the exported model with the eager one at one input size."""
+
+    size: tuple[int, int]
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+class NormalizedClassifier(nn.Module):
+    """``model((x - mean) / std)``: the deployable form that takes [0, 1] images."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def _check_sizes(min_side: int) -> list[tuple[int, int]]:
+    """The check sizes, raised to the model's minimum where needed (duplicates dropped)."""
+    sizes: list[tuple[int, int]] = []
+    for h, w in CHECK_SIZES:
+        s = (max(h, min_side), max(w, min_side))
+        if s not in sizes:
+            sizes.append(s)
+    return sizes
+
+
+def _inputs(in_chans: int, sizes: Sequence[tuple[int, int]], seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # batch 2 so a graph that baked in the batch size fails the check
+    return [torch.rand(2, in_chans, h, w, generator=g) for h, w in sizes]
+
+
+def _compare(reference: torch.Tensor, got: np.ndarray | torch.Tensor, size: tuple[int, int]) -> ExportCheck:
+    got_t = torch.as_tensor(np.asarray(got)) if not isinstance(got, torch.Tensor) else got
+    if got_t.shape != reference.shape:
+        return ExportCheck(size, float("inf"), 0.0)
+    diff = (got_t.float() - reference.float()).abs().max().item()
+    tol = RTOL * max(1.0, reference.abs().max().item())
+    return ExportCheck(size, diff if np.isfinite(diff) else float("inf"), tol)
+
+
+def _finish(path: Path, checks: list[ExportCheck], what: str) -> list[ExportCheck]:
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        detail = ", ".join(
+            f"{c.size[0]}x{c.size[1]}: max abs diff {c.max_abs_diff:.3g} > {c.tolerance:.3g}" for c in bad
+        )
+        raise ExportMismatchError(f"{what} export does not match the eager model ({detail}); {path} removed")
+    return checks
+
+
+def _prepare_out(out: str | Path) -> Path:
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file name")
+    if not path.parent.exists():
+        raise UserError(f"output directory does not exist: {path.parent}")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"output directory is not writable: {path.parent}")
+    return path
+
+
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    opset: int = 17,
+    check: bool = True,
+) -> list[ExportCheck]:
+    """Export to ONNX with dynamic batch, height and width, then verify it with onnxruntime.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it records the shape arithmetic of adaptive pooling and
+    of the pyramid models' ``interpolate`` calls as graph ops, so sizes stay dynamic in every model family.
+
+    Args:
+        model: the eager classifier (normalised input).
+        out: the ``.onnx`` file to write.
+        in_chans, mean, std: from the checkpoint; normalisation goes into the graph.
+        opset: ONNX opset version.
+        check: compare with the eager model at :data:`CHECK_SIZES` (the file is removed on mismatch).
+
+    Returns:
+        One :class:`ExportCheck` per size (empty when ``check`` is False).
+    """
+    path = _prepare_out(out)
+    min_side = int(getattr(model, "min_input_size", 1) or 1)
+    wrapped = NormalizedClassifier(model, mean, std).eval()
+    h0 = max(64, min_side)
+    example = torch.rand(2, in_chans, h0, h0)
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's tracer warnings are about shapes we verify below
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    os.replace(tmp, path)
+    if not check:
+        return []
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        path.unlink()
+        raise UserError("onnxruntime is needed to verify the ONNX export: pip install 'msresnet[onnx]'") from None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sizes = _check_sizes(min_side)
+    checks = []
+    with torch.no_grad():
+        for size, x in zip(sizes, _inputs(in_chans, sizes), strict=True):
+            ref = wrapped(x)
+            (got,) = sess.run(["logits"], {"images": x.numpy()})
+            checks.append(_compare(ref, got, size))
+    return _finish(path, checks, "ONNX")
+
+
+def export_torchscript(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    check: bool = True,
+) -> list[ExportCheck]:
+    """Export to TorchScript (scripted when the model allows it, else traced) and verify it at three sizes.
+
+    Tracing records tensor-size arithmetic symbolically, so traced models also take any input size; the parity
+    check confirms it for the model at hand.
+    """
+    path = _prepare_out(out)
+    min_side = int(getattr(model, "min_input_size", 1) or 1)
+    wrapped = NormalizedClassifier(model, mean, std).eval()
+    h0 = max(64, min_side)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            module = torch.jit.script(wrapped)
+        except Exception:  # noqa: BLE001 - scripting fails on many valid Python models; tracing is the fallback
+            module = torch.jit.trace(wrapped, torch.rand(2, in_chans, h0, h0), check_trace=False)
+    tmp = path.with_name(path.name + ".tmp")
+    module.save(str(tmp))
+    os.replace(tmp, path)
+    if not check:
+        return []
+    loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    sizes = _check_sizes(min_side)
+    checks = []
+    with torch.no_grad():
+        for size, x in zip(sizes, _inputs(in_chans, sizes), strict=True):
+            checks.append(_compare(wrapped(x), loaded(x), size))
+    return _finish(path, checks, "TorchScript")
+
+
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    format: str,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    opset: int = 17,
+    check: bool = True,
+) -> list[ExportCheck]:
+    """Export in ``format`` (``onnx`` or ``torchscript``); see :func:`export_onnx` / :func:`export_torchscript`."""
+    model = model.float().cpu().eval()
+    if format == "onnx":
+        return export_onnx(model, out, in_chans=in_chans, mean=mean, std=std, opset=opset, check=check)
+    if format == "torchscript":
+        return export_torchscript(model, out, in_chans=in_chans, mean=mean, std=std, check=check)
+    raise UserError(f"unknown export format {format!r}; choose onnx or torchscript")

@@ -1,0 +1,300 @@
+"""Classify image files of any size and mode with a trained checkpoint (``msresnet predict``).
+
+Input policy (why): every classifier ends in global pooling, so an image is fed **at its own size** rather than
+squashed to the training canvas -- resizing would itself change the object scale this library is about. Two bounds
+apply: an image smaller than the model's ``min_input_size`` is enlarged (aspect kept) until it fits, and one whose
+longer side exceeds ``max_side`` (default 1024 px) is shrunk (aspect kept, antialiased) to bound time and memory.
+The image is converted to the checkpoint's channel count (grayscale ``L`` or ``RGB``, with 16-bit, palette, RGBA
+and CMYK handled by :func:`msresnet.data.images.load_image`), scaled to [0, 1] and normalised with the checkpoint's
+mean/std. Fashion-MNIST models saw light objects on a black background; photos of dark objects on white are out of
+their distribution.
+
+Bad files never stop a run: each is reported by name with the reason and the good ones are still classified.
+:attr:`PredictResult.exit_code` is 0 when every image was classified, 1 when some failed and 2 when none could be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msresnet.errors import UserError
+
+__all__ = [
+    "TTA_FACTORS",
+    "ImageFailure",
+    "ImagePrediction",
+    "PredictResult",
+    "expand_inputs",
+    "predict_files",
+    "predict_tensor",
+    "prepare_image",
+]
+
+#: Whole-image resize factors averaged by ``--tta`` (one octave around the native size, as in evaluation).
+TTA_FACTORS: tuple[float, ...] = (2**-0.5, 1.0, 2**0.5)
+
+
+@dataclass
+class ImagePrediction:
+    """Top-k classes for one image (probabilities from the softmax, highest first)."""
+
+    path: str
+    width: int
+    height: int
+    input_size: tuple[int, int]  # (H, W) actually fed to the model
+    top: list[dict[str, Any]]
+
+
+@dataclass
+class ImageFailure:
+    """An input that could not be classified, with the reason in words."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class PredictResult:
+    """Predictions and failures of one ``predict`` call."""
+
+    predictions: list[ImagePrediction] = field(default_factory=list)
+    failures: list[ImageFailure] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # non-image files skipped while expanding directories
+
+    @property
+    def exit_code(self) -> int:
+        """0: all classified; 1: some inputs failed; 2: nothing could be classified."""
+        if not self.failures:
+            return 0
+        return 1 if self.predictions else 2
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict: ``results`` (path, size, top-k) and ``errors`` (path, reason)."""
+        return {
+            "results": [asdict(p) | {"input_size": list(p.input_size)} for p in self.predictions],
+            "errors": [asdict(f) for f in self.failures],
+            "ignored": list(self.ignored),
+        }
+
+
+def _image_suffixes() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def expand_inputs(args: Sequence[str | Path]) -> tuple[list[Path], list[ImageFailure], list[str]]:
+    """Turn the command-line arguments into image files.
+
+    A file is taken as given (whatever its extension, so a mislabelled file gets a clear reason later). A directory
+    expands recursively to the files with an image extension known to Pillow, sorted; other files in it are
+    returned as ``ignored``. Hidden files are skipped.
+
+    Returns:
+        (files to try, failures for unusable arguments, ignored paths)
+    """
+    suffixes = _image_suffixes()
+    files: list[Path] = []
+    failures: list[ImageFailure] = []
+    ignored: list[str] = []
+    for raw in args:
+        p = Path(raw)
+        if p.is_dir():
+            found = []
+            for f in sorted(p.rglob("*")):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                (found if f.suffix.lower() in suffixes else ignored).append(f)  # type: ignore[arg-type]
+            if not found:
+                failures.append(ImageFailure(str(p), "directory holds no image files"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        elif p.exists():
+            failures.append(ImageFailure(str(p), "not a regular file"))
+        else:
+            failures.append(ImageFailure(str(p), "no such file or directory"))
+    return files, failures, [str(x) for x in ignored]
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _fit_size(h: int, w: int, min_side: int, max_side: int | None) -> tuple[int, int]:
+    """Size after the input policy: enlarge to ``min_side``, shrink to ``max_side`` (aspect ratio kept)."""
+    scale = 1.0
+    if min(h, w) < min_side:
+        scale = min_side / min(h, w)
+    if max_side and max(h, w) * scale > max_side:
+        scale = max_side / max(h, w)
+    if scale == 1.0:
+        return h, w
+    return max(min_side, round(h * scale)), max(min_side, round(w * scale))
+
+
+def prepare_image(
+    path: str | Path,
+    *,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    min_side: int = 1,
+    max_side: int | None = 1024,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Load one image file and turn it into a normalised float tensor ``[1, C, H, W]``.
+
+    Returns:
+        (tensor, original (width, height))
+
+    Raises:
+        BadImageError: the file is not a usable image (the reason is in the message).
+    """
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from msresnet.data.images import load_image
+
+    if in_chans not in (1, 3):
+        raise UserError(f"predict supports checkpoints with 1 or 3 input channels, not {in_chans}")
+    img = load_image(path, mode="L" if in_chans == 1 else "RGB")
+    width, height = img.size
+    x = pil_to_tensor(img).unsqueeze(0).float().div_(255.0)
+    x = _resize(x, _fit_size(height, width, min_side, max_side))
+    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s, (width, height)
+
+
+@torch.no_grad()
+def predict_tensor(model: nn.Module, x: torch.Tensor, *, tta: bool = False, min_side: int = 1) -> torch.Tensor:
+    """Class probabilities ``[B, num_classes]`` for a normalised batch.
+
+    With ``tta`` the softmax is averaged over whole-image resizes by :data:`TTA_FACTORS` (factors that would go
+    below ``min_side`` are skipped), which smooths the prediction over one octave of scale.
+    """
+    if not tta:
+        return model(x).float().softmax(dim=-1)
+    h, w = x.shape[-2:]
+    probs = []
+    for f in TTA_FACTORS:
+        size = (round(h * f), round(w * f))
+        if min(size) < min_side:
+            continue
+        probs.append(model(_resize(x, size)).float().softmax(dim=-1))
+    return torch.stack(probs).mean(dim=0)
+
+
+def _topk(probs: torch.Tensor, k: int, class_names: Sequence[str]) -> list[list[dict[str, Any]]]:
+    k = min(k, probs.shape[-1])
+    values, indices = probs.topk(k, dim=-1)
+    out = []
+    for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
+        out.append(
+            [
+                {
+                    "rank": r + 1,
+                    "index": i,
+                    "class": class_names[i] if i < len(class_names) else str(i),
+                    "prob": round(v, 6),
+                }
+                for r, (v, i) in enumerate(zip(vals, idxs, strict=True))
+            ]
+        )
+    return out
+
+
+def predict_files(
+    model: nn.Module,
+    inputs: Iterable[str | Path],
+    *,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    topk: int = 5,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    max_side: int | None = 1024,
+) -> PredictResult:
+    """Classify image files and directories of images.
+
+    Images of the same prepared size are batched together (up to ``batch_size``); everything else runs one size at
+    a time, so any mix of sizes works.
+
+    Args:
+        model: a classifier in eval mode (normalised input, logits out).
+        inputs: files and directories (expanded by :func:`expand_inputs`).
+        in_chans, mean, std, class_names: from the checkpoint.
+        topk: classes reported per image.
+        tta: average over whole-image rescalings (see :func:`predict_tensor`).
+        device: where the model runs.
+        batch_size: images per forward pass.
+        max_side: longest side fed to the model (larger images are shrunk); None keeps every image as is.
+
+    Returns:
+        The predictions (input order) and failures.
+    """
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, got {topk}")
+    files, failures, ignored = expand_inputs(list(inputs))
+    result = PredictResult(failures=failures, ignored=ignored)
+    min_side = int(getattr(model, "min_input_size", 1) or 1)
+    if max_side is not None and max_side < min_side:
+        raise UserError(f"--max-side {max_side} is below the model's minimum input size {min_side}")
+    from msresnet.data.images import BadImageError
+
+    prepared: dict[tuple[int, ...], list[tuple[int, Path, torch.Tensor, tuple[int, int]]]] = defaultdict(list)
+    for order, path in enumerate(files):
+        try:
+            x, wh = prepare_image(path, in_chans=in_chans, mean=mean, std=std, min_side=min_side, max_side=max_side)
+        except BadImageError as exc:
+            result.failures.append(ImageFailure(str(path), getattr(exc, "reason", None) or str(exc)))
+            continue
+        except (OSError, UserError) as exc:  # permission denied, a file that vanished, ...
+            reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+            result.failures.append(ImageFailure(str(path), reason))
+            continue
+        prepared[tuple(x.shape[1:])].append((order, path, x, wh))
+
+    model.eval()
+    preds: list[tuple[int, ImagePrediction]] = []
+    for shape, items in prepared.items():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            batch = torch.cat([x for _, _, x, _ in chunk]).to(device)
+            probs = predict_tensor(model, batch, tta=tta, min_side=min_side).cpu()
+            if not torch.isfinite(probs).all():
+                for _, path, _, _ in chunk:
+                    result.failures.append(ImageFailure(str(path), "the model produced non-finite scores"))
+                continue
+            for (order, path, _, (w, h)), top in zip(chunk, _topk(probs, topk, class_names), strict=True):
+                preds.append((order, ImagePrediction(str(path), w, h, (int(shape[-2]), int(shape[-1])), top)))
+    result.predictions = [p for _, p in sorted(preds, key=lambda t: t[0])]
+    return result
+
+
+def format_text(result: PredictResult) -> str:
+    """Human-readable predictions: one block per image, top-k classes with percentages."""
+    lines = []
+    for p in result.predictions:
+        size = f"{p.width}x{p.height}"
+        if (p.input_size[1], p.input_size[0]) != (p.width, p.height):
+            size += f" -> {p.input_size[1]}x{p.input_size[0]}"
+        lines.append(f"{p.path} ({size})")
+        width = max(len(t["class"]) for t in p.top)
+        for t in p.top:
+            pct = 100.0 * t["prob"]
+            lines.append(f"  {t['rank']}. {t['class']:<{width}}  {pct:6.2f}%" if math.isfinite(pct) else "")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""The comparison report of several runs: ``report.md`` and a self-contained ``report.html``.
+
+Each run contributes the sweeps already in ``RUN/eval/<protocol>.json`` (written by ``msresnet evaluate``); the
+report never re-evaluates, so it is fast and shows exactly the numbers on disk. Runs are grouped by protocol: one
+table (accuracy per condition, mean, worst, retention) and one overlaid plot per protocol. A run without any eval is
+named in the report and skipped; when no run has one the report is refused (``UserError``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msresnet.errors import UserError
+from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
+
+__all__ = ["RunSummary", "collect_runs", "markdown_table", "write_report"]
+
+
+@dataclass
+class RunSummary:
+    """What the report knows about one run directory."""
+
+    path: Path
+    label: str
+    model: str
+    params: int | None
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> evaluate_sweep result
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(cfg_path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{cfg_path}: not valid YAML ({exc.__class__.__name__})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _count_params(run_dir: Path, model_name: str) -> int | None:
+    """Number of trainable parameters, from the architecture the checkpoint names (built on the meta device, so no
+    memory or time is spent on weights). None when the run has no readable checkpoint."""
+    try:
+        import torch
+
+        import msresnet
+        from msresnet.engine.checkpoint import read_checkpoint_info
+
+        info = read_checkpoint_info(run_dir)
+        with torch.device("meta"):
+            model = msresnet.create_model(
+                info.model,
+                num_classes=info.num_classes,
+                in_chans=info.in_chans,
+                **dict(info.model_kwargs or {}),
+            )
+        return sum(p.numel() for p in model.parameters())
+    except (UserError, OSError, ImportError, AttributeError, ValueError):
+        return None
+
+
+def _unique_labels(paths: Sequence[Path]) -> list[str]:
+    """Short labels for the runs: the directory name, or more of the path when names clash."""
+    labels = [p.name for p in paths]
+    depth = 1
+    while len(set(labels)) < len(labels) and depth < 6:
+        depth += 1
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+    return labels
+
+
+def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list[str]]:
+    """Read the runs' configs and eval results.
+
+    Returns:
+        The runs with at least one eval, and one message per run skipped (no eval yet).
+
+    Raises:
+        UserError: a path that is not a directory, or no run has an eval.
+    """
+    if not run_dirs:
+        raise UserError("report needs at least one run directory")
+    paths = []
+    for raw in run_dirs:
+        p = Path(raw)
+        if not p.exists():
+            raise UserError(f"run directory not found: {p}")
+        if not p.is_dir():
+            raise UserError(f"not a run directory: {p}")
+        paths.append(p.resolve())
+    runs: list[RunSummary] = []
+    skipped: list[str] = []
+    for path, label in zip(paths, _unique_labels(paths), strict=True):
+        evals: dict[str, dict[str, Any]] = {}
+        for f in sorted((path / "eval").glob("*.json")):
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                skipped.append(f"{label}: unreadable {f.name} ({exc.__class__.__name__})")
+                continue
+            if isinstance(data, dict) and "conditions" in data and "accuracy" in data:
+                evals[str(data.get("protocol", f.stem))] = data
+        if not evals:
+            skipped.append(f"{label}: no evaluation yet (run `msresnet evaluate {path}`)")
+            continue
+        cfg = _read_config(path)
+        model = str(cfg.get("model", "?"))
+        runs.append(RunSummary(path, label, model, _count_params(path, model), evals))
+    if not runs:
+        raise UserError("none of the runs has an evaluation: " + "; ".join(skipped))
+    return runs, skipped
+
+
+def _fmt_params(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _fmt_acc(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return f"{accuracy_percent([v])[0]:.1f}" if v <= 1.0 else f"{float(v):.1f}"
+
+
+def _fmt_cond(c: Any) -> str:
+    try:
+        x = float(c)
+    except (TypeError, ValueError):
+        return str(c)
+    return f"{x:g}" if abs(x - round(x)) < 1e-9 else f"{x:.3g}"
+
+
+def _ratio(v: Any) -> str:
+    return "—" if v is None else f"{float(v):.3f}"
+
+
+def _protocol_rows(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one protocol's table (conditions in the order of the first run, then any extra)."""
+    conditions: list[Any] = []
+    for run in runs:
+        for c in run.evals[protocol]["conditions"]:
+            if _fmt_cond(c) not in [_fmt_cond(x) for x in conditions]:
+                conditions.append(c)
+    first = next(r.evals[protocol] for r in runs)
+    unit = "s=" if first.get("condition_name") == "scale" else "" if first.get("condition_name") == "size" else ""
+    suffix = "px" if first.get("condition_name") == "size" else ""
+    header = ["run", "model", "params", *[f"{unit}{_fmt_cond(c)}{suffix}" for c in conditions]]
+    header += ["mean", "worst", "retention"]
+    rows = []
+    for run in runs:
+        res = run.evals[protocol]
+        by_cond = {_fmt_cond(c): a for c, a in zip(res["conditions"], res["accuracy"], strict=False)}
+        cells = [_fmt_acc(by_cond.get(_fmt_cond(c))) for c in conditions]
+        rows.append(
+            [run.label, run.model, _fmt_params(run.params), *cells]
+            + [_fmt_acc(res.get("mean")), _fmt_acc(res.get("worst")), _ratio(res.get("retention"))]
+        )
+    return header, rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table (numbers right-aligned)."""
+    align = ["---" if i < 2 else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+thead { background: #f3f3f3; } tbody tr:nth-child(even) { background: #fafafa; }
+img { max-width: 100%; } .note { color: #666; font-size: 0.9em; } code { background: #f3f3f3; padding: 0 3px; }
+"""
+
+_LEGEND = (
+    "Accuracy in % per test condition; mean over conditions; worst = lowest; retention = worst / accuracy at the "
+    "training condition (1.0 = no loss under the shift)."
+)
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and one comparison PNG per protocol into ``out_dir``.
+
+    Args:
+        run_dirs: run directories (each with ``eval/<protocol>.json`` from ``msresnet evaluate``).
+        out_dir: output directory (created).
+
+    Returns:
+        ``{"markdown": ..., "html": ..., "<protocol>": png path, ...}``.
+
+    Raises:
+        UserError: no run has an evaluation, or a path is not a directory.
+    """
+    runs, skipped = collect_runs(run_dirs)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create report directory {out}: {exc.strerror}") from None
+    protocols: list[str] = []
+    for run in runs:
+        protocols += [p for p in run.evals if p not in protocols]
+
+    written: dict[str, Path] = {}
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    md = ["# msresnet report", "", f"Generated {stamp} from {len(runs)} run(s).", "", _LEGEND, ""]
+    body = [f"<h1>msresnet report</h1><p class='note'>Generated {stamp} from {len(runs)} run(s).</p>"]
+    body.append(f"<p class='note'>{html.escape(_LEGEND)}</p>")
+    for protocol in protocols:
+        members = [r for r in runs if protocol in r.evals]
+        header, rows = _protocol_rows(members, protocol)
+        first = members[0].evals[protocol]
+        png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{protocol}.png", title=protocol)
+        written[protocol] = png
+        what = condition_label(first)
+        train = first.get("train_condition")
+        n = first.get("n_per_condition")
+        note = f"Condition: {what}; training condition: {_fmt_cond(train) if train is not None else 'n/a'}"
+        note += f"; test images per condition: {n}." if n is not None else "."
+        md += [f"## {protocol}", "", note, "", markdown_table(header, rows), "", f"![{protocol}]({png.name})", ""]
+        b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+        alt = html.escape(f"{protocol}: accuracy against {what}")
+        body += [
+            f"<h2>{html.escape(protocol)}</h2><p class='note'>{html.escape(note)}</p>",
+            _html_table(header, rows),
+            f"<img alt='{alt}' src='data:image/png;base64,{b64}'>",
+        ]
+    if skipped:
+        md += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
+        body.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul>")
+    md += ["## Runs", "", *[f"- `{r.label}`: `{r.path}`" for r in runs], ""]
+    body.append("<h2>Runs</h2><ul>" + "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in runs))
+    body.append("</ul>")
+
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md))
+    html_path = out / "report.html"
+    html_path.write_text(
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>msresnet report</title>"
+        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
+    written["markdown"] = md_path
+    written["html"] = html_path
+    return written
