@@ -23,7 +23,7 @@ import yaml
 from msresnet.errors import UserError
 from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
 
-__all__ = ["RunSummary", "collect_runs", "markdown_table", "write_report"]
+__all__ = ["RunSummary", "collect_runs", "markdown_table", "protocol_table", "write_report"]
 
 
 @dataclass
@@ -146,7 +146,7 @@ def _ratio(v: Any) -> str:
     return "—" if v is None else f"{float(v):.3f}"
 
 
-def _protocol_rows(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str], list[list[str]]]:
+def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one protocol's table (conditions in the order of the first run, then any extra)."""
     conditions: list[Any] = []
     for run in runs:
@@ -231,7 +231,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     body.append(f"<p class='note'>{html.escape(_LEGEND)}</p>")
     for protocol in protocols:
         members = [r for r in runs if protocol in r.evals]
-        header, rows = _protocol_rows(members, protocol)
+        header, rows = protocol_table(members, protocol)
         first = members[0].evals[protocol]
         png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{protocol}.png", title=protocol)
         written[protocol] = png
