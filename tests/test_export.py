@@ -1,0 +1,77 @@
+"""export: ONNX (dynamic batch/height/width, normalisation inside) and TorchScript, verified against eager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import msresnet
+from msresnet import export as export_mod
+from msresnet.errors import UserError
+from msresnet.export import ExportMismatchError, NormalizedClassifier, export_model
+
+MEAN, STD = (0.3,), (0.4,)
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return msresnet.create_model(name, num_classes=10, in_chans=1).eval()
+
+
+def _smallest(prefix: str) -> str:
+    return min((n for n in msresnet.list_models() if n.startswith(prefix)), key=len)
+
+
+@pytest.mark.parametrize("prefix", ["resnet", "msresnet"])
+def test_onnx_export_dynamic_sizes(prefix: str, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = _model(_smallest(prefix))
+    out = tmp_path / "m.onnx"
+    checks = export_model(model, out, format="onnx", in_chans=1, mean=MEAN, std=STD)
+    assert len(checks) == 3 and all(c.ok for c in checks)
+    assert {c.size for c in checks} >= {(48, 80), (96, 96)}
+    # the graph takes [0, 1] images: normalisation is inside it
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 1, 72, 56)
+    (got,) = sess.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = model((x - MEAN[0]) / STD[0]).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_torchscript_export(tmp_path: Path) -> None:
+    model = _model(_smallest("msresnet"))
+    out = tmp_path / "m.pt"
+    checks = export_model(model, out, format="torchscript", in_chans=1, mean=MEAN, std=STD)
+    assert all(c.ok for c in checks)
+    loaded = torch.jit.load(str(out))
+    assert loaded(torch.rand(1, 1, 70, 90)).shape == (1, 10)
+
+
+def test_mismatch_removes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(export_mod, "RTOL", -1.0)  # nothing can match a negative tolerance
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportMismatchError, match="removed"):
+        export_model(_model(_smallest("resnet")), out, format="onnx", in_chans=1, mean=MEAN, std=STD)
+    assert not out.exists()
+
+
+def test_bad_output_paths(tmp_path: Path) -> None:
+    model = _model(_smallest("resnet"))
+    with pytest.raises(UserError, match="is a directory"):
+        export_model(model, tmp_path, format="onnx", in_chans=1, mean=MEAN, std=STD)
+    with pytest.raises(UserError, match="does not exist"):
+        export_model(model, tmp_path / "no" / "m.onnx", format="onnx", in_chans=1, mean=MEAN, std=STD)
+    with pytest.raises(UserError, match="unknown export format"):
+        export_model(model, tmp_path / "m.x", format="tflite", in_chans=1, mean=MEAN, std=STD)
+
+
+def test_normalized_classifier() -> None:
+    model = _model(_smallest("resnet"))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(NormalizedClassifier(model, MEAN, STD)(x), model((x - 0.3) / 0.4))
