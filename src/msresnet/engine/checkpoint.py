@@ -1,0 +1,278 @@
+"""Checkpoints that survive kills and never run foreign code.
+
+A checkpoint is a pair in ``RUN/checkpoints/``:
+
+* ``NAME.safetensors`` — the model weights plus a JSON metadata record (:class:`CheckpointInfo`) that is enough to
+  rebuild the model and its preprocessing without the run directory. safetensors cannot hold code, so loading
+  weights from strangers is safe.
+* ``NAME.state.pt`` — everything needed to continue training exactly: the weights again, optimizer, epoch/step,
+  the metrics so far and every random generator's state. Saved with ``torch.save`` of plain tensors and containers
+  and loaded only with ``torch.load(weights_only=True)``, which refuses any pickled object that is not one of those.
+
+Both files are written atomically (temp file in the same directory, fsync, ``os.replace``), the state first and the
+weights last. Resuming reads only the state file, which is complete on its own, so a kill at any moment leaves
+either the new or the previous complete state; a partially written file only ever exists under a temp name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from msresnet.errors import UserError
+
+META_KEY = "msresnet"  # safetensors metadata key holding the JSON CheckpointInfo
+STATE_FORMAT = 1
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, directory unwritable); the previous one is intact."""
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about its model and data; stored as JSON in the safetensors metadata.
+
+    Attributes:
+        model: registered model name.
+        model_kwargs: extra ``create_model`` keyword arguments.
+        num_classes: classifier outputs.
+        in_chans: input channels.
+        class_names: one name per class index.
+        mean: per-channel normalisation mean of images in [0, 1].
+        std: per-channel normalisation std.
+        protocol: protocol the model was trained on (None for foreign weights).
+        protocol_params: that protocol's resolved parameters.
+        data_root: dataset directory the run used (None: the protocol's default location).
+        train_condition: test condition matching the training data (scale or size; None when it varies).
+        condition_name: ``"scale"`` or ``"size"``.
+        input_size: training image ``(H, W)``.
+        epoch: epochs completed when saved.
+        step: optimizer steps completed when saved.
+        val_acc: validation accuracy of these weights (None before the first validation).
+        msresnet_version: library version that wrote the file.
+        path: where the checkpoint was read from (not stored).
+    """
+
+    model: str
+    model_kwargs: dict = field(default_factory=dict)
+    num_classes: int = 10
+    in_chans: int = 1
+    class_names: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    protocol: str | None = None
+    protocol_params: dict = field(default_factory=dict)
+    data_root: str | None = None
+    train_condition: float | int | None = None
+    condition_name: str | None = None
+    input_size: tuple[int, int] | None = None
+    epoch: int = 0
+    step: int = 0
+    val_acc: float | None = None
+    msresnet_version: str = ""
+    path: Path | None = None
+
+    def to_json(self) -> str:
+        """JSON for the safetensors metadata (``path`` is left out: it is where the file is, not what it is)."""
+        d = asdict(self)
+        d.pop("path")
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | None = None) -> CheckpointInfo:
+        """Parse :meth:`to_json` output, ignoring keys written by other versions."""
+        d = json.loads(text)
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "path"}
+        for k in ("mean", "std"):
+            if k in known:
+                known[k] = tuple(known[k])
+        if known.get("input_size") is not None:
+            known["input_size"] = tuple(known["input_size"])
+        return cls(**known, path=path)
+
+
+# --------------------------------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+
+    Raises:
+        CheckpointWriteError: the write failed (e.g. disk full); ``path`` is untouched and the temp file removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        # fsync the directory too, so the rename itself survives a power cut.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = e.strerror or str(e)
+        raise CheckpointWriteError(f"cannot write {path}: {reason}; the previous checkpoint is intact") from None
+
+
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete temp files left by a process killed mid-write (they are never read)."""
+    if directory.is_dir():
+        for p in directory.glob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------- weights
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies of the model's tensors (safetensors refuses shared storage)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(path: Path, model: nn.Module, info: CheckpointInfo) -> None:
+    """Atomically write the model's weights and ``info`` as a safetensors file."""
+    data = st_save(plain_state_dict(model), metadata={META_KEY: info.to_json(), "format": "pt"})
+    atomic_write_bytes(Path(path), data)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Find the weights file for a run directory (``best``, else ``last``), its ``checkpoints/`` dir or a file.
+
+    Raises:
+        UserError: nothing loadable there.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for d in (p / "checkpoints", p):
+            for name in ("best.safetensors", "last.safetensors"):
+                if (d / name).is_file():
+                    return d / name
+        raise UserError(f"no checkpoint in {p} (expected checkpoints/best.safetensors or last.safetensors)")
+    if not p.exists():
+        raise UserError(f"checkpoint {p} does not exist")
+    if p.suffix != ".safetensors":
+        raise UserError(f"{p} is not a .safetensors checkpoint (pass a run directory or a .safetensors file)")
+    return p
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Read the :class:`CheckpointInfo` of a run directory or ``.safetensors`` file without loading the weights.
+
+    Raises:
+        UserError: missing, not a safetensors file, or written by something other than msresnet.
+    """
+    file = resolve_checkpoint(path)
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{file} is not a readable safetensors checkpoint: {str(e).splitlines()[0]}") from None
+    if META_KEY not in meta:
+        raise UserError(f"{file} has no msresnet metadata (not written by msresnet train)")
+    try:
+        return CheckpointInfo.from_json(meta[META_KEY], path=file)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{file} has corrupt msresnet metadata: {e}") from None
+
+
+def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], file: Path, expected: str) -> None:
+    """``load_state_dict`` with the mismatch turned into a one-line UserError naming both architectures."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        got = getattr(model, "_msresnet_name", None) or type(model).__name__
+        if expected and expected != got:
+            raise UserError(f"checkpoint {file} is for model {expected}, not {got}")
+        if shapes:
+            k = shapes[0]
+            detail = f"shape mismatch for {k}: checkpoint {tuple(weights[k].shape)}, model {tuple(own[k].shape)}"
+        else:
+            detail = f"{len(missing)} missing and {len(unexpected)} unexpected tensors"
+            detail += f" (e.g. {(missing or unexpected)[0]})"
+        raise UserError(f"checkpoint {file} does not match model {got}: {detail}")
+    model.load_state_dict(weights, strict=True)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> nn.Module:
+    """Rebuild a trained model in eval mode from a run directory or a ``.safetensors`` checkpoint.
+
+    Args:
+        path: run directory (uses ``checkpoints/best``, else ``last``), its ``checkpoints`` directory, or a file.
+        device: where to put the model.
+        model: expected model name; a checkpoint of another architecture is then refused by name.
+
+    Returns:
+        The model, with ``model.checkpoint_info`` (a :class:`CheckpointInfo`) attached.
+
+    Raises:
+        UserError: missing/unreadable file, unknown model, or weights that do not fit the architecture.
+    """
+    from msresnet import create_model
+
+    info = read_checkpoint_info(path)
+    file = info.path
+    name = model or info.model
+    net = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **info.model_kwargs)
+    net._msresnet_name = name
+    try:
+        weights = st_load(Path(file).read_bytes())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{file} is not a readable safetensors checkpoint: {str(e).splitlines()[0]}") from None
+    load_weights_into(net, weights, file, expected=info.model)
+    net.checkpoint_info = info
+    return net.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------- training state
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write a training-state dict of plain tensors/containers (see :func:`load_state`)."""
+    buf = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Load a training-state file with ``torch.load(weights_only=True)``: plain data only, never code.
+
+    Raises:
+        UserError: the file is unreadable, truncated, or holds pickled objects other than tensors/containers
+            (e.g. a planted malicious pickle); it is refused by name, nothing in it is executed.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"refusing training state {path}: not a plain tensor file ({first[:160]}); "
+            "delete it or start a new run directory"
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read training state {path}: {e.strerror or e}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserError(f"refusing training state {path}: unknown format")
+    return state

@@ -1,0 +1,327 @@
+"""Training configuration: one dataclass, loaded from a YAML recipe plus overrides, validated strictly.
+
+Every field a run depends on lives in :class:`TrainConfig`, so ``RUN/config.yaml`` (written by :func:`to_yaml`)
+is enough to reproduce it: ``msresnet train --config RUN/config.yaml``. Validation turns every mistake a user can
+make (unknown key, wrong type, value out of range) into a one-line :class:`~msresnet.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import platform
+import socket
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from msresnet.errors import UserError
+
+# Keys of RUN/config.yaml that describe the run rather than configure it; ignored when a config is loaded back.
+PROVENANCE_KEY = "provenance"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on.
+
+    Attributes:
+        model: registered model name (``msresnet.list_models()``).
+        model_kwargs: extra keyword arguments for ``msresnet.create_model``.
+        protocol: benchmark protocol name (``msresnet.data.list_protocols()``).
+        protocol_params: protocol parameters (e.g. ``{"realization": 0}``).
+        data_root: dataset directory (folder protocols, or a non-default Fashion-MNIST location).
+        out: run directory.
+        resume: continue the run in ``out`` from its last good checkpoint.
+        epochs: number of passes over the training images.
+        train_limit: use only N training images (a class-stratified N by default, see ``limit_mode``).
+        limit_mode: ``"stratified"`` (balanced classes, first images of each class) or ``"first"``.
+        val_limit: validate on at most N images each epoch (None: all of them).
+        batch_size: images per optimizer step (per process under torchrun).
+        optimizer: ``"adamw"`` or ``"sgd"`` (Nesterov momentum).
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        schedule: ``"cosine"``, ``"onecycle"`` or ``"constant"``, stepped every iteration.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed); one-cycle uses 30% when 0.
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: clip the global gradient norm to this value (None: no clipping).
+        rescale_aug: ``[lo, hi]`` object-scale range of random-rescale augmentation (None: off).
+        degrade_aug: ``[lo, hi]`` down-up resampling factor range of detail-loss augmentation (None: off).
+        degrade_p: probability that an image gets the detail-loss augmentation.
+        si_weight: weight of the scale-invariance consistency term (0: plain cross-entropy).
+        si_scale_range: ``[lo, hi]`` scale range of the second view for the consistency term (None: loss default).
+        si_feature_weight: weight of the pooled-feature consistency term.
+        amp: autocast dtype, ``"bf16"`` or ``"fp16"`` (None: full float32).
+        channels_last: run the model in channels-last memory format.
+        compile: wrap the model in ``torch.compile``.
+        seed: seed of weights, batch order and augmentation.
+        deterministic: ``torch.use_deterministic_algorithms(True)``; resume is then bit-exact on CPU.
+        device: ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        num_workers: CPU threads for intra-op parallelism (``torch.set_num_threads``; 0 keeps torch's default).
+            Batches are sliced from in-memory tensors, so there are no loader worker processes.
+        tensorboard: also write TensorBoard scalars to ``RUN/tensorboard``.
+        log_every: plain log line every N steps when stderr is not a terminal.
+        checkpoint_every: also checkpoint ``last`` every N steps (0: at the end of every epoch only).
+        nan_policy: on a non-finite loss or gradient, ``"stop"`` the run or ``"skip"`` the step.
+    """
+
+    model: str = ""
+    model_kwargs: dict = field(default_factory=dict)
+    protocol: str = "fmnist-ls"
+    protocol_params: dict = field(default_factory=dict)
+    data_root: str | None = None
+    out: str = ""
+    resume: bool = False
+    epochs: int = 10
+    train_limit: int | None = None
+    limit_mode: Literal["stratified", "first"] = "stratified"
+    val_limit: int | None = 2000
+    batch_size: int = 128
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    rescale_aug: tuple[float, float] | None = None
+    degrade_aug: tuple[float, float] | None = None
+    degrade_p: float = 0.5
+    si_weight: float = 0.0
+    si_scale_range: tuple[float, float] | None = None
+    si_feature_weight: float = 0.0
+    amp: Literal["bf16", "fp16"] | None = None
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    tensorboard: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 0
+    nan_policy: Literal["stop", "skip"] = "stop"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# Fields whose change between a run and its resumption would make the result meaningless.
+RESUME_INVARIANT = (
+    "model",
+    "model_kwargs",
+    "protocol",
+    "protocol_params",
+    "train_limit",
+    "limit_mode",
+    "batch_size",
+    "optimizer",
+    "seed",
+)
+
+# Range checks: field -> (predicate, description used in the error message).
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "train_limit": (lambda v: v >= 1, ">= 1"),
+    "val_limit": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "grad_clip": (lambda v: v > 0, "> 0"),
+    "rescale_aug": (lambda v: 0 < v[0] <= v[1], "a range 0 < lo <= hi"),
+    "degrade_aug": (lambda v: 0 < v[0] <= v[1] <= 1, "a range 0 < lo <= hi <= 1"),
+    "degrade_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "si_weight": (lambda v: v >= 0, ">= 0"),
+    "si_scale_range": (lambda v: 0 < v[0] <= v[1], "a range 0 < lo <= hi"),
+    "si_feature_weight": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0"),
+}
+
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise UserError; accepts the string forms a CLI passes."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
+        if is_none and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0]) if len(inner) == 1 else value
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise UserError(f"config key {key!r}: {value!r} is not one of {choices}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"config key {key!r}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, float)):
+            raise UserError(f"config key {key!r}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"config key {key!r}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+        try:
+            # YAML 1.1 reads "1e-3" as a string, so strings are accepted here too.
+            return float(value)
+        except ValueError:
+            raise UserError(f"config key {key!r}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"config key {key!r}: expected a string, got {value!r}")
+        return str(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserError(f"config key {key!r}: expected {len(args)} values like [0.5, 2.0], got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module, not user input
+
+
+def validate_config(values: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a plain dict, raising UserError on the first problem."""
+    known = list(_TYPES)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        norm = str(key).replace("-", "_")
+        if norm not in _TYPES:
+            close = difflib.get_close_matches(norm, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"unknown config key {key!r}{hint}")
+        v = _coerce(norm, value, _TYPES[norm])
+        if v is not None and norm in _RANGES:
+            ok, desc = _RANGES[norm]
+            if not ok(v):
+                raise UserError(f"config key {norm!r} must be {desc}, got {value!r}")
+        kwargs[norm] = v
+    cfg = TrainConfig(**kwargs)
+    if not cfg.model:
+        raise UserError("no model given (set 'model', e.g. --model resnet8)")
+    if not cfg.out:
+        raise UserError("no run directory given (set 'out', e.g. --out runs/my-run)")
+    if cfg.device != "auto" and not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
+        raise UserError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    return cfg
+
+
+def load_train_config(yaml_path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML recipe (optional), apply ``overrides`` on top, validate.
+
+    Overrides whose value is None are ignored, so a command line can pass every option it has and only the ones
+    the user set take effect. The ``provenance`` section of a ``RUN/config.yaml`` is skipped, so a run's config can
+    be fed back in.
+
+    Raises:
+        UserError: unreadable or malformed YAML, unknown key (with a close-match suggestion), wrong type,
+            out-of-range value, missing model or run directory.
+    """
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            raise UserError(f"config {path} is not valid YAML{line}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"config {path} must be a mapping of keys to values, not {type(loaded).__name__}")
+        loaded.pop(PROVENANCE_KEY, None)
+        values.update(loaded)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    return validate_config(values)
+
+
+def git_revision(start: Path | None = None) -> str | None:
+    """The git commit of the msresnet source tree (``+dirty`` when modified), or None outside a checkout."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def provenance(checksum: str | None = None, world_size: int = 1) -> dict[str, Any]:
+    """Where and with what a run was made: git revision, package versions, host, protocol checksum, time."""
+    import torch
+    import torchvision
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    try:
+        import timm
+
+        versions["timm"] = timm.__version__
+    except ImportError:  # timm is a dependency, but a provenance record must never fail a run
+        versions["timm"] = None
+    from msresnet import __version__
+
+    versions["msresnet"] = __version__
+    return {
+        "git_revision": git_revision(),
+        "versions": versions,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "protocol_checksum": checksum,
+        "world_size": world_size,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def to_yaml(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
+    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section."""
+    d = cfg.to_dict()
+    d.pop("resume", None)  # how this process was started, not what the run is
+    if prov is not None:
+        d[PROVENANCE_KEY] = prov
+    return yaml.safe_dump(d, sort_keys=False)

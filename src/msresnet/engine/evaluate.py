@@ -1,0 +1,204 @@
+"""Scale-sweep evaluation: accuracy of a model at every test condition of a protocol.
+
+:func:`evaluate_sweep` runs the model over each condition's test set (object scales for ``*-ls``/``fmnist-scale``,
+whole-image sizes for ``*-res``) and summarises the curve:
+
+* ``mean`` — mean accuracy over conditions; ``worst`` — the lowest one (and ``worst_condition``);
+* ``retention`` — ``worst / accuracy at the training condition``: 1.0 means no loss anywhere in the sweep. When the
+  protocol has no single training condition (``fmnist-scale`` trains on a range of scales) or the training
+  condition is not in the sweep, retention is ``None``: there is no reference accuracy to retain.
+
+Test-time augmentation (``tta=True``) averages the softmax predictions over the input resized as a whole image by
+the factors :data:`TTA_FACTORS` (``2**-0.5, 1, 2**0.5``; a factor is skipped when the image would fall below the
+model's ``min_input_size``). This lets a plain network look at an object at three scales; it triples the cost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from msresnet.engine.batches import Normalizer, TensorSplit, iter_batches, limit_split
+from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
+
+TTA_FACTORS = (2**-0.5, 1.0, 2**0.5)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
+
+
+def _info_get(info: CheckpointInfo | dict | None, key: str, default: Any = None) -> Any:
+    if info is None:
+        return default
+    return info.get(key, default) if isinstance(info, dict) else getattr(info, key, default)
+
+
+def match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt images to the model's channel count: grey -> RGB by repetition, RGB -> grey by luma."""
+    c = x.shape[1]
+    if c == in_chans:
+        return x
+    if c == 1:
+        return x.expand(-1, in_chans, -1, -1)
+    if c == 3 and in_chans == 1:
+        w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    from msresnet.errors import UserError
+
+    raise UserError(f"images have {c} channels but the model expects {in_chans}")
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    tta: bool = False,
+    amp: str | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities for a normalised float batch; with ``tta``, averaged over :data:`TTA_FACTORS`."""
+    from msresnet.data.scaling import resize_images
+
+    device = x.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else None
+    min_size = int(getattr(model, "min_input_size", 1) or 1)
+    h, w = x.shape[-2:]
+    factors = TTA_FACTORS if tta else (1.0,)
+    total, used = None, 0
+    for f in factors:
+        size = (max(1, round(h * f)), max(1, round(w * f)))
+        if f != 1.0 and min(size) < min_size:
+            continue
+        xi = x if f == 1.0 else resize_images(x, size)
+        if autocast is not None:
+            with autocast:
+                logits = model(xi)
+        else:
+            logits = model(xi)
+        p = logits.float().softmax(-1)
+        total = p if total is None else total + p
+        used += 1
+    return total / used
+
+
+def evaluate_sweep(
+    model: nn.Module,
+    protocol: Any,
+    *,
+    info: CheckpointInfo | dict | None = None,
+    test_limit: int | None = None,
+    tta: bool = False,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+) -> dict[str, Any]:
+    """Accuracy of ``model`` at every test condition of ``protocol``.
+
+    Args:
+        model: classifier (put in eval mode here).
+        protocol: a built protocol (``msresnet.data.build_protocol``).
+        info: the checkpoint's info; its ``mean``/``std`` normalise the inputs (the model's training statistics,
+            which matter when evaluating on another protocol), falling back to the protocol's.
+        test_limit: evaluate a class-stratified subset of N images per condition (the same images everywhere).
+        tta: average predictions over whole-image rescalings (see module docstring).
+        batch_size: images per forward pass.
+        device: where to run.
+        amp: ``"bf16"`` to run under autocast.
+
+    Returns:
+        ``protocol``, ``protocol_params``, ``condition_name``, ``conditions`` (list), ``accuracy`` (fractions, one
+        per condition), ``mean``, ``worst``, ``worst_condition``, ``retention`` (or None), ``train_condition``,
+        ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    in_chans = int(_info_get(info, "in_chans", protocol.in_chans))
+    # The model's own training statistics (from the checkpoint), which have its channel count.
+    mean = tuple(_info_get(info, "mean", None) or protocol.mean)
+    std = tuple(_info_get(info, "std", None) or protocol.std)
+    if len(mean) != in_chans:
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    norm = Normalizer(mean, std, device)
+    t0 = time.perf_counter()
+    conditions, accuracy, counts = [], [], []
+    for condition, dataset in protocol.test.items():
+        split = limit_split(TensorSplit.of(dataset), test_limit, "stratified")
+        correct = 0
+        for idx in iter_batches(torch.arange(len(split)), batch_size):
+            x = norm(match_channels(split.images[idx].to(device).float().div_(255), in_chans))
+            probs = predict_probs(model, x, tta=tta, amp=amp)
+            correct += int((probs.argmax(1).cpu() == split.labels[idx]).sum())
+        conditions.append(condition)
+        accuracy.append(correct / max(1, len(split)))
+        counts.append(len(split))
+    train_condition = getattr(protocol, "train_condition", None)
+    acc_train = None
+    for c, a in zip(conditions, accuracy, strict=True):
+        if train_condition is not None and math.isclose(float(c), float(train_condition)):
+            acc_train = a
+    worst_i = min(range(len(accuracy)), key=accuracy.__getitem__)
+    worst = accuracy[worst_i]
+    return {
+        "protocol": protocol.name,
+        "protocol_params": dict(getattr(protocol, "params", {}) or {}),
+        "condition_name": getattr(protocol, "condition_name", "condition"),
+        "conditions": [_plain(c) for c in conditions],
+        "accuracy": accuracy,
+        "mean": sum(accuracy) / len(accuracy),
+        "worst": worst,
+        "worst_condition": _plain(conditions[worst_i]),
+        "retention": (worst / acc_train) if acc_train else None,
+        "train_condition": _plain(train_condition),
+        "accuracy_at_train": acc_train,
+        "n_per_condition": counts[0] if len(set(counts)) == 1 else counts,
+        "tta": bool(tta),
+        "model": _info_get(info, "model", type(model).__name__),
+        "checkpoint": str(_info_get(info, "path", "") or "") or None,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _plain(v: Any) -> Any:
+    """Conditions as JSON numbers (ints stay ints)."""
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer() and not isinstance(v, bool):
+        return v  # keep 1.0 a float: it is a scale, not a size
+    return v
+
+
+def write_eval(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
+    """Write ``RUN/eval/<protocol>.json`` and ``.csv`` atomically, and the ``.png`` plot when plotting is available.
+
+    Returns:
+        The paths written.
+    """
+    out = Path(run_dir) / "eval"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from msresnet.errors import UserError
+
+        raise UserError(f"cannot create {out}: {e.strerror or e}") from None
+    base = out / str(result["protocol"])
+    json_path, csv_path = base.with_suffix(".json"), base.with_suffix(".csv")
+    atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
+    buf = io.StringIO()
+    buf.write(f"{result['condition_name']},accuracy\n")
+    for c, a in zip(result["conditions"], result["accuracy"], strict=True):
+        buf.write(f"{c},{a:.6f}\n")
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    written = [json_path, csv_path]
+    try:
+        from msresnet.report.plots import plot_sweep
+    except ImportError:  # plotting is optional for library use; the CLI always has it
+        return written
+    written.append(Path(plot_sweep(result, base.with_suffix(".png"))))
+    return written
