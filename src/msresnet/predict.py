@@ -23,24 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from msresnet.errors import UserError
 
 __all__ = [
-    "TTA_FACTORS",
     "ImageFailure",
     "ImagePrediction",
     "PredictResult",
     "expand_inputs",
     "predict_files",
-    "predict_tensor",
+    "format_text",
     "prepare_image",
 ]
-
-#: Whole-image resize factors averaged by ``--tta`` (one octave around the native size, as in evaluation).
-TTA_FACTORS: tuple[float, ...] = (2**-0.5, 1.0, 2**0.5)
 
 
 @dataclass
@@ -126,12 +121,6 @@ def expand_inputs(args: Sequence[str | Path]) -> tuple[list[Path], list[ImageFai
     return files, failures, [str(x) for x in ignored]
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 def _fit_size(h: int, w: int, min_side: int, max_side: int | None) -> tuple[int, int]:
     """Size after the input policy: enlarge to ``min_side``, shrink to ``max_side`` (aspect ratio kept)."""
     scale = 1.0
@@ -164,35 +153,19 @@ def prepare_image(
     from torchvision.transforms.functional import pil_to_tensor
 
     from msresnet.data.images import load_image
+    from msresnet.data.scaling import resize_images
 
     if in_chans not in (1, 3):
         raise UserError(f"predict supports checkpoints with 1 or 3 input channels, not {in_chans}")
     img = load_image(path, mode="L" if in_chans == 1 else "RGB")
     width, height = img.size
     x = pil_to_tensor(img).unsqueeze(0).float().div_(255.0)
-    x = _resize(x, _fit_size(height, width, min_side, max_side))
+    size = _fit_size(height, width, min_side, max_side)
+    if size != (height, width):
+        x = resize_images(x, size)  # bilinear + antialias, the same op as the resolution sweeps
     m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s, (width, height)
-
-
-@torch.no_grad()
-def predict_tensor(model: nn.Module, x: torch.Tensor, *, tta: bool = False, min_side: int = 1) -> torch.Tensor:
-    """Class probabilities ``[B, num_classes]`` for a normalised batch.
-
-    With ``tta`` the softmax is averaged over whole-image resizes by :data:`TTA_FACTORS` (factors that would go
-    below ``min_side`` are skipped), which smooths the prediction over one octave of scale.
-    """
-    if not tta:
-        return model(x).float().softmax(dim=-1)
-    h, w = x.shape[-2:]
-    probs = []
-    for f in TTA_FACTORS:
-        size = (round(h * f), round(w * f))
-        if min(size) < min_side:
-            continue
-        probs.append(model(_resize(x, size)).float().softmax(dim=-1))
-    return torch.stack(probs).mean(dim=0)
 
 
 def _topk(probs: torch.Tensor, k: int, class_names: Sequence[str]) -> list[list[dict[str, Any]]]:
@@ -238,7 +211,8 @@ def predict_files(
         inputs: files and directories (expanded by :func:`expand_inputs`).
         in_chans, mean, std, class_names: from the checkpoint.
         topk: classes reported per image.
-        tta: average over whole-image rescalings (see :func:`predict_tensor`).
+        tta: average the softmax over whole-image rescalings by ``2**-0.5, 1, 2**0.5``, as ``evaluate --tta``
+            does (:func:`msresnet.engine.evaluate.predict_probs`).
         device: where the model runs.
         batch_size: images per forward pass.
         max_side: longest side fed to the model (larger images are shrunk); None keeps every image as is.
@@ -254,6 +228,7 @@ def predict_files(
     if max_side is not None and max_side < min_side:
         raise UserError(f"--max-side {max_side} is below the model's minimum input size {min_side}")
     from msresnet.data.images import BadImageError
+    from msresnet.engine.evaluate import predict_probs
 
     prepared: dict[tuple[int, ...], list[tuple[int, Path, torch.Tensor, tuple[int, int]]]] = defaultdict(list)
     for order, path in enumerate(files):
@@ -274,7 +249,7 @@ def predict_files(
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             batch = torch.cat([x for _, _, x, _ in chunk]).to(device)
-            probs = predict_tensor(model, batch, tta=tta, min_side=min_side).cpu()
+            probs = predict_probs(model, batch, tta=tta).cpu()
             if not torch.isfinite(probs).all():
                 for _, path, _, _ in chunk:
                     result.failures.append(ImageFailure(str(path), "the model produced non-finite scores"))
