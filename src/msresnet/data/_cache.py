@@ -1,0 +1,75 @@
+"""Where msresnet keeps downloaded and generated data, and how it writes there safely.
+
+The cache directory is ``$MSRESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/msresnet``, else ``~/.cache/msresnet``.
+Writes go to a temporary file in the destination directory followed by :func:`os.replace`, so a crash or a second
+process never leaves a half-written array that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "cache_dir", "file_md5", "load_npz", "save_npz", "stable_hash"]
+
+
+def cache_dir() -> Path:
+    """The user cache directory for msresnet (not created here)."""
+    if os.environ.get("MSRESNET_CACHE"):
+        return Path(os.environ["MSRESNET_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "msresnet"
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """A short hex digest of a JSON-able object, independent of dict order (used as a cache key)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """MD5 of a file's bytes (the official dataset hashes are MD5)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write_fn) -> None:
+    """Call ``write_fn(file_object)`` on a temporary file next to ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Atomically save arrays as an uncompressed ``.npz`` (uncompressed: loading is a memcpy, not a decode)."""
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Load an ``.npz`` written by :func:`save_npz`; ``None`` when missing or unreadable (it is then regenerated)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        # A damaged cache entry is not the user's problem: regenerate it.
+        return None

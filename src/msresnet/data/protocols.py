@@ -1,0 +1,518 @@
+"""The scale-shift benchmark protocols: exact, named, deterministic, cached.
+
+``build_protocol(name, root=None, **params)`` returns a :class:`Protocol` with ``train``, ``val`` and ``test`` (an
+ordered mapping from test condition to dataset). Protocols (see ``docs`` / DESIGN.md):
+
+``fmnist-ls`` (after MNIST Large Scale)
+    64x64 canvas; the 28x28 Fashion-MNIST image resized by ``s`` (bilinear, antialiased, size ``round(28 s)``) and
+    centred. train = the first 55k train images at ``s = 1`` (or, with ``train_scales=(lo, hi)``, each image at its
+    own log-uniform ``s``, drawn once from ``seed``); val = the last ``val_size`` (5k) train images, the same way: model
+    selection uses val, never test; test = the 10k test images at ``s = 2^(k/4), k = -4..4``. Condition keys are the
+    scales rounded to 4 decimals (0.5, 0.5946, ..., 2.0).
+``fmnist-scale`` (SESN's MNIST-scale recipe)
+    all 70k images pooled, stratified split 10k train / 2k val / 50k test from seed ``realization`` (0..5), each image
+    resized once by ``s ~ U(0.3, 1.0)`` (bicubic, antialiased, size ``round(28 s)``) and centred on the 28x28 canvas.
+    test is split into ``test_bins`` equal-count bins of increasing object scale, keyed by each bin's median scale
+    (rounded to 4 decimals): with equal bins the mean over conditions *is* the overall test accuracy, and the worst
+    bin shows the small-object end. ``test_bins=1`` gives one condition.
+``fmnist-res`` (resolution shift)
+    train/val native 28x28 (55k / last 5k of train); test = the 10k test images resized whole to 14, 21, 28, 42, 56,
+    84, 112 px (bilinear, antialiased); condition keys are the sizes.
+``folder-ls`` / ``folder-res``
+    the same two sweeps on any ImageFolder tree (``root``; ``root/train`` + ``root/test`` when present, otherwise a
+    stratified ``test_fraction`` split), images cut to ``image_size`` squares (shorter side, centre crop). folder-res
+    decodes the test images at the largest size and shrinks them (antialiased), so larger test sizes hold real detail.
+
+Generated uint8 arrays are cached in ``<cache>/protocols/<name>-<hash>-v<VERSION>/`` keyed by the resolved parameters,
+a fingerprint of the source files and :data:`PROTOCOL_VERSION` (bump it when generation changes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msresnet.data._cache import cache_dir, file_md5, stable_hash
+from msresnet.data._params import Param, resolve_params
+from msresnet.data._store import LazyConditionMap, PartStore
+from msresnet.data.datasets import ImageTensorDataset, stratified_split
+from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
+from msresnet.data.idx import IDX_DATASETS, find_idx_files, load_idx_arrays
+from msresnet.data.images import DEFAULT_MAX_PIXELS
+from msresnet.data.scaling import rescale_in_canvas, resize_images, sample_scales
+from msresnet.errors import UserError
+
+__all__ = ["PROTOCOL_VERSION", "Protocol", "build_protocol", "list_protocols"]
+
+PROTOCOL_VERSION = 1
+LS_SCALES = [2 ** (k / 4) for k in range(-4, 5)]
+RES_SIZES = [14, 21, 28, 42, 56, 84, 112]
+_CHUNK = 4096  # images per interpolation call: bounds peak memory, keeps each call large enough to be efficient
+
+
+@dataclass
+class Protocol:
+    """A named, parameterised benchmark: train / val / test datasets and the facts that identify them.
+
+    ``train``, ``val`` and each test condition are generated on first access and cached on disk. Attributes follow
+    the shared interface: ``name``, ``params`` (fully resolved, JSON-able), ``checksum``, ``train``, ``val``, ``test``
+    (ordered ``condition -> dataset``), ``train_condition``, ``condition_name`` (``"scale"`` or ``"size"``),
+    ``num_classes``, ``in_chans``, ``class_names``, ``mean``, ``std``, ``input_size``.
+    """
+
+    name: str
+    params: dict[str, Any]
+    condition_name: str
+    train_condition: float | int | None
+    num_classes: int
+    in_chans: int
+    class_names: list[str]
+    input_size: tuple[int, int]
+    store: PartStore = field(repr=False)
+    test_keys: list[Any] = field(repr=False)
+    test_loader: Callable[[Any], ImageTensorDataset] = field(repr=False)
+    root: str | None = None
+    has_val: bool = True
+    _test: LazyConditionMap | None = field(default=None, init=False, repr=False)
+
+    @property
+    def cache_path(self) -> Path:
+        """Folder holding this protocol's generated arrays."""
+        return self.store.directory
+
+    @property
+    def train(self) -> ImageTensorDataset:
+        """Training images (uint8 ``[N, C, H, W]``)."""
+        return self.store.get("train")
+
+    @property
+    def val(self) -> ImageTensorDataset | None:
+        """Held-out validation images from the training distribution (choose models on these, never on test)."""
+        return self.store.get("val") if self.has_val else None
+
+    @property
+    def test(self) -> LazyConditionMap:
+        """Ordered ``condition -> dataset``; each condition is generated (or loaded) on first access."""
+        if self._test is None:
+            self._test = LazyConditionMap(self.test_keys, self.test_loader)
+        return self._test
+
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        meta = self.store.read_meta()
+        if "mean" not in meta or meta.get("train_checksum") != self.store.checksum("train"):
+            mean, std = self.train.channel_stats()
+            self.store.write_meta(mean=mean, std=std, train_checksum=self.store.checksum("train"))
+            return mean, std
+        return tuple(meta["mean"]), tuple(meta["std"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the training images in [0, 1]."""
+        return self._stats()[0]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation of the training images in [0, 1]."""
+        return self._stats()[1]
+
+    @property
+    def part_checksums(self) -> dict[str, str]:
+        """SHA-256 of every generated part (generates the parts not yet cached)."""
+        return {part: self.store.checksum(part) for part in self.store.generators}
+
+    @property
+    def checksum(self) -> str:
+        """One SHA-256 over the protocol name, version and every part's checksum: equal checksums = equal data."""
+        h = hashlib.sha256(f"{self.name}|v{PROTOCOL_VERSION}".encode())
+        for part, digest in self.part_checksums.items():
+            h.update(f"|{part}:{digest}".encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary (no data is generated)."""
+        return {
+            "name": self.name, "params": self.params, "condition_name": self.condition_name,
+            "conditions": list(self.test_keys), "train_condition": self.train_condition,
+            "num_classes": self.num_classes, "in_chans": self.in_chans, "input_size": list(self.input_size),
+            "cache_path": str(self.cache_path),
+        }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------- helpers
+
+
+def _map_u8(images: torch.Tensor, fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+    """Apply a float op to uint8 images chunk by chunk: ``fn(float chunk in [0,1], slice) -> float chunk``."""
+    out = []
+    for start in range(0, len(images), _CHUNK):
+        sl = slice(start, start + _CHUNK)
+        y = fn(images[sl].float().div_(255), sl)
+        out.append(y.mul_(255).round_().clamp_(0, 255).to(torch.uint8))
+    if not out:
+        return images
+    return torch.cat(out)
+
+
+def _scale_key(s: float) -> float:
+    return round(float(s), 4)
+
+
+def _store_dir(name: str, params: dict[str, Any], source: str) -> Path:
+    key = stable_hash({"params": params, "source": source, "version": PROTOCOL_VERSION})
+    return cache_dir() / "protocols" / f"{name}-{key}-v{PROTOCOL_VERSION}"
+
+
+def _idx_source(dataset: str, root: str | None) -> tuple[dict[str, Path], str]:
+    files = find_idx_files(dataset, root)
+    fingerprint = stable_hash(sorted((part, file_md5(p)) for part, p in files.items()), length=16)
+    return files, fingerprint
+
+
+class _IdxSplits:
+    """Fashion-MNIST/MNIST loaded once per protocol, on first need (building a cached protocol never decodes it)."""
+
+    def __init__(self, dataset: str, root: str | None) -> None:
+        self.dataset, self.root = dataset, root
+        self._arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __getitem__(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._arrays is None:
+            raw = load_idx_arrays(self.dataset, self.root)
+            self._arrays = {k: (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)) for k, (x, y) in raw.items()}
+        return self._arrays[split]
+
+
+def _train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, source: str):
+    if val_size >= len(images):
+        raise UserError(f"val_size={val_size} leaves no training images ({source} has {len(images)})")
+    n = len(images) - val_size
+    return (images[:n], labels[:n]), (images[n:], labels[n:])
+
+
+def _limit(pair: tuple[torch.Tensor, torch.Tensor], limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return pair if limit is None else (pair[0][:limit], pair[1][:limit])
+
+
+# --------------------------------------------------------------------------------------------------------- fmnist
+
+
+def _fmnist_common(params: dict[str, Any], root: str | None) -> tuple[_IdxSplits, str, list[str]]:
+    _, fingerprint = _idx_source(params["dataset"], root)
+    return _IdxSplits(params["dataset"], root), fingerprint, list(IDX_DATASETS[params["dataset"]].class_names)
+
+
+def _build_fmnist_ls(root: str | None, p: dict[str, Any]) -> Protocol:
+    data, fingerprint, names = _fmnist_common(p, root)
+    canvas, mode = p["canvas"], p["interpolation"]
+
+    def place(pair: tuple[torch.Tensor, torch.Tensor], scales: float | torch.Tensor) -> ImageTensorDataset:
+        images, labels = pair
+        s = scales if isinstance(scales, torch.Tensor) else torch.full((len(images),), float(scales))
+        out = _map_u8(images, lambda x, sl: rescale_in_canvas(x, s[sl], canvas, mode=mode))
+        return ImageTensorDataset(out, labels.clone(), extras={"scale": s.float()})
+
+    def train_part(which: int) -> Callable[[], ImageTensorDataset]:
+        def make() -> ImageTensorDataset:
+            pair = _limit(_train_val(*data["train"], p["val_size"], "the train split")[which], p["limit"])
+            if p["train_scales"] is None:
+                return place(pair, 1.0)
+            # One draw per image over the *whole* train split, so val's scales do not depend on the train limit.
+            g = torch.Generator().manual_seed(p["seed"])
+            s_all = sample_scales(len(data["train"][0]), p["train_scales"], generator=g)
+            n_train = len(data["train"][0]) - p["val_size"]
+            s = s_all[:n_train] if which == 0 else s_all[n_train:]
+            return place(pair, s[: len(pair[0])])
+
+        return make
+
+    keys = [_scale_key(s) for s in p["scales"]]
+    exact = dict(zip(keys, p["scales"], strict=True))
+    if len(set(keys)) != len(keys):
+        raise UserError(f"scales {p['scales']} collide after rounding to 4 decimals")
+    gens = {"train": train_part(0), "val": train_part(1)}
+    for k in keys:
+        gens[f"test-{k:g}"] = lambda k=k: place(_limit(data["test"], p["limit"]), exact[k])
+    store = PartStore(_store_dir("fmnist-ls", p, fingerprint), gens, names)
+    if p["train_scales"] is None:
+        train_condition = 1.0 if 1.0 in keys else None
+    else:  # the test scale nearest (in octaves) to the centre of the training range
+        centre = math.sqrt(p["train_scales"][0] * p["train_scales"][1])
+        train_condition = min(keys, key=lambda k: abs(math.log2(k / centre)))
+    return Protocol("fmnist-ls", p, "scale", train_condition, len(names), 1, names, (canvas, canvas), store, keys,
+                    lambda k: store.get(f"test-{k:g}"), root=root)  # fmt: skip
+
+
+def _build_fmnist_scale(root: str | None, p: dict[str, Any]) -> Protocol:
+    data, fingerprint, names = _fmnist_common(p, root)
+    sizes = [p["train_size"], p["val_size"], p["test_size"]]
+
+    def realise() -> dict[str, ImageTensorDataset]:
+        (tr_x, tr_y), (te_x, te_y) = data["train"], data["test"]
+        pool_x, pool_y = torch.cat([tr_x, te_x]), torch.cat([tr_y, te_y])
+        g = torch.Generator().manual_seed(p["realization"])
+        parts = stratified_split(pool_y, sizes, g)
+        out = {}
+        for part, idx in zip(("train", "val", "test"), parts, strict=True):
+            s = sample_scales(len(idx), p["scale_range"], log_uniform=False, generator=g)
+            imgs = _map_u8(pool_x[idx], lambda x, sl, s=s: rescale_in_canvas(x, s[sl], mode=p["interpolation"]))
+            out[part] = ImageTensorDataset(imgs, pool_y[idx].clone(), extras={"scale": s.float(), "index": idx})
+        return out
+
+    cache: dict[str, dict[str, ImageTensorDataset]] = {}
+
+    def part(name: str) -> Callable[[], ImageTensorDataset]:
+        def make() -> ImageTensorDataset:
+            if "all" not in cache:  # the three splits come from one random stream: generate them together
+                cache["all"] = realise()
+            return cache["all"][name]
+
+        return make
+
+    store = PartStore(_store_dir("fmnist-scale", p, fingerprint), {n: part(n) for n in ("train", "val", "test")}, names)
+    bins = p["test_bins"]
+    if bins > p["test_size"]:
+        raise UserError(f"test_bins={bins} is more than test_size={p['test_size']}")
+    # Bin keys need the realised scales, which are data; they are stored in meta.json so listing keys is free.
+    meta = store.read_meta()
+    if meta.get("bin_keys_for") == bins and "bin_keys" in meta and store.is_cached("test"):
+        keys = [float(k) for k in meta["bin_keys"]]
+    else:
+        keys = _bin_keys(store.get("test").extras["scale"], bins)
+        store.write_meta(bin_keys=keys, bin_keys_for=bins)
+
+    def test_loader(key: float) -> ImageTensorDataset:
+        test = store.get("test")
+        order = torch.argsort(test.extras["scale"], stable=True)
+        chunks = torch.tensor_split(order, bins)
+        return test.subset(torch.sort(chunks[keys.index(key)]).values)
+
+    return Protocol("fmnist-scale", p, "scale", None, len(names), 1, names, (28, 28), store, keys, test_loader,
+                    root=root)  # fmt: skip
+
+
+def _bin_keys(scales: torch.Tensor, bins: int) -> list[float]:
+    chunks = torch.tensor_split(torch.sort(scales.double()).values, bins)
+    keys = [_scale_key(float(c.median())) for c in chunks]
+    # Rounding could merge two very narrow bins; nudge duplicates apart so keys stay unique and ordered.
+    for i in range(1, len(keys)):
+        if keys[i] <= keys[i - 1]:
+            keys[i] = round(keys[i - 1] + 1e-4, 4)
+    return keys
+
+
+def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
+    data, fingerprint, names = _fmnist_common(p, root)
+
+    def split(which: int) -> Callable[[], ImageTensorDataset]:
+        def make() -> ImageTensorDataset:
+            images, labels = _limit(_train_val(*data["train"], p["val_size"], "the train split")[which], p["limit"])
+            return ImageTensorDataset(images.clone(), labels.clone())
+
+        return make
+
+    def test_at(size: int) -> Callable[[], ImageTensorDataset]:
+        def make() -> ImageTensorDataset:
+            images, labels = _limit(data["test"], p["limit"])
+            out = _map_u8(images, lambda x, sl: resize_images(x, size, mode=p["interpolation"]))
+            return ImageTensorDataset(out, labels.clone())
+
+        return make
+
+    sizes = p["sizes"]
+    gens = {"train": split(0), "val": split(1), **{f"test-{s}": test_at(s) for s in sizes}}
+    store = PartStore(_store_dir("fmnist-res", p, fingerprint), gens, names)
+    return Protocol("fmnist-res", p, "size", 28 if 28 in sizes else None, len(names), 1, names, (28, 28), store,
+                    sizes, lambda s: store.get(f"test-{s}"), root=root)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------- folders
+
+
+def _folder_splits(p: dict[str, Any]) -> tuple[dict[str, list[tuple[str, int]]], list[str], str]:
+    """File lists of train / val / test and the class names; a fingerprint of every file involved."""
+    root = Path(p["root"])
+    g = torch.Generator().manual_seed(p["seed"])
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_all, classes = scan_image_folder(root / "train")
+        test_files, test_classes = scan_image_folder(root / "test")
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise UserError(f"{root / 'test'} has classes missing from {root / 'train'}: {unknown[:5]}")
+        test = [(path, classes.index(test_classes[t])) for path, t in test_files]
+    else:
+        all_files, classes = scan_image_folder(root)
+        labels = torch.tensor([t for _, t in all_files])
+        n_test = round(len(all_files) * p["test_fraction"])
+        test_idx, train_idx = stratified_split(labels, [n_test, len(all_files) - n_test], g)
+        test = [all_files[i] for i in sorted(test_idx.tolist())]
+        train_all = [all_files[i] for i in sorted(train_idx.tolist())]
+    n_val = round(len(train_all) * p["val_fraction"])
+    labels = torch.tensor([t for _, t in train_all])
+    val_idx, train_idx = stratified_split(labels, [n_val, len(train_all) - n_val], g)
+    splits = {
+        "train": [train_all[i] for i in sorted(train_idx.tolist())],
+        "val": [train_all[i] for i in sorted(val_idx.tolist())],
+        "test": test,
+    }
+    if p["limit"] is not None:
+        splits = {k: v[: p["limit"]] for k, v in splits.items()}
+    if not splits["train"] or not splits["test"]:
+        raise UserError(f"{root}: too few images for a train and a test split ({len(train_all) + len(test)} found)")
+    fingerprint = folder_fingerprint([*splits["train"], *splits["val"], *splits["test"]])
+    return splits, classes, fingerprint
+
+
+def _folder_loader(p: dict[str, Any], files: list[tuple[str, int]], size: int, classes: list[str]):
+    return load_folder_tensors(files, size, mode=p["mode"], max_pixels=p["max_pixels"], strict=p["strict"],
+                               root=p["root"], class_names=classes)  # fmt: skip
+
+
+def _build_folder_ls(root: str | None, p: dict[str, Any]) -> Protocol:
+    splits, classes, fingerprint = _folder_splits(p)
+    size, mode = p["image_size"], p["interpolation"]
+    biggest = max([*p["scales"], *(p["train_scales"] or [1.0]), 1.0])
+    # Default canvas: fmnist-ls proportions (its largest object, s = 2, fills 56/64 = 7/8 of the canvas).
+    canvas = p["canvas"] or 2 * math.ceil(size * biggest * 8 / 7 / 2)
+
+    def place(files, scales: float | str) -> ImageTensorDataset:
+        ds = _folder_loader(p, files, size, classes)
+        if scales == "train" and p["train_scales"] is not None:
+            g = torch.Generator().manual_seed(p["seed"])
+            s = sample_scales(len(ds), p["train_scales"], generator=g)
+        else:
+            s = torch.full((len(ds),), 1.0 if scales == "train" else float(scales), dtype=torch.float64)
+        out = _map_u8(ds.images, lambda x, sl: rescale_in_canvas(x, s[sl], canvas, mode=mode))
+        return ImageTensorDataset(out, ds.labels, extras={"scale": s.float()})
+
+    keys = [_scale_key(s) for s in p["scales"]]
+    exact = dict(zip(keys, p["scales"], strict=True))
+    gens = {"train": lambda: place(splits["train"], "train"), "val": lambda: place(splits["val"], "train")}
+    for k in keys:
+        gens[f"test-{k:g}"] = lambda k=k: place(splits["test"], exact[k])
+    store = PartStore(_store_dir("folder-ls", p, fingerprint), gens, classes)
+    in_chans = 1 if p["mode"] == "L" else 3
+    train_condition = 1.0 if p["train_scales"] is None and 1.0 in keys else None
+    return Protocol("folder-ls", {**p, "canvas": canvas}, "scale", train_condition, len(classes), in_chans, classes,
+                    (canvas, canvas), store, keys, lambda k: store.get(f"test-{k:g}"), root=p["root"],
+                    has_val=bool(splits["val"]))  # fmt: skip
+
+
+def _build_folder_res(root: str | None, p: dict[str, Any]) -> Protocol:
+    splits, classes, fingerprint = _folder_splits(p)
+    size = p["image_size"]
+    sizes = p["sizes"] or sorted({max(1, round(size * f)) for f in (0.5, 0.75, 1, 1.5, 2, 3, 4)})
+    master: dict[str, ImageTensorDataset] = {}
+
+    def test_at(s: int) -> ImageTensorDataset:
+        if "test" not in master:  # decode once at the largest size; smaller sizes are antialiased shrinks of it
+            master["test"] = _folder_loader(p, splits["test"], max(sizes), classes)
+        ds = master["test"]
+        out = _map_u8(ds.images, lambda x, sl: resize_images(x, s, mode=p["interpolation"]))
+        return ImageTensorDataset(out, ds.labels)
+
+    gens = {"train": lambda: _folder_loader(p, splits["train"], size, classes),
+            "val": lambda: _folder_loader(p, splits["val"], size, classes),
+            **{f"test-{s}": lambda s=s: test_at(s) for s in sizes}}  # fmt: skip
+    store = PartStore(_store_dir("folder-res", p, fingerprint), gens, classes)
+    in_chans = 1 if p["mode"] == "L" else 3
+    return Protocol("folder-res", {**p, "sizes": sizes}, "size", size if size in sizes else None, len(classes),
+                    in_chans, classes, (size, size), store, sizes, lambda s: store.get(f"test-{s}"), root=p["root"],
+                    has_val=bool(splits["val"]))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------- registry
+
+_IDX = Param.choice(sorted(IDX_DATASETS), "fashion-mnist")
+_LIMIT = Param.int_(None, lo=1, optional=True, doc="keep only the first N images of each split (smoke tests)")
+_FOLDER_COMMON = {
+    "root": Param.path(),
+    "image_size": Param.int_(32, lo=4),
+    "val_fraction": Param.float_(0.1, lo=0.0, hi=0.9),
+    "test_fraction": Param.float_(0.2, lo=0.0, hi=0.9),
+    "seed": Param.int_(0, lo=0),
+    "mode": Param.choice(["L", "RGB"], "RGB"),
+    "max_pixels": Param.int_(DEFAULT_MAX_PIXELS, lo=1, optional=True),
+    "strict": Param.bool_(False),
+    "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"),
+    "limit": _LIMIT,
+}
+
+_REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dict[str, Param], str]] = {
+    "fmnist-ls": (_build_fmnist_ls, {
+        "dataset": _IDX, "canvas": Param.int_(64, lo=8), "scales": Param.floats(LS_SCALES, positive=True),
+        "train_scales": Param.range_(None), "val_size": Param.int_(5000, lo=0), "seed": Param.int_(0, lo=0),
+        "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
+    }, "object rescaled by 2^(k/4), k=-4..4, in a 64x64 canvas; train at s=1"),
+    "fmnist-scale": (_build_fmnist_scale, {
+        "dataset": _IDX, "realization": Param.int_(0, lo=0), "scale_range": Param.range_((0.3, 1.0), optional=False),
+        "train_size": Param.int_(10000, lo=1), "val_size": Param.int_(2000, lo=0), "test_size": Param.int_(50000, lo=1),
+        "test_bins": Param.int_(5, lo=1), "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bicubic"),
+    }, "SESN MNIST-scale recipe: 10k/2k/50k, s ~ U(0.3, 1) on the 28x28 canvas, realizations 0..5"),
+    "fmnist-res": (_build_fmnist_res, {
+        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1), "val_size": Param.int_(5000, lo=0),
+        "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
+    }, "train at 28x28, test with the whole image resized to 14..112 px"),
+    "folder-ls": (_build_folder_ls, {
+        **_FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True),
+        "scales": Param.floats(LS_SCALES, positive=True), "train_scales": Param.range_(None),
+    }, "an ImageFolder's images rescaled inside a canvas, fmnist-ls style"),
+    "folder-res": (_build_folder_res, {
+        **_FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True),
+    }, "an ImageFolder's images resized whole, fmnist-res style"),
+}  # fmt: skip
+
+
+def list_protocols() -> list[str]:
+    """Names accepted by :func:`build_protocol`."""
+    return sorted(_REGISTRY)
+
+
+def protocol_help() -> dict[str, str]:
+    """``name -> one-line description`` (for ``msresnet`` listings)."""
+    return {name: entry[2] for name, entry in sorted(_REGISTRY.items())}
+
+
+def protocol_defaults(name: str) -> dict[str, Any]:
+    """A protocol's parameters and their defaults."""
+    return {k: v.default for k, v in _registry_entry(name)[1].items()}
+
+
+def _registry_entry(name: str):
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown protocol {name!r}{hint} (available: {', '.join(list_protocols())})")
+    return _REGISTRY[name]
+
+
+def build_protocol(name: str, root: str | os.PathLike | None = None, **params: Any) -> Protocol:
+    """Build (or load from the cache) a benchmark protocol.
+
+    Args:
+        name: one of :func:`list_protocols`.
+        root: where the source images are: the IDX folder for ``fmnist-*`` (default: the standard search order),
+            the ImageFolder tree for ``folder-*`` (required there; also accepted as ``params["root"]``).
+        **params: protocol parameters (see :func:`protocol_defaults`); ``None`` means the default.
+
+    Raises:
+        UserError: unknown protocol or parameter, bad value, missing data.
+    """
+    builder, spec, _ = _registry_entry(name)
+    params = {k: v for k, v in params.items() if v is not None}
+    if name.startswith("folder-"):
+        if root is not None:
+            params["root"] = root
+        if "root" not in params:
+            raise UserError(f"protocol {name!r} needs root=<ImageFolder directory>")
+        resolved = resolve_params(name, spec, params)
+        return builder(None, resolved)
+    resolved = resolve_params(name, spec, params)
+    return builder(str(Path(root).expanduser().resolve()) if root is not None else None, resolved)
