@@ -381,6 +381,7 @@ def _build_folder_ls(root: str | None, p: dict[str, Any]) -> Protocol:
     biggest = max([*p["scales"], *(p["train_scales"] or [1.0]), 1.0])
     # Default canvas: fmnist-ls proportions (its largest object, s = 2, fills 56/64 = 7/8 of the canvas).
     canvas = p["canvas"] or 2 * math.ceil(size * biggest * 8 / 7 / 2)
+    p = {**p, "canvas": canvas}  # resolved before hashing: a rebuild from Protocol.params hits the same cache
 
     def place(files, scales: float | str) -> ImageTensorDataset:
         ds = _folder_loader(p, files, size, classes)
@@ -400,7 +401,7 @@ def _build_folder_ls(root: str | None, p: dict[str, Any]) -> Protocol:
     store = PartStore(_store_dir("folder-ls", p, fingerprint), gens, classes)
     in_chans = 1 if p["mode"] == "L" else 3
     train_condition = 1.0 if p["train_scales"] is None and 1.0 in keys else None
-    return Protocol("folder-ls", {**p, "canvas": canvas}, "scale", train_condition, len(classes), in_chans, classes,
+    return Protocol("folder-ls", p, "scale", train_condition, len(classes), in_chans, classes,
                     (canvas, canvas), store, keys, lambda k: store.get(f"test-{k:g}"), root=p["root"],
                     has_val=bool(splits["val"]))  # fmt: skip
 
@@ -409,6 +410,7 @@ def _build_folder_res(root: str | None, p: dict[str, Any]) -> Protocol:
     splits, classes, fingerprint = _folder_splits(p)
     size = p["image_size"]
     sizes = p["sizes"] or sorted({max(1, round(size * f)) for f in (0.5, 0.75, 1, 1.5, 2, 3, 4)})
+    p = {**p, "sizes": sizes}  # resolved before hashing: a rebuild from Protocol.params hits the same cache
     master: dict[str, ImageTensorDataset] = {}
 
     def test_at(s: int) -> ImageTensorDataset:
@@ -423,7 +425,7 @@ def _build_folder_res(root: str | None, p: dict[str, Any]) -> Protocol:
             **{f"test-{s}": lambda s=s: test_at(s) for s in sizes}}  # fmt: skip
     store = PartStore(_store_dir("folder-res", p, fingerprint), gens, classes)
     in_chans = 1 if p["mode"] == "L" else 3
-    return Protocol("folder-res", {**p, "sizes": sizes}, "size", size if size in sizes else None, len(classes),
+    return Protocol("folder-res", p, "size", size if size in sizes else None, len(classes),
                     in_chans, classes, (size, size), store, sizes, lambda s: store.get(f"test-{s}"), root=p["root"],
                     has_val=bool(splits["val"]))  # fmt: skip
 
