@@ -296,11 +296,12 @@ def provenance(checksum: str | None = None, world_size: int = 1) -> dict[str, An
     import torch
     import torchvision
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    versions["torchvision"] = str(torchvision.__version__)
     try:
         import timm
 
-        versions["timm"] = timm.__version__
+        versions["timm"] = str(timm.__version__)
     except ImportError:  # timm is a dependency, but a provenance record must never fail a run
         versions["timm"] = None
     from msresnet import __version__

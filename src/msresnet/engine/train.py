@@ -341,6 +341,9 @@ def _train(
         """Write ``kind`` (last/best): state first, weights last, both atomic; rank 0 only."""
         if not main:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            # A finite loss and gradient can still overflow in the update; never replace a good checkpoint by this.
+            raise NonFiniteError(f"weights became non-finite by step {global_step}; stopped, last good checkpoint kept")
         info.epoch, info.step = epoch, global_step
         info.val_acc = rows[-1]["val_acc"] if rows else None
         payload = {
@@ -447,6 +450,12 @@ def _train(
                 reporter.step(batch_in_epoch, global_step, sums[0] / max(1, sums[2]), sums[1] / max(1, sums[2]), rate)
                 if tb is not None and global_step % cfg.log_every == 0:
                     tb.scalars({"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, global_step, "step")
+                if (
+                    cfg.checkpoint_every
+                    and global_step % cfg.checkpoint_every == 0
+                    and batch_in_epoch < steps_per_epoch  # the epoch end checkpoints anyway
+                ):
+                    mid_epoch_checkpoint()
                 if on_step is not None:
                     on_step(global_step)
                 if ctx.any_true(stop.requested):
@@ -456,12 +465,6 @@ def _train(
                     if main:
                         log(f"stopped by signal {signum} at step {global_step}; checkpoint {ckdir / 'last.state.pt'}")
                     raise TrainingInterrupted(signum, str(ckdir / "last.state.pt"))
-                if (
-                    cfg.checkpoint_every
-                    and global_step % cfg.checkpoint_every == 0
-                    and batch_in_epoch < steps_per_epoch
-                ):
-                    mid_epoch_checkpoint()
 
             # ---- end of epoch: validate, log, checkpoint (best first, then last: last is the resume point)
             seconds = time.perf_counter() - t_start
