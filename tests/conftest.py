@@ -100,7 +100,7 @@ def make_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox
         for i in range(per_class):
             a = rng.integers(0, 60, (size[1], size[0], 3), dtype=np.uint8)
             a[..., ci % 3] += 150
-            im = Image.fromarray(a, "RGB")
+            im = Image.fromarray(a)
             (im if mode == "RGB" else im.convert(mode)).save(root / name / f"{i}.png")
     return root
 

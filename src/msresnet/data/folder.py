@@ -146,8 +146,14 @@ class RobustImageFolder(ImageFolder):
         def loader(path: str) -> Image.Image:
             return load_image(path, max_pixels=max_pixels, mode=mode)
 
-        super().__init__(str(root), transform=transform, target_transform=target_transform, loader=loader,
-                         extensions=EXTENSIONS, allow_empty=True)  # fmt: skip
+        super().__init__(
+            str(root),
+            transform=transform,
+            target_transform=target_transform,
+            loader=loader,
+            is_valid_file=lambda p: p.lower().endswith(EXTENSIONS),
+            allow_empty=True,
+        )
         if check:
             bad, good = [], []
             with bomb_warnings_as_errors():

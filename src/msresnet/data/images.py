@@ -60,7 +60,7 @@ def to_8bit(im: Image.Image) -> Image.Image:
             a = a * 255.0
     else:
         return im
-    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
 
 
 def _convert(im: Image.Image, mode: str, background: tuple[int, int, int]) -> Image.Image:
