@@ -1,0 +1,22 @@
+"""Building blocks for multi-scale networks: scale bases, scale convolutions, scale pooling, image pyramids."""
+
+from __future__ import annotations
+
+from msresnet.layers.basis import dilate_kernel, hermite_basis, hermite_scales, num_hermite_functions
+from msresnet.layers.pyramid import ImagePyramid, center_crop, resize, scaled_size
+from msresnet.layers.scale_conv import ScaleConv2d
+from msresnet.layers.scale_pool import POOL_MODES, ScalePool
+
+__all__ = [
+    "POOL_MODES",
+    "ImagePyramid",
+    "ScaleConv2d",
+    "ScalePool",
+    "center_crop",
+    "dilate_kernel",
+    "hermite_basis",
+    "hermite_scales",
+    "num_hermite_functions",
+    "resize",
+    "scaled_size",
+]

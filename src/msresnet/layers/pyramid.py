@@ -1,0 +1,107 @@
+"""Model-side image resizing: antialiased resize and an image pyramid.
+
+The models and the scale-invariance loss resize with the same helper so "2x smaller" means the same thing
+everywhere: bilinear interpolation with ``antialias=True`` when shrinking (a box-like prefilter, so a coarse pyramid
+level is the image as a lower-resolution camera would have seen it, not an aliased subsample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msresnet.errors import UserError
+
+__all__ = ["resize", "scaled_size", "center_crop", "ImagePyramid"]
+
+
+def scaled_size(size: Sequence[int], factor: float) -> tuple[int, int]:
+    """``(H, W)`` multiplied by ``factor`` and rounded, at least 1 pixel."""
+    if isinstance(size[0], torch.Tensor):  # traced for ONNX export: keep the arithmetic in the graph (dynamic H, W)
+        return tuple(torch.clamp(torch.round(s * factor), min=1).long() for s in size[:2])  # type: ignore[return-value]
+    return max(1, round(size[0] * factor)), max(1, round(size[1] * factor))
+
+
+def resize(
+    x: torch.Tensor,
+    size_or_factor: float | int | Sequence[int],
+    antialias: bool = True,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Resize a batch ``[B, C, H, W]``.
+
+    Args:
+        x: Images.
+        size_or_factor: A float factor (``0.5`` halves H and W), an int size (square), or ``(H, W)``.
+        antialias: Prefilter when shrinking (ignored by torch when enlarging).
+        mode: ``"bilinear"`` or ``"bicubic"`` (antialias-capable modes) or ``"nearest"``.
+
+    Returns:
+        The resized batch; the input itself when the size does not change.
+    """
+    h, w = x.shape[-2:]
+    if isinstance(size_or_factor, float):
+        if size_or_factor <= 0:
+            raise UserError(f"resize factor must be positive, got {size_or_factor}")
+        size = scaled_size((h, w), size_or_factor)
+    elif isinstance(size_or_factor, int):
+        size = (size_or_factor, size_or_factor)
+    else:
+        size = (int(size_or_factor[0]), int(size_or_factor[1]))
+    if size == (h, w):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
+
+
+def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Central ``size = (H, W)`` window of ``x`` (no-op where ``x`` is already that small)."""
+    h, w = x.shape[-2:]
+    th, tw = min(size[0], h), min(size[1], w)
+    top, left = (h - th) // 2, (w - tw) // 2
+    return x[..., top : top + th, left : left + tw]
+
+
+class ImagePyramid(nn.Module):
+    """Return the input rescaled by each factor (finest first), dropping levels that would be too small.
+
+    Args:
+        scales: Resize factors; ``1`` is the input itself. Factors above 1 enlarge the image.
+        min_size: Levels whose shorter side would fall below this are skipped (the trunk's stride makes them
+            degenerate). The level closest to factor 1 is always kept so every input gives at least one level.
+        crop_upscaled: Centre-crop enlarged levels back to the input size (the "foveated" scale channels of
+            Jansson & Lindeberg: every channel sees a window of the same size, so cost stays bounded).
+    """
+
+    def __init__(self, scales: Sequence[float], min_size: int = 8, crop_upscaled: bool = True) -> None:
+        super().__init__()
+        scales = [float(s) for s in scales]
+        if not scales or min(scales) <= 0:
+            raise UserError(f"pyramid scales must be positive numbers, got {list(scales)}")
+        self.scales = sorted(scales, reverse=True)
+        self.min_size, self.crop_upscaled = min_size, crop_upscaled
+
+    def extra_repr(self) -> str:
+        return f"scales={[round(s, 4) for s in self.scales]}, min_size={self.min_size}"
+
+    def kept_scales(self, size: Sequence[int]) -> list[float]:
+        """The factors that give levels at least ``min_size`` for an input of ``size = (H, W)``."""
+        kept = [s for s in self.scales if min(scaled_size(size, s)) >= self.min_size]
+        if not kept:
+            kept = [min(self.scales, key=lambda s: abs(s - 1.0))]
+        return kept
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[B, C, H, W]`` -> list of ``[B, C, h_i, w_i]``, finest first."""
+        size = x.shape[-2:]
+        levels = []
+        for s in self.kept_scales(size):
+            y = resize(x, s)
+            if s > 1 and self.crop_upscaled:
+                y = center_crop(y, size)
+            levels.append(y)
+        return levels

@@ -1,0 +1,106 @@
+"""``ScalePool``: collapse a scale axis; its ``"softmax"`` mode is the scale-aware activation.
+
+``softmax``: ``sum_s softmax_s(beta * f_s) * f_s`` per channel and position, with a learnable temperature
+``beta``; it normalises the responses across scales and keeps the dominant one. ``beta -> inf`` gives max pooling,
+``beta -> 0`` gives average pooling, so the network can learn where between the two it wants to be.
+``attention`` is SK-style: each scale's globally pooled context goes through a small shared MLP that scores it
+per channel, and the scores are softmaxed over scales (the number of scales may change from call to call, e.g.
+when an image pyramid drops levels for small inputs).
+
+Scale dropout (training only): with probability ``scale_dropout`` a sample keeps only a random contiguous window
+of scales, so every scale learns to carry the decision alone (useful when test objects are larger or smaller
+than anything seen in training, where only the extreme scales respond).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from msresnet.errors import UserError
+
+__all__ = ["ScalePool", "POOL_MODES"]
+
+POOL_MODES = ("max", "avg", "softmax", "attention")
+
+
+class ScalePool(nn.Module):
+    """Pool over the scale axis ``dim`` of a tensor (e.g. ``[B, C, S, H, W]`` or ``[B, C, S]``).
+
+    Args:
+        mode: ``"max"``, ``"avg"``, ``"softmax"`` or ``"attention"``.
+        dim: The scale axis; channels are expected at dim 1.
+        beta: Initial softmax temperature.
+        learn_beta: Learn ``beta`` (softmax mode).
+        channels: Number of channels (required for ``"attention"``).
+        reduction: Attention MLP bottleneck ratio.
+        scale_dropout: Probability that a training sample keeps only a random contiguous window of scales.
+    """
+
+    def __init__(
+        self,
+        mode: str = "softmax",
+        dim: int = 2,
+        beta: float = 1.0,
+        learn_beta: bool = True,
+        channels: int | None = None,
+        reduction: int = 4,
+        scale_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if mode not in POOL_MODES:
+            raise UserError(f"unknown scale pool {mode!r}; choose one of {', '.join(POOL_MODES)}")
+        if not 0.0 <= scale_dropout <= 1.0:
+            raise UserError(f"scale_dropout must be in [0, 1], got {scale_dropout}")
+        self.mode, self.dim, self.scale_dropout = mode, dim, scale_dropout
+        if mode == "softmax":
+            b = torch.tensor(float(beta))
+            self.beta = nn.Parameter(b) if learn_beta else nn.Buffer(b)
+        if mode == "attention":
+            if not channels:
+                raise UserError("attention scale pooling needs the number of channels")
+            hidden = max(channels // reduction, 4)
+            self.attn = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, dim={self.dim}, scale_dropout={self.scale_dropout}"
+
+    def _keep_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Boolean ``[B, 1, S, 1...]`` mask of kept scales, or None (no dropout this call)."""
+        s = x.shape[self.dim]
+        if not (self.training and self.scale_dropout > 0 and s > 1):
+            return None
+        b = x.shape[0]
+        dev = x.device
+        length = torch.randint(1, s + 1, (b,), device=dev)
+        start = (torch.rand(b, device=dev) * (s - length + 1)).floor().long()
+        idx = torch.arange(s, device=dev)
+        keep = (idx[None] >= start[:, None]) & (idx[None] < (start + length)[:, None])
+        keep |= (torch.rand(b, device=dev) >= self.scale_dropout)[:, None]  # most samples keep every scale
+        shape = [b] + [1] * (x.dim() - 1)
+        shape[self.dim] = s
+        return keep.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool ``x`` over ``self.dim``."""
+        mask = self._keep_mask(x)
+        d = self.dim
+        if self.mode == "max":
+            return (x if mask is None else x.masked_fill(~mask, float("-inf"))).amax(d)
+        if self.mode == "avg":
+            if mask is None:
+                return x.mean(d)
+            m = mask.to(x.dtype)
+            return (x * m).sum(d) / m.sum(d)
+        if self.mode == "softmax":
+            logits = self.beta * x
+        else:
+            # context per scale: average over every axis after the scale axis (space), channels last for the MLP
+            ctx = x.mean(dim=tuple(range(d + 1, x.dim()))) if x.dim() > d + 1 else x
+            ctx = ctx.movedim(1, -1)  # [B, S, C]
+            logits = self.attn(ctx).movedim(-1, 1)  # [B, C, S]
+            logits = logits.reshape(*logits.shape, *([1] * (x.dim() - d - 1)))
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=d)
+        return (weights * x).sum(d)

@@ -1,0 +1,16 @@
+"""Model zoo: plain ResNets, multi-scale ResNets, scale-channel, SESN-style and Res2Net-style networks.
+
+Every model is registered by name; build one with :func:`create_model`. Importing this package also registers
+the models into timm's registry (see :mod:`msresnet.models._timm`).
+"""
+
+from __future__ import annotations
+
+from msresnet.models import msresnet, res2net, resnet, scale_channel, sesn  # noqa: F401  (registers the models)
+from msresnet.models._registry import create_model, is_model, list_models, model_entrypoint, register_model
+from msresnet.models._timm import register_timm_models
+from msresnet.models.resnet import ResNet
+
+register_timm_models()
+
+__all__ = ["ResNet", "create_model", "is_model", "list_models", "model_entrypoint", "register_model"]

@@ -1,0 +1,130 @@
+"""Model registry: ``register_model`` / ``create_model`` / ``list_models``.
+
+Every model is a function ``name(pretrained=False, **kwargs) -> nn.Module`` registered under its own name.
+Duplicates are a programming error. Unknown names and bad keyword arguments are user mistakes
+(:class:`msresnet.errors.UserError`, with a close-match suggestion for names).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from msresnet.errors import UserError
+
+__all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "is_model", "make_cfg"]
+
+_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn`` under ``fn.__name__``.
+
+    Raises:
+        ValueError: the name is already registered (two models must never silently shadow each other).
+    """
+    name = fn.__name__
+    if name in _ENTRYPOINTS:
+        raise ValueError(f"model {name!r} is already registered (by {_ENTRYPOINTS[name].__module__})")
+    _ENTRYPOINTS[name] = fn
+    return fn
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is registered."""
+    return name in _ENTRYPOINTS
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` (``"msresnet*"``)."""
+    names = sorted(_ENTRYPOINTS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The registered function for ``name``; UserError with a suggestion when unknown."""
+    try:
+        return _ENTRYPOINTS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_ENTRYPOINTS), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "; see `msresnet models`"
+        raise UserError(f"unknown model {name!r}{hint}") from None
+
+
+def make_cfg(**overrides: Any) -> dict[str, Any]:
+    """A complete timm-style ``pretrained_cfg`` with msresnet's defaults (no weights: ``url=""``)."""
+    cfg: dict[str, Any] = {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 64, 64),
+        "min_input_size": (3, 16, 16),
+        "pool_size": (16, 16),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "stem.conv",
+        "classifier": "fc",
+        "license": "mit",
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: Registered name (see :func:`list_models`).
+        num_classes: Classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        in_chans: Input channels (1 for grey, 3 for RGB).
+        pretrained: msresnet ships no downloadable weights; train one with ``msresnet train`` and load it with
+            :func:`msresnet.load_model`.
+        features_only: Return a feature extractor (list of stage outputs) with a timm-compatible ``feature_info``
+            (``.channels()``, ``.reduction()``) instead of a classifier.
+        out_indices: With ``features_only``: which levels to return (default all).
+        **kwargs: Model options (``width``, ``drop_rate``, the scale machinery of ``msresnet*`` ...).
+
+    Returns:
+        The model (in training mode, like torch modules).
+    """
+    fn = model_entrypoint(name)
+    if pretrained:
+        raise UserError(
+            f"no pretrained weights are published for {name!r}; train with `msresnet train` and use load_model"
+        )
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise UserError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise UserError(f"in_chans must be a positive integer, got {in_chans!r}")
+    try:
+        model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        # a misspelt or foreign option (e.g. from a YAML recipe) is the user's mistake, not a crash
+        if "unexpected keyword argument" in str(e) or "got multiple values" in str(e):
+            raise UserError(f"model {name!r}: {e}") from None
+        raise
+    if features_only:
+        from timm.models import FeatureGetterNet
+
+        n_levels = len(model.feature_info)
+        idx = tuple(range(n_levels)) if out_indices is None else tuple(out_indices)
+        if any(not -n_levels <= i < n_levels for i in idx):
+            raise UserError(f"out_indices {idx} out of range for {name!r} ({n_levels} feature levels)")
+        idx = tuple(i % n_levels for i in idx)
+        cfg = model.pretrained_cfg
+        model = FeatureGetterNet(model, out_indices=idx)
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
