@@ -332,8 +332,9 @@ def _train(
         _write_config(cfg, run, getattr(protocol, "checksum", None), ctx.world_size, global_step if state else None)
         write_metrics_csv(run / "metrics.csv", rows)  # after a resume: exactly the checkpoint's epochs
 
-    net: nn.Module = torch.compile(model) if cfg.compile else model
-    net = ctx.wrap(net)
+    compiled: nn.Module = torch.compile(model) if cfg.compile else model
+    # Validation uses the un-wrapped model: DDP's forward is a collective, and shards may differ in batch count.
+    net = ctx.wrap(compiled)
     tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
     reporter = StepReporter(main, cfg.log_every)
 
@@ -470,7 +471,7 @@ def _train(
             seconds = time.perf_counter() - t_start
             train_loss_sum, train_correct, train_n = ctx.all_reduce_sum(sums)
             ctx.broadcast_module(model)
-            val_loss, val_acc = validate(net, val_split, norm, max(cfg.batch_size, 256), ctx, cfg.amp)
+            val_loss, val_acc = validate(compiled, val_split, norm, max(cfg.batch_size, 256), ctx, cfg.amp)
             epoch += 1
             row = {
                 "epoch": epoch,
