@@ -23,7 +23,8 @@ def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "run"
     cfg_file = tmp_path / "cfg.yaml"
     n_train = 160  # 144 after the 10% validation hold-out: 72 per rank, 3 steps of 32 per epoch
-    cfg = base_config(out, protocol_params={"n_train": n_train}, batch_size=32, epochs=2)
+    # si_weight > 0: the loss makes two forward passes per step, which DDP must see as one (TrainStep).
+    cfg = base_config(out, protocol_params={"n_train": n_train}, batch_size=32, epochs=2, si_weight=0.5)
     cfg_file.write_text(yaml.safe_dump(cfg))
     script = Path(__file__).with_name("engine_fakes.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}

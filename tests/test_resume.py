@@ -146,9 +146,7 @@ def test_chaos_sigkill_resume(tmp_path, monkeypatch):
     install(monkeypatch)
     torch.set_num_threads(1)
     reference = tmp_path / "ref"
-    t0 = time.perf_counter()
     train(load_train_config(None, base_config(reference, **recipe)))
-    run_seconds = time.perf_counter() - t0
 
     out = tmp_path / "run"
     cfg_file = tmp_path / "cfg.yaml"
@@ -156,17 +154,21 @@ def test_chaos_sigkill_resume(tmp_path, monkeypatch):
     script = Path(__file__).with_name("engine_fakes.py")
     rng = random.Random(0)
     kill_points: list[int] = []
+    state = out / "checkpoints" / "last.state.pt"
     for launch in range(60):
         args = [sys.executable, str(script), str(cfg_file)] + (["--resume"] if launch else [])
+        before = state.stat().st_mtime_ns if state.exists() else 0
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if len(kill_points) < 8:
-            # Start-up (imports) takes a few seconds, then the kill lands somewhere in the training.
-            time.sleep(rng.uniform(2.0, 4.0 + run_seconds / 2))
+            # Wait until this process has made progress (a new checkpoint), then kill after a random delay:
+            # somewhere in the following steps, sometimes in the middle of the next checkpoint write.
+            while proc.poll() is None and (state.stat().st_mtime_ns if state.exists() else 0) == before:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                state = out / "checkpoints" / "last.state.pt"
-                kill_points.append(ckpt.load_state(state)["global_step"] if state.exists() else -1)
+                kill_points.append(ckpt.load_state(state)["global_step"])
                 continue
         if proc.wait() == 0:
             break

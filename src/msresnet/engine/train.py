@@ -9,7 +9,6 @@ on CPU with ``deterministic: true``).
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import random
@@ -127,20 +126,42 @@ class _Determinism:
         torch.set_num_threads(self.prev[2])
 
 
-def _build_criterion(cfg: TrainConfig) -> nn.Module | None:
+class TrainStep(nn.Module):
+    """Model + loss as one module, so one (DDP) forward call covers every pass the loss makes.
+
+    The scale-invariance loss runs the model on two views before the backward pass; DDP expects exactly one forward
+    per backward, so DDP wraps this module instead of the bare model. With ``criterion=None`` the loss is plain
+    cross-entropy with label smoothing (one forward pass).
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module | None, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+        self.label_smoothing = label_smoothing
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the loss and the clean view's (detached) logits."""
+        if self.criterion is None:
+            logits = self.model(x)
+            return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits.detach()
+        loss, parts = self.criterion(self.model, x, y)
+        return loss, parts["logits"]
+
+
+def build_criterion(cfg: TrainConfig) -> nn.Module | None:
     """The scale-invariance loss when its weight is positive; None means plain cross-entropy (one forward pass)."""
-    if cfg.si_weight <= 0:
+    if cfg.si_weight <= 0 and cfg.si_feature_weight <= 0:
         return None
     from msresnet.losses import ScaleInvarianceLoss
 
-    kwargs: dict[str, Any] = {"weight": cfg.si_weight, "feature_weight": cfg.si_feature_weight}
+    kwargs: dict[str, Any] = {
+        "weight": cfg.si_weight,
+        "feature_weight": cfg.si_feature_weight,
+        "label_smoothing": cfg.label_smoothing,
+    }
     if cfg.si_scale_range is not None:
         kwargs["scale_range"] = cfg.si_scale_range
-    accepted = inspect.signature(ScaleInvarianceLoss).parameters
-    if cfg.label_smoothing > 0:
-        if "label_smoothing" not in accepted:
-            raise UserError("label_smoothing is not supported together with si_weight > 0")
-        kwargs["label_smoothing"] = cfg.label_smoothing
     return ScaleInvarianceLoss(**kwargs)
 
 
@@ -287,7 +308,7 @@ def _train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    criterion = _build_criterion(cfg)
+    criterion = build_criterion(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     aug_gen = torch.Generator()
 
@@ -334,7 +355,7 @@ def _train(
 
     compiled: nn.Module = torch.compile(model) if cfg.compile else model
     # Validation uses the un-wrapped model: DDP's forward is a collective, and shards may differ in batch count.
-    net = ctx.wrap(compiled)
+    net = ctx.wrap(TrainStep(compiled, criterion, cfg.label_smoothing))
     tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
     reporter = StepReporter(main, cfg.log_every)
 
@@ -400,12 +421,7 @@ def _train(
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = train_split.labels[idx].to(device, non_blocking=True)
                 with _autocast(device, cfg.amp):
-                    if criterion is None:
-                        logits = net(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                    else:
-                        loss, parts = criterion(net, x, y)
-                        logits = parts["logits"]
+                    loss, logits = net(x, y)
 
                 bad = not bool(torch.isfinite(loss))
                 optimizer.zero_grad(set_to_none=True)
