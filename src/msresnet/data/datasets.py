@@ -131,28 +131,29 @@ def stratified_split(
 ) -> list[torch.Tensor]:
     """Split indices into parts of the given sizes, each with (as nearly as possible) the pool's class proportions.
 
-    Per class, the quota of each part is its share of ``size`` (largest-remainder rounding, so the parts have exactly
-    the requested sizes); indices are drawn from a per-class random permutation and each part is shuffled.
+    Parts are filled in order; each takes from every class its share of what is left (largest-remainder rounding, so
+    the parts have exactly the requested sizes). Indices come from a per-class random permutation drawn from
+    ``generator``, and each part is shuffled.
     """
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if sum(sizes) > len(labels):
         raise UserError(f"split sizes {list(sizes)} need {sum(sizes)} images, the pool has {len(labels)}")
     classes, counts = torch.unique(labels, return_counts=True)
-    frac = counts.double() / counts.sum()
+    remaining = counts.clone()
     quotas = []
     for size in sizes:
-        ideal = frac * size
+        # Proportional to what is left of each class, so later parts can always be filled exactly.
+        ideal = remaining.double() * size / max(int(remaining.sum()), 1)
         q = ideal.floor().long()
-        # Hand the leftover images to the classes with the largest remainders (ties broken by class order).
+        # Hand the leftover images to the classes with the largest remainders (ties broken by class order); a class
+        # with a fractional share always has an image left, so this never over-draws.
         left = size - int(q.sum())
         if left:
             order = torch.argsort(-(ideal - q.double()), stable=True)[:left]
             q[order] += 1
+        remaining -= q
         quotas.append(q)
     quota = torch.stack(quotas)  # [parts, classes]
-    over = quota.sum(0) > counts
-    if over.any():
-        raise UserError(f"class {int(classes[over][0])} has too few images for split sizes {list(sizes)}")
     parts: list[list[torch.Tensor]] = [[] for _ in sizes]
     for ci, cls in enumerate(classes.tolist()):
         idx = torch.nonzero(labels == cls).flatten()
