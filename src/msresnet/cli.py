@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--format", "-f", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", "-o", required=True, metavar="FILE")
-    p.add_argument("--opset", type=_int_arg, default=17, metavar="N", help="ONNX opset version")
+    p.add_argument("--opset", type=_int_arg, default=18, metavar="N", help="ONNX opset version")
     p.add_argument("--no-check", action="store_true", help="skip the parity check (not recommended)")
     p.set_defaults(func=cmd_export)
 

@@ -8,6 +8,10 @@ Before an export is reported as done, the file is loaded back (onnxruntime for O
 TorchScript) and run at three input sizes; its outputs must match the eager model within ``1e-3`` relative to the
 logits' magnitude (``max|a - b| <= 1e-3 * max(1, max|eager|)``). A mismatch raises :class:`ExportMismatchError`
 and the file is removed, so a bad export never looks like a good one.
+
+Pyramid models drop pyramid levels that would fall below their minimum size; an exported graph has the level set of
+the 64x64 example it was traced with, so it is exact for inputs at least that large (smaller inputs keep running but
+may then differ from the eager model, which would drop the coarsest level).
 """
 
 from __future__ import annotations
@@ -118,6 +122,40 @@ def _prepare_out(out: str | Path) -> Path:
     return path
 
 
+def _register_resize_symbolics() -> None:
+    """Teach the TorchScript-based ONNX exporter the two resizes our models use that it lacks.
+
+    * ``interpolate(..., mode="bilinear", antialias=True)`` (pyramid levels): ONNX has it since opset 18 as
+      ``Resize(mode=linear, antialias=1)``;
+    * ``interpolate(..., mode="nearest-exact")`` (aligning scale levels): ``Resize(mode=nearest)`` with half-pixel
+      coordinates and ``round_prefer_ceil``, i.e. ``src = floor((dst + 0.5) * in / out)``, PyTorch's definition.
+
+    Both reuse the exporter's own ``Resize`` builder (dynamic output size) and adjust its attributes; the parity
+    check then confirms that onnxruntime computes what PyTorch does.
+    """
+    try:
+        from torch.onnx._internal.torchscript_exporter import symbolic_helper
+    except ImportError:  # another torch layout: the export then fails loudly for these models only
+        return
+    linear = symbolic_helper._interpolate_helper("upsample_bilinear2d", 4, "linear")
+    nearest = symbolic_helper._interpolate_helper("upsample_nearest2d", 4, "nearest")
+
+    def antialiased(g, input, output_size, *args):  # noqa: ANN001, ANN202 - exporter callback signature
+        out = linear(g, input, output_size, *args)
+        out.node().i_("antialias", 1)
+        out.node().i_("exclude_outside", 1)  # PyTorch renormalises the filter over in-image pixels
+        return out
+
+    def nearest_exact(g, input, output_size, *args):  # noqa: ANN001, ANN202
+        out = nearest(g, input, output_size, *args)
+        out.node().s_("coordinate_transformation_mode", "half_pixel")
+        out.node().s_("nearest_mode", "round_prefer_ceil")
+        return out
+
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", antialiased, 18)
+    torch.onnx.register_custom_op_symbolic("aten::_upsample_nearest_exact2d", nearest_exact, 18)
+
+
 def export_onnx(
     model: nn.Module,
     out: str | Path,
@@ -125,7 +163,7 @@ def export_onnx(
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
-    opset: int = 17,
+    opset: int = 18,
     check: bool = True,
 ) -> list[ExportCheck]:
     """Export to ONNX with dynamic batch, height and width, then verify it with onnxruntime.
@@ -137,7 +175,7 @@ def export_onnx(
         model: the eager classifier (normalised input).
         out: the ``.onnx`` file to write.
         in_chans, mean, std: from the checkpoint; normalisation goes into the graph.
-        opset: ONNX opset version.
+        opset: ONNX opset version (18 or later for the antialiased resizing of the pyramid models).
         check: compare with the eager model at :data:`CHECK_SIZES` (the file is removed on mismatch).
 
     Returns:
@@ -149,6 +187,7 @@ def export_onnx(
     h0 = max(64, min_side)
     example = torch.rand(2, in_chans, h0, h0)
     tmp = path.with_name(path.name + ".tmp")
+    _register_resize_symbolics()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's tracer warnings are about shapes we verify below
         torch.onnx.export(
@@ -227,7 +266,7 @@ def export_model(
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
-    opset: int = 17,
+    opset: int = 18,
     check: bool = True,
 ) -> list[ExportCheck]:
     """Export in ``format`` (``onnx`` or ``torchscript``); see :func:`export_onnx` / :func:`export_torchscript`."""
