@@ -155,6 +155,21 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
+def _precheck(cfg: Any) -> None:
+    """Fail in milliseconds on a wrong model name, protocol name or data directory, before any data is built."""
+    import msresnet
+    from msresnet.data import build_protocol, list_protocols
+
+    if cfg.model not in msresnet.list_models():
+        msresnet.create_model(cfg.model)  # raises the UserError with a close-match suggestion
+        raise UserError(f"unknown model {cfg.model!r} (see 'msresnet models')")
+    if cfg.protocol not in list_protocols():
+        build_protocol(cfg.protocol)  # raises the UserError with a close-match suggestion
+        raise UserError(f"unknown protocol {cfg.protocol!r}; known: {', '.join(list_protocols())}")
+    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
+        raise UserError(f"data directory not found: {cfg.data_root}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from msresnet.engine.config import load_train_config
     from msresnet.engine.train import train
@@ -168,6 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(overrides["out"]) / "config.yaml"
         config = saved if saved.is_file() else None
     cfg = load_train_config(config, overrides)
+    _precheck(cfg)
     run_dir = train(cfg)
     print(f"run directory: {run_dir}")
     return 0
