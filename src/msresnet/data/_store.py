@@ -63,7 +63,14 @@ class PartStore:
         )
 
     def _generate(self, part: str) -> tuple[ImageTensorDataset, str]:
-        ds = self.generators[part]()
+        return self._save(part, self.generators[part]())
+
+    def put(self, part: str, ds: ImageTensorDataset) -> None:
+        """Save a part produced as a by-product of generating another (parts that share one random stream)."""
+        if not self.is_cached(part):
+            self._save(part, ds)
+
+    def _save(self, part: str, ds: ImageTensorDataset) -> tuple[ImageTensorDataset, str]:
         ds.class_names = self.class_names
         checksum = dataset_checksum(ds)
         extras = {f"extra_{k}": v.numpy() for k, v in ds.extras.items()}

@@ -270,8 +270,11 @@ def _build_fmnist_scale(root: str | None, p: dict[str, Any]) -> Protocol:
 
     def part(name: str) -> Callable[[], ImageTensorDataset]:
         def make() -> ImageTensorDataset:
-            if "all" not in cache:  # the three splits come from one random stream: generate them together
+            if "all" not in cache:  # the three splits come from one random stream: generate and save them together
                 cache["all"] = realise()
+                for other, ds in cache["all"].items():
+                    if other != name:
+                        store.put(other, ds)
             return cache["all"][name]
 
         return make
