@@ -6,6 +6,7 @@ with no per-image Python work; that keeps 2 CPU cores busy with the model rather
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pickle
@@ -247,18 +248,30 @@ def load_cifar(
     )
 
 
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels [1797, 64], labels) from scikit-learn's bundled CSV, read directly: importing ``sklearn.datasets``
+    pulls in scipy and costs seconds, the file itself milliseconds."""
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if csv is not None and csv.is_file():
+        data = np.loadtxt(csv, delimiter=",")
+        return data[:, :-1], data[:, -1]
+    from sklearn.datasets import load_digits  # layout changed: use the public API
+
+    d = load_digits()
+    return d.data, d.target
+
+
 def load_digits_dataset(split: str = "all", test_fraction: float = 0.25, seed: int = 0) -> ImageTensorDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download): the tiny dataset for smoke runs.
 
     Args:
         split: ``"all"``, ``"train"`` or ``"test"`` (stratified, by ``test_fraction`` and ``seed``).
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    pixels, target = _digits_arrays()
     # The bundled values are 0..16 intensity counts; stretch them to the usual 0..255 range.
-    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(d.target.astype(np.int64))
+    images = torch.from_numpy(np.round(pixels.reshape(-1, 1, 8, 8) * (255.0 / 16.0)).astype(np.uint8))
+    labels = torch.from_numpy(target.astype(np.int64))
     ds = ImageTensorDataset(images, labels, [str(i) for i in range(10)])
     if split == "all":
         return ds
