@@ -137,3 +137,29 @@ def test_digits() -> None:
     train, test = load_digits_dataset("train"), load_digits_dataset("test")
     assert len(train) + len(test) == 1797
     assert set(torch.unique(test.labels).tolist()) == set(range(10))
+
+
+def test_download_verifies_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download path, served from a local file:// mirror: files land in the cache and are checked by MD5."""
+    from dataclasses import replace
+
+    from msresnet.data import idx
+    from msresnet.data._cache import file_md5
+
+    mirror = make_idx_dir(tmp_path / "mirror", n_train=20, n_test=10)
+    info = idx.IDX_DATASETS["mnist"]
+    files = {part: (name, file_md5(mirror / name)) for part, (name, _) in info.files.items()}
+    fake = replace(info, url=mirror.as_uri() + "/", files=files)
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", fake)
+    monkeypatch.setenv("MSRESNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MSRESNET_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("MSRESNET_OFFLINE", "0")
+    got = find_idx_files("mnist")
+    assert got["train-images"] == tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
+    assert len(load_idx_dataset("mnist", "test")) == 10
+    bad = replace(fake, files={**files, "test-labels": (files["test-labels"][0], "0" * 32)})
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", bad)
+    monkeypatch.setenv("MSRESNET_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(UserError, match="expected 0000"):
+        find_idx_files("mnist")
+    assert not (tmp_path / "cache2" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
