@@ -16,8 +16,9 @@ ordered mapping from test condition to dataset). Protocols (see ``docs`` / DESIG
     (rounded to 4 decimals): with equal bins the mean over conditions *is* the overall test accuracy, and the worst
     bin shows the small-object end. ``test_bins=1`` gives one condition.
 ``fmnist-res`` (resolution shift)
-    train/val native 28x28 (55k / last 5k of train); test = the 10k test images resized whole to 14, 21, 28, 42, 56,
-    84, 112 px (bilinear, antialiased); condition keys are the sizes.
+    train/val native 28x28 (55k / last 5k of train; ``train_size`` resizes them, e.g. for an oracle trained at
+    14 px); test = the 10k test images resized whole to 14, 21, 28, 42, 56, 84, 112 px (bilinear, antialiased);
+    condition keys are the sizes.
 ``folder-ls`` / ``folder-res``
     the same two sweeps on any ImageFolder tree (``root``; ``root/train`` + ``root/test`` when present, otherwise a
     stratified ``test_fraction`` split), images cut to ``image_size`` squares (shorter side, centre crop). folder-res
@@ -317,6 +318,8 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
     def split(which: int) -> Callable[[], ImageTensorDataset]:
         def make() -> ImageTensorDataset:
             images, labels = _limit(_train_val(*data["train"], p["val_size"], "the train split")[which], p["limit"])
+            if p["train_size"] != 28:  # an oracle trained at another resolution (e.g. 14 px)
+                images = _map_u8(images, lambda x, sl: resize_images(x, p["train_size"], mode=p["interpolation"]))
             return ImageTensorDataset(images.clone(), labels.clone())
 
         return make
@@ -332,7 +335,8 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
     sizes = p["sizes"]
     gens = {"train": split(0), "val": split(1), **{f"test-{s}": test_at(s) for s in sizes}}
     store = PartStore(_store_dir("fmnist-res", p, fingerprint), gens, names)
-    return Protocol("fmnist-res", p, "size", 28 if 28 in sizes else None, len(names), 1, names, (28, 28), store,
+    t = p["train_size"]
+    return Protocol("fmnist-res", p, "size", t if t in sizes else None, len(names), 1, names, (t, t), store,
                     sizes, lambda s: store.get(f"test-{s}"), root=root)  # fmt: skip
 
 
@@ -462,7 +466,8 @@ _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dic
         "test_bins": Param.int_(5, lo=1), "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bicubic"),
     }, "SESN MNIST-scale recipe: 10k/2k/50k, s ~ U(0.3, 1) on the 28x28 canvas, realizations 0..5"),
     "fmnist-res": (_build_fmnist_res, {
-        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1), "val_size": Param.int_(5000, lo=0),
+        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1), "train_size": Param.int_(28, lo=4),
+        "val_size": Param.int_(5000, lo=0),
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
     }, "train at 28x28, test with the whole image resized to 14..112 px"),
     "folder-ls": (_build_folder_ls, {
