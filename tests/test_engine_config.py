@@ -75,3 +75,16 @@ def test_yaml_round_trip_with_provenance(tmp_path):
     path.write_text(text)
     again = load_train_config(path, None)  # provenance is skipped when a run's config is fed back
     assert again == cfg
+
+
+def test_example_recipes_validate():
+    """Every recipe in configs/ loads and names a registered model."""
+    from pathlib import Path
+
+    import msresnet
+
+    recipes = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = load_train_config(path, {"out": "runs/x"})
+        assert cfg.model in msresnet.list_models(), path
