@@ -423,17 +423,19 @@ def _train(
                 with _autocast(device, cfg.amp):
                     loss, logits = net(x, y)
 
-                bad = not bool(torch.isfinite(loss))
                 optimizer.zero_grad(set_to_none=True)
-                if not ctx.any_true(bad):
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-                    # Under fp16 the scaler itself skips inf-gradient steps (they are expected while it calibrates).
-                    bad = not scaler.is_enabled() and not bool(torch.isfinite(grad_norm))
-                    what = f"gradient norm ({grad_norm.item()})"
-                else:
-                    what = f"loss ({loss.item()})"
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+                # One device->host copy per step for everything the loop needs to know (each copy is a GPU sync).
+                loss_v, norm_v, correct_v = torch.stack(
+                    [loss.detach().float(), grad_norm.detach().float(), (logits.argmax(1) == y).sum().float()]
+                ).tolist()
+                # A NaN loss makes NaN gradients, and DDP's all-reduce spreads them to every rank. Under fp16 the
+                # scaler itself skips inf-gradient steps (expected while it calibrates), so only the loss counts.
+                what = f"loss ({loss_v})" if not math.isfinite(loss_v) else f"gradient norm ({norm_v})"
+                bad = not math.isfinite(loss_v) or (not scaler.is_enabled() and not math.isfinite(norm_v))
+                bad = ctx.any_true(bad)
                 if bad:
                     where = f"step {global_step + 1} (epoch {epoch + 1}, batch {batch_in_epoch + 1})"
                     last = ckdir / "last.safetensors"
@@ -456,8 +458,8 @@ def _train(
                     scaler.step(optimizer)
                     scaler.update()
                     n = y.numel()
-                    sums[0] += loss.item() * n
-                    sums[1] += (logits.argmax(1) == y).sum().item()
+                    sums[0] += loss_v * n
+                    sums[1] += correct_v
                     sums[2] += n
                 global_step += 1
                 batch_in_epoch += 1
@@ -466,7 +468,7 @@ def _train(
                 rate = images_seen * ctx.world_size / max(1e-9, time.perf_counter() - t_seen)
                 reporter.step(batch_in_epoch, global_step, sums[0] / max(1, sums[2]), sums[1] / max(1, sums[2]), rate)
                 if tb is not None and global_step % cfg.log_every == 0:
-                    tb.scalars({"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}, global_step, "step")
+                    tb.scalars({"loss": loss_v, "lr": optimizer.param_groups[0]["lr"]}, global_step, "step")
                 if (
                     cfg.checkpoint_every
                     and global_step % cfg.checkpoint_every == 0
