@@ -117,7 +117,7 @@ def create_model(
             raise UserError(f"model {name!r}: {e}") from None
         raise
     if features_only:
-        from timm.models import FeatureGetterNet
+        from timm.models._features import FeatureGetterNet
 
         n_levels = len(model.feature_info)
         idx = tuple(range(n_levels)) if out_indices is None else tuple(out_indices)

@@ -151,7 +151,7 @@ class LiftingStem(nn.Module):
         y = self.bn(self.conv(x))
         if self.pool is not None:
             y = self.pool(y)
-        return F.relu(y, inplace=True)
+        return F.relu(y)  # not in place: max pooling over scales keeps its output for the backward pass
 
 
 def _per_scale(fn: Any, x: torch.Tensor) -> torch.Tensor:
