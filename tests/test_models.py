@@ -17,19 +17,6 @@ from msresnet.models._registry import register_model
 
 MODELS = msresnet.list_models()
 IMAGENET_STEM = {"resnet18", "resnet34"}
-# Deeper/wider copies of a configuration that is already tested at a smaller depth: the expensive forward and
-# backward checks run on them only with ``-m slow`` (same code path, 2-3x the time on the shared 2-core box).
-DEEP_COPIES = {
-    "msresnet14",
-    "msresnet32",
-    "msresnet56",
-    "msresnet20_w2",
-    "resnet14",
-    "resnet32",
-    "resnet56",
-    "resnet34",
-}
-HEAVY = [pytest.param(n, marks=pytest.mark.slow) if n in DEEP_COPIES else n for n in MODELS]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,7 +43,7 @@ def test_five_families_registered() -> None:
     assert msresnet.list_models("msresnet2?") == ["msresnet20"]
 
 
-@pytest.mark.parametrize("name", HEAVY)
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_any_size_channels_batch(name: str) -> None:
     # every size with batch 1 and 4 and 1 and 3 channels between them; None = the model's minimum size
     shapes = {1: [(4, 28, 28), (1, 47, 61)], 3: [(1, 64, 64), (4, None, None)]}
@@ -72,7 +59,7 @@ def test_forward_any_size_channels_batch(name: str) -> None:
             assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", HEAVY)
+@pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_parameter(name: str) -> None:
     model = _small(name, num_classes=4, in_chans=1).train()
     model(torch.randn(2, 1, 32, 32)).logsumexp(1).mean().backward()
