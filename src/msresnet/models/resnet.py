@@ -15,6 +15,9 @@
 Tensor flow: ``forward_features`` returns the unpooled last-stage map, ``[B, C, H, W]`` for single-scale models and
 ``[B, C, S, H, W]`` for models with a scale axis (pyramid levels are resampled, nearest-neighbour, onto the grid of
 the level closest to the input's own resolution, so ``H, W`` is always the input size divided by the stride).
+Enlarging a coarse map by nearest neighbour keeps its spatial max exactly and its mean up to the uneven
+replication of rows/columns when the size ratio is not an integer (a small, deterministic weighting of the
+``"avg"`` pool of coarse levels); enlarged pyramid levels are centre-cropped by default, so no map is shrunk.
 ``forward_head`` pools space per level/scale (``global_pool``), then the scale axis (``scale_pool``), then applies
 the classifier ``fc``. With ``global_pool=""`` it returns the map with the scale axis pooled per position.
 """
