@@ -59,6 +59,9 @@ class TrainConfig:
         si_weight: weight of the scale-invariance consistency term (0: plain cross-entropy).
         si_scale_range: ``[lo, hi]`` scale range of the second view for the consistency term (None: loss default).
         si_feature_weight: weight of the pooled-feature consistency term.
+        si_view: second view of the consistency term: ``"resize"`` (whole-image random rescale in ``si_scale_range``)
+            or ``"degrade"`` (down-up resampling at the same size, in ``degrade_aug``'s range or [0.5, 1]; for
+            protocols where the object size must not be augmented, e.g. fmnist-ls trained at s = 1 only).
         amp: autocast dtype, ``"bf16"`` or ``"fp16"`` (None: full float32).
         channels_last: run the model in channels-last memory format.
         compile: wrap the model in ``torch.compile``.
@@ -99,6 +102,7 @@ class TrainConfig:
     si_weight: float = 0.0
     si_scale_range: tuple[float, float] | None = None
     si_feature_weight: float = 0.0
+    si_view: Literal["resize", "degrade"] = "resize"
     amp: Literal["bf16", "fp16"] | None = None
     channels_last: bool = False
     compile: bool = False

@@ -162,6 +162,12 @@ def build_criterion(cfg: TrainConfig) -> nn.Module | None:
     }
     if cfg.si_scale_range is not None:
         kwargs["scale_range"] = cfg.si_scale_range
+    if cfg.si_view == "degrade":
+        from msresnet.data.scaling import random_degrade
+
+        factors = tuple(cfg.degrade_aug or (0.5, 1.0))
+        # torch's global generator: the training loop reseeds it every step, so resume stays exact
+        kwargs["view_fn"] = lambda x: random_degrade(x, factors, p=1.0)
     return ScaleInvarianceLoss(**kwargs)
 
 
