@@ -89,6 +89,17 @@ def test_head_reset_and_timm_default_cfg_contract(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_channels_last_and_bf16_autocast(name: str) -> None:
+    # what the engine does with --channels-last --amp bf16: no 5-D parameter may block the conversion
+    model = _small(name, num_classes=3, in_chans=1).to(memory_format=torch.channels_last).train()
+    x = torch.rand(2, 1, 24, 20).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    assert out.shape == (2, 3) and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_features_only(name: str) -> None:
     width = 0.125 if name in IMAGENET_STEM else 0.25
     model = msresnet.create_model(name, features_only=True, in_chans=1, width=width).eval()

@@ -50,7 +50,8 @@ def resize(
     elif isinstance(size_or_factor, int):
         size = (size_or_factor, size_or_factor)
     else:
-        size = (int(size_or_factor[0]), int(size_or_factor[1]))
+        # traced sizes (0-dim tensors, during export) stay tensors so the graph keeps them dynamic
+        size = tuple(v if isinstance(v, torch.Tensor) else int(v) for v in size_or_factor[:2])  # type: ignore[assignment]
     if size == (h, w):
         return x
     if mode == "nearest":

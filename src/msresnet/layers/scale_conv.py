@@ -94,10 +94,10 @@ class ScaleConv2d(nn.Module):
             if len(self.dilations) != num_scales or min(self.dilations) < 1:
                 raise UserError("dilations must list one positive dilation per scale")
             self.kernel_size = kernel_size
-            self.weight = nn.Parameter(torch.empty(out_channels, in_channels, scale_size, kernel_size, kernel_size))
-            nn.init.kaiming_normal_(
-                self.weight.view(out_channels, fan_in, kernel_size, kernel_size), nonlinearity="relu"
-            )
+            # stored 4-D, [C', C * scale_size, k, k] (channel-major, neighbouring scales inner), so the module
+            # survives model.to(memory_format=torch.channels_last), which rejects 5-D parameters
+            self.weight = nn.Parameter(torch.empty(out_channels, fan_in, kernel_size, kernel_size))
+            nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def extra_repr(self) -> str:
@@ -150,8 +150,8 @@ class ScaleConv2d(nn.Module):
         return y.view(b, s, o, y.shape[-2], y.shape[-1]).transpose(1, 2)
 
     def _forward_dilation(self, x: torch.Tensor) -> torch.Tensor:
-        o, c, j, k, _ = self.weight.shape
-        weight = self.weight.reshape(o, c * j, k, k)
+        weight = self.weight
+        k = weight.shape[-1]
         if self.lifting:
             inputs = [x] * self.num_scales
         else:

@@ -18,9 +18,25 @@ from torch import nn
 
 from msresnet.layers import ScaleConv2d
 from msresnet.models._registry import register_model
-from msresnet.models.resnet import ResNet, build_resnet
+from msresnet.models.resnet import ResNet, _per_scale, build_resnet
 
 __all__ = ["SESNBasicBlock", "build_sesn"]
+
+
+class ScaleShortcut(nn.Module):
+    """Projection shortcut on ``[B, C, S, H, W]``: the same 1x1 convolution at every scale, then BN over scales.
+
+    A Conv2d over scales folded into the batch rather than a 1x1x1 Conv3d: 5-D weights would break
+    ``model.to(memory_format=torch.channels_last)``.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, stride, bias=False)
+        self.bn = nn.BatchNorm3d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(_per_scale(self.conv, x))
 
 
 class SESNBasicBlock(nn.Module):
@@ -45,11 +61,7 @@ class SESNBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm3d(planes)
         self.conv2 = ScaleConv2d(planes, planes, num_scales, scale_size=scale_size, **common)
         self.bn2 = nn.BatchNorm3d(planes)
-        self.downsample = None
-        if stride != 1 or in_chs != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv3d(in_chs, planes, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(planes)
-            )
+        self.downsample = ScaleShortcut(in_chs, planes, stride) if stride != 1 or in_chs != planes else None
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn2.weight)
