@@ -171,6 +171,16 @@ def build_criterion(cfg: TrainConfig) -> nn.Module | None:
     return ScaleInvarianceLoss(**kwargs)
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Channels-last layout for the 4-d tensors only (``model.to(memory_format=...)`` refuses the 5-d weights of
+    multi-scale layers)."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.ndim == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def _augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Batch augmentation on images in [0, 1]: random object rescale, then random detail loss."""
     if cfg.rescale_aug is None and cfg.degrade_aug is None:
@@ -312,7 +322,7 @@ def _train(
         cfg.model, num_classes=protocol.num_classes, in_chans=protocol.in_chans, **cfg.model_kwargs
     ).to(device)
     if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     optimizer = build_optimizer(model, cfg)
     criterion = build_criterion(cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
