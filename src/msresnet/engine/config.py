@@ -86,7 +86,7 @@ class TrainConfig:
     epochs: int = 10
     train_limit: int | None = None
     limit_mode: Literal["stratified", "first"] = "stratified"
-    val_limit: int | None = 2000
+    val_limit: int | None = 1000
     batch_size: int = 128
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 2e-3
