@@ -1,0 +1,522 @@
+"""Scale-generalisation benchmark: models x protocols x seeds, one training recipe per protocol.
+
+Every run trains through the engine (``msresnet.engine.train``), evaluates the protocol's test sweep and a
+*validation* sweep (held-out training images under the same scale / size changes — the only data used to choose
+"the best msresnet"), and writes one JSON per run into ``benchmarks/results/scale/``. ``--render`` (also done at the
+end of every run) turns the JSONs into ``docs/results.md`` with tables (mean +- std over seeds), the four targets of
+the results issue with their measured values, and plots.
+
+    python benchmarks/scale_bench.py --quick              # reduced table, < 20 min on 2 CPU cores
+    python benchmarks/scale_bench.py --device cuda --jobs 8   # the full table
+    python benchmarks/scale_bench.py --render             # re-render docs/results.md from the stored JSONs
+
+Runs already stored are skipped, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "bench"
+RESULTS = ROOT / "benchmarks" / "results" / "scale"
+DOCS = ROOT / "docs"
+PROTOCOLS = ("fmnist-ls", "fmnist-scale", "fmnist-res")
+
+
+@dataclass
+class Job:
+    """One training run: a row of the table on one protocol with one seed (or an oracle run)."""
+
+    protocol: str
+    row: str
+    seed: int
+    quick: bool
+    oracle_condition: float | int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        tag = f"__oracle{self.oracle_condition}" if self.oracle_condition is not None else ""
+        return f"{'quick__' if self.quick else ''}{self.protocol}__{self.row}{tag}__seed{self.seed}"
+
+
+def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    recipes = yaml.safe_load((CONFIGS / "recipes.yaml").read_text())
+    rows = yaml.safe_load((CONFIGS / "rows.yaml").read_text())["rows"]
+    return recipes, rows
+
+
+def make_jobs(protocols: list[str], rows: list[dict], recipes: dict, seeds: list[int], quick: bool) -> list[Job]:
+    jobs = []  # seed-major, so that a run cut short still covers every row once
+    for seed in seeds:
+        for p in protocols:
+            for r in rows:
+                if quick and not r.get("quick"):
+                    continue
+                jobs.append(Job(p, r["id"], seed, quick))
+            for cond in recipes[p].get("oracle", []):
+                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond))
+    return jobs
+
+
+def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Path) -> dict[str, Any]:
+    """The engine overrides for ``job``: the protocol's recipe, then the row's changes."""
+    recipe = recipes[job.protocol]
+    cfg: dict[str, Any] = dict(recipe["train"])
+    if job.quick:
+        cfg.update({k: v for k, v in recipe["quick"].items() if k not in ("test_limit",)})
+    params: dict[str, Any] = {}
+    if job.protocol == "fmnist-scale":
+        params["realization"] = job.seed
+    if job.row == "oracle":
+        model = "resnet8" if job.quick else "resnet20"
+        c = job.oracle_condition
+        if job.protocol == "fmnist-ls":
+            params["train_scales"] = [float(c), float(c)]
+        else:
+            params["train_size"] = int(c)
+        cfg["degrade_aug"] = None  # the oracle sees sharp images at the test condition itself
+    else:
+        row = next(r for r in rows if r["id"] == job.row)
+        model = row.get("quick_model", row["model"]) if job.quick else row["model"]
+        cfg["model_kwargs"] = dict(row.get("model_kwargs", {}))
+        if row.get("rescale_aug"):
+            cfg["rescale_aug"] = list(recipe["rescale_aug"])
+        overrides = dict(row.get("overrides", {}))
+        if overrides.get("si_weight") and recipe.get("si_view"):
+            overrides.setdefault("si_view", recipe["si_view"])
+        cfg.update(overrides)
+    cfg.update(model=model, protocol=job.protocol, protocol_params=params, seed=job.seed, device=device,
+               out=str(runs / job.key), log_every=10**9)  # fmt: skip
+    return cfg
+
+
+class ValidationSweep:
+    """The protocol's validation images under the protocol's own test conditions (protocol-like for
+    ``evaluate_sweep``): object rescale in the canvas for ``*-ls``, whole-image resize for ``*-res``."""
+
+    def __init__(self, protocol: Any, limit: int | None) -> None:
+        import torch
+
+        from msresnet.data import ImageTensorDataset
+        from msresnet.data.scaling import rescale_in_canvas, resize_images
+
+        val = protocol.val
+        if limit is not None and len(val) > limit:
+            val = val.subset(limit)
+        self.name, self.params = f"{protocol.name}-val", dict(protocol.params)
+        self.condition_name, self.in_chans = protocol.condition_name, protocol.in_chans
+        self.mean, self.std = protocol.mean, protocol.std
+        self.train_condition = protocol.train_condition
+        x = val.images.float().div(255)
+        self.test: dict[Any, Any] = {}
+        if protocol.name == "fmnist-scale":
+            self.test = {"val": val}
+            return
+        for c in protocol.test:
+            if protocol.condition_name == "scale":
+                y = rescale_in_canvas(x, float(c) / float(protocol.train_condition or 1.0))
+            else:
+                y = resize_images(x, int(c))
+            u8 = y.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+            self.test[c] = ImageTensorDataset(u8, val.labels)
+
+
+def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val_limit: int | None) -> dict:
+    """Train, evaluate the test and validation sweeps, return the result record."""
+    import pandas as pd
+    import torch
+
+    from msresnet.data import build_protocol
+    from msresnet.engine.checkpoint import load_model, read_checkpoint_info
+    from msresnet.engine.config import load_train_config
+    from msresnet.engine.evaluate import evaluate_sweep
+    from msresnet.engine.train import train
+
+    cfg = load_train_config(None, cfg_overrides)
+    t0 = time.perf_counter()
+    run_dir = train(cfg)
+    train_seconds = time.perf_counter() - t0
+    model = load_model(run_dir, device=cfg.device if cfg.device != "auto" else "cpu")
+    info = read_checkpoint_info(run_dir)
+    protocol = build_protocol(cfg.protocol, **cfg.protocol_params)
+    dev = next(model.parameters()).device
+    test = evaluate_sweep(model, protocol, info=info, test_limit=test_limit, device=dev, amp=cfg.amp)
+    val = None
+    if job.row != "oracle" and protocol.val is not None:
+        val = evaluate_sweep(model, ValidationSweep(protocol, val_limit), info=info, device=dev, amp=cfg.amp)
+    metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
+    return {
+        "job": asdict(job),
+        "key": job.key,
+        "config": cfg.to_dict(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "test": test,
+        "val": val,
+        "train_seconds": train_seconds,
+        "train_images_per_s": float(metrics["images_per_s"].median()) if "images_per_s" in metrics else None,
+        "final_val_acc": float(metrics["val_acc"].iloc[-1]) if "val_acc" in metrics else None,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "git": git_revision(),
+        "host": platform.node(),
+    }
+
+
+def prepare(parts: set[tuple[str, str]]) -> None:
+    """Generate (or load) every protocol's cached arrays once, before parallel runs would all do it at once."""
+    from msresnet.data import build_protocol
+
+    def build(part: tuple[str, str]) -> None:
+        name, params = part
+        p = build_protocol(name, **json.loads(params))
+        print(f"prepared {name} {params} ({p.checksum[:12]})", flush=True)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(build, sorted(parts)))
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except OSError:
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------- render
+
+
+def _load_results(quick: bool) -> list[dict]:
+    out = []
+    for f in sorted(RESULTS.glob("*.json")):
+        d = json.loads(f.read_text())
+        if bool(d["job"]["quick"]) == quick:
+            out.append(d)
+    return out
+
+
+def _overall(sweep: dict) -> float:
+    """Accuracy over all test images (conditions weighted by their size)."""
+    n = sweep["n_per_condition"]
+    n = n if isinstance(n, list) else [n] * len(sweep["accuracy"])
+    return sum(a * k for a, k in zip(sweep["accuracy"], n, strict=True)) / max(1, sum(n))
+
+
+def _ms(values: list[float], pct: bool = True) -> str:
+    if not values:
+        return "–"
+    f, nd = (100.0, 1) if pct else (1.0, 3)
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{m * f:.{nd}f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return f"{m * f:.{nd}f} ± {sd * f:.{nd}f}"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _cond_label(c: Any, name: str) -> str:
+    return f"{float(c):.2f}" if name == "scale" else str(c)
+
+
+def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path:
+    """Write docs/results.md (or docs/results-quick.md) from the stored JSONs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, rows = load_plan()
+    results = _load_results(quick)
+    labels = {r["id"]: r["label"] for r in rows}
+    groups = {r["id"]: r.get("group", "") for r in rows}
+    suffix = "-quick" if quick else ""
+    img_dir = DOCS / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    revs = sorted({str(d.get("git")) for d in results})
+    devices = sorted({d.get("device", "?") for d in results})
+    lines = [
+        f"# Scale-generalisation results{' (quick)' if quick else ''}",
+        "",
+        "Generated by `benchmarks/scale_bench.py` from the run records in `benchmarks/results/scale/` — measured",
+        "figures only. Accuracies in %, mean ± std over seeds (fmnist-scale: over realizations).",
+        "",
+        f"- command: `{command}`",
+        f"- git revision(s): {', '.join(revs) or '–'}; device(s): {', '.join(devices) or '–'}",
+        f"- runs: {len(results)}" + (f"; wall time {wall_seconds / 60:.1f} min" if wall_seconds else ""),
+        "- recipes: `configs/bench/recipes.yaml`; rows: `configs/bench/rows.yaml`.",
+        "",
+    ]
+    summary: dict[str, dict[str, Any]] = {}
+    for proto in PROTOCOLS:
+        pres = [d for d in results if d["job"]["protocol"] == proto]
+        if not pres:
+            continue
+        lines += [f"## {proto}", ""]
+        by_row: dict[str, list[dict]] = {}
+        oracles: dict[Any, list[dict]] = {}
+        for d in pres:
+            if d["job"]["row"] == "oracle":
+                oracles.setdefault(d["job"]["oracle_condition"], []).append(d)
+            else:
+                by_row.setdefault(d["job"]["row"], []).append(d)
+        first = pres[0]["test"]
+        conds, cname = first["conditions"], first["condition_name"]
+        recipe = next((d for d in pres if d["job"]["row"] != "oracle"), pres[0])["config"]
+        lines.append(
+            f"Recipe: {recipe['epochs']} epochs, {recipe.get('train_limit') or 'all'} training images, batch "
+            f"{recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']}, {recipe['schedule']}, degrade_aug "
+            f"{recipe.get('degrade_aug')}. Test images per condition: {first['n_per_condition']}."
+        )
+        lines.append("")
+        is_scale = proto == "fmnist-scale"
+        head = ["row", "model", "params"]
+        head += ["test acc", "test error"] if is_scale else [_cond_label(c, cname) for c in conds]
+        head += ["mean", "worst", "retention", "val (selection)", "train img/s", "seeds"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        order = [r["id"] for r in rows if r["id"] in by_row]
+        curves: dict[str, list[float]] = {}
+        val_score: dict[str, float] = {}
+        row_stats: dict[str, dict[str, Any]] = {}
+        for rid in order:
+            ds = by_row[rid]
+            accs = [d["test"]["accuracy"] for d in ds]
+            per_cond = [[a[i] for a in accs] for i in range(len(conds))]
+            overall = [_overall(d["test"]) for d in ds]
+            vals = [_mean(d["val"]["accuracy"]) for d in ds if d.get("val")]
+            val_score[rid] = _mean(vals)
+            rets = [d["test"]["retention"] for d in ds if d["test"].get("retention") is not None]
+            cells = [labels.get(rid, rid), f"`{ds[0]['config']['model']}`", f"{ds[0]['params'] / 1e3:.0f}k"]
+            if is_scale:
+                cells += [_ms(overall), _ms([1 - o for o in overall])]
+            else:
+                cells += [_ms(v) for v in per_cond]
+            cells += [_ms([d["test"]["mean"] for d in ds]), _ms([d["test"]["worst"] for d in ds]),
+                      _ms(rets, pct=False) if rets else "–", _ms(vals),
+                      f"{_mean([d['train_images_per_s'] or 0 for d in ds]):.0f}", str(len(ds))]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+            curves[labels.get(rid, rid)] = [_mean(v) for v in per_cond]
+            row_stats[rid] = {"per_cond": [_mean(v) for v in per_cond], "overall": _mean(overall),
+                              "retention": _mean(rets) if rets else None, "val": val_score[rid]}  # fmt: skip
+        oracle_acc: dict[Any, float] = {}
+        for c, ds in sorted(oracles.items(), key=lambda kv: float(kv[0])):
+            idx = min(range(len(conds)), key=lambda i: abs(float(conds[i]) - float(c)))
+            at = [d["test"]["accuracy"][idx] for d in ds]
+            oracle_acc[c] = _mean(at)
+            cells = [f"oracle: plain ResNet trained at {_cond_label(c, cname)}", f"`{ds[0]['config']['model']}`",
+                     f"{ds[0]['params'] / 1e3:.0f}k"]  # fmt: skip
+            cells += [_ms(at) if i == idx else "" for i in range(len(conds))]
+            cells += ["", "", "", "", f"{_mean([d['train_images_per_s'] or 0 for d in ds]):.0f}", str(len(ds))]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        ms_rows = [r for r in order if groups.get(r) == "msresnet"]
+        best = max(ms_rows, key=lambda r: val_score[r]) if ms_rows else None
+        if best:
+            lines += [f"Best msresnet on validation data: **{labels.get(best, best)}** "
+                      f"(validation {val_score[best] * 100:.1f}%).", ""]  # fmt: skip
+        summary[proto] = {"rows": row_stats, "oracle": oracle_acc, "best": best, "conds": conds}
+        if not is_scale and curves:
+            fig, ax = plt.subplots(figsize=(7, 4.2))
+            xs = [float(c) for c in conds]
+            for name, ys in curves.items():
+                ax.plot(xs, [y * 100 for y in ys], marker="o", label=name, lw=2.2 if "msresnet" in name else 1.2)
+            for c, a in oracle_acc.items():
+                ax.plot([float(c)], [a * 100], marker="*", ms=12, ls="", color="k")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [_cond_label(c, cname) for c in conds])
+            ax.set_xlabel("object scale" if cname == "scale" else "test image size (px)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(f"{proto} (stars: oracle trained at that condition)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower center")
+            fig.tight_layout()
+            png = img_dir / f"{proto}{suffix}.png"
+            fig.savefig(png, dpi=110)
+            plt.close(fig)
+            lines += [f"![{proto}](img/{png.name})", ""]
+    lines += _targets(summary)
+    out = DOCS / f"results{suffix}.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The four targets of the results issue, each with its measured value."""
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+
+    def row(text: str, measured: str, ok: bool | None) -> None:
+        lines.append(f"| {text} | {measured} | {'yes' if ok else ('no' if ok is not None else '–')} |")
+
+    ls = summary.get("fmnist-ls")
+    if ls and ls["best"]:
+        b, conds = ls["rows"][ls["best"]], [float(c) for c in ls["conds"]]
+        plain = ls["rows"].get("resnet")
+        for c, oracle in ls["oracle"].items():
+            i = min(range(len(conds)), key=lambda k: abs(conds[k] - float(c)))
+            gap = (oracle - b["per_cond"][i]) * 100
+            row(f"fmnist-ls: best msresnet within 3 points of the oracle at s={float(c):g}",
+                f"{b['per_cond'][i] * 100:.1f} vs oracle {oracle * 100:.1f} (gap {gap:.1f})", gap <= 3)  # fmt: skip
+        r = b["retention"]
+        row("fmnist-ls: retention (worst / s=1) >= 0.90", f"{r:.3f}" if r is not None else "–",
+            r is not None and r >= 0.90)  # fmt: skip
+        if plain:
+            i1 = min(range(len(conds)), key=lambda k: abs(conds[k] - 1.0))
+            d = (plain["per_cond"][i1] - b["per_cond"][i1]) * 100
+            row(
+                "fmnist-ls: accuracy at s=1 within 1 point of the plain ResNet",
+                f"{b['per_cond'][i1] * 100:.1f} vs {plain['per_cond'][i1] * 100:.1f} (diff {d:.1f})",
+                d <= 1,
+            )
+    sc = summary.get("fmnist-scale")
+    if sc and sc["best"]:
+        err = {k: 1 - v["overall"] for k, v in sc["rows"].items()}
+        base = min(err.get("resnet", 1), err.get("resnet_aug", 1))
+        e = err[sc["best"]]
+        row(
+            "fmnist-scale: msresnet error <= 0.85 x better of plain / plain + rescale",
+            f"{e * 100:.2f}% vs {base * 100:.2f}% (ratio {e / base:.2f})",
+            e <= 0.85 * base,
+        )
+        others = {k: err[k] for k in ("fovmax", "fovavg", "sesn") if k in err}
+        if others:
+            row(
+                "fmnist-scale: below the scale-channel and SESN-style rows",
+                ", ".join(f"{k} {v * 100:.2f}%" for k, v in others.items()),
+                all(e < v for v in others.values()),
+            )
+    rs = summary.get("fmnist-res")
+    if rs and rs["best"]:
+        b, conds = rs["rows"][rs["best"]], [int(c) for c in rs["conds"]]
+        if 56 in conds and 28 in conds:
+            a56, a28 = b["per_cond"][conds.index(56)], b["per_cond"][conds.index(28)]
+            row("fmnist-res: at 56 px within 1 point of 28 px", f"{a56 * 100:.1f} vs {a28 * 100:.1f}",
+                (a28 - a56) * 100 <= 1)  # fmt: skip
+        for c, oracle in rs["oracle"].items():
+            if int(c) in conds:
+                a = b["per_cond"][conds.index(int(c))]
+                row(f"fmnist-res: at {c} px within 3 points of the oracle",
+                    f"{a * 100:.1f} vs oracle {oracle * 100:.1f}", (oracle - a) * 100 <= 3)  # fmt: skip
+    speed = ROOT / "benchmarks" / "results" / "speed.json"
+    if speed.exists():
+        lines += ["", "Cost (target 4) is measured by `benchmarks/speed.py`; see `benchmarks/results/speed.json` "
+                  "and the README's speed table."]  # fmt: skip
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="reduced table: quick rows, small budget, one seed")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--rows", default=None, help="comma-separated row ids (default: all)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses; useful on a GPU)")
+    ap.add_argument("--amp", default=None, choices=["bf16", "fp16"])
+    ap.add_argument("--time-budget", type=float, default=None, help="stop starting new runs after N seconds")
+    ap.add_argument("--deadline", type=float, default=None, help="kill runs still going after N seconds")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML", help="override a recipe key in every run")
+    ap.add_argument("--test-limit", type=int, default=None, help="test images per condition (default: recipe's)")
+    ap.add_argument("--results-dir", default=None, help="where run records go (default: benchmarks/results/scale)")
+    ap.add_argument("--render", action="store_true", help="only re-render docs/results*.md")
+    ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    global RESULTS
+    if args.results_dir:
+        RESULTS = Path(args.results_dir).resolve()
+        os.environ["MSRESNET_BENCH_RESULTS"] = str(RESULTS)
+    elif os.environ.get("MSRESNET_BENCH_RESULTS"):
+        RESULTS = Path(os.environ["MSRESNET_BENCH_RESULTS"])
+    sets = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    command = "python benchmarks/scale_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.run_job:
+        spec = json.loads(Path(args.run_job).read_text())
+        job = Job(**spec["job"])
+        result = run_job(job, spec["cfg"], spec["test_limit"], spec["val_limit"])
+        write_json(RESULTS / f"{job.key}.json", result)
+        return 0
+    if args.render:
+        print(render(args.quick, command))
+        return 0
+    recipes, rows = load_plan()
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        rows = [r for r in rows if r["id"] in wanted]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0] if args.quick else [0, 1, 2])
+    protocols = [p for p in args.protocols.split(",") if p]
+    jobs = make_jobs(protocols, rows, recipes, seeds, args.quick)
+    _, all_rows = load_plan()
+    todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
+    print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
+    t_start = time.perf_counter()
+    runs = Path(args.runs_dir)
+    prepare({(j.protocol, json.dumps(job_config(j, all_rows, recipes, "cpu", runs)["protocol_params"])) for j in todo})
+    spec_dir = runs / "_specs"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+
+    def launch(job: Job) -> str:
+        if args.time_budget and time.perf_counter() - t_start > args.time_budget:
+            return f"skipped (time budget) {job.key}"
+        quick = recipes[job.protocol]["quick"] if job.quick else {}
+        cfg = job_config(job, all_rows, recipes, args.device, runs)
+        if args.amp:
+            cfg["amp"] = args.amp
+        cfg.update(sets)
+        shutil.rmtree(cfg["out"], ignore_errors=True)  # a run that did not store its result starts over
+        spec = {"job": asdict(job), "cfg": cfg, "test_limit": args.test_limit or quick.get("test_limit"),
+                "val_limit": quick.get("val_limit", 5000)}  # fmt: skip
+        spec_path = spec_dir / f"{job.key}.json"
+        spec_path.write_text(json.dumps(spec))
+        t0 = time.perf_counter()
+        log = runs / f"{job.key}.log"
+        left = args.deadline - (time.perf_counter() - t_start) if args.deadline else None
+        with open(log, "w") as fh:
+            try:
+                rc = subprocess.run([sys.executable, __file__, "--run-job", str(spec_path)], stdout=fh,
+                                    stderr=subprocess.STDOUT, cwd=ROOT, timeout=left).returncode  # fmt: skip
+            except subprocess.TimeoutExpired:
+                rc = "deadline"
+        status = "ok" if rc == 0 else f"FAILED (rc {rc}, see {log})"
+        return f"{status} {job.key} in {time.perf_counter() - t0:.0f}s"
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for msg in pool.map(launch, todo):
+            print(msg, flush=True)
+    wall = time.perf_counter() - t_start
+    out = render(args.quick, command, wall)
+    print(f"wrote {out} ({wall / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
