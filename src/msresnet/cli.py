@@ -16,6 +16,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -325,18 +326,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--test-limit must be at least 1, got {args.test_limit}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    protocol = build_protocol(name, root=root, **params)
-    model = load_model(path, device=device)
-    torch.set_grad_enabled(False)
-    result = evaluate_sweep(
-        model,
-        protocol,
-        info=info,
-        test_limit=args.test_limit,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        device=device,
-    )
+    from msresnet.data.folder import BadImageWarning
+
+    # folder protocols skip unreadable images with a BadImageWarning: report them and exit 1 (some inputs failed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BadImageWarning)
+        protocol = build_protocol(name, root=root, **params)
+        model = load_model(path, device=device)
+        torch.set_grad_enabled(False)
+        result = evaluate_sweep(
+            model,
+            protocol,
+            info=info,
+            test_limit=args.test_limit,
+            tta=args.tta,
+            batch_size=args.batch_size,
+            device=device,
+        )
+    skipped = [w for w in caught if issubclass(w.category, BadImageWarning)]
+    for w in caught:
+        if w not in skipped:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     out_dir = Path(args.out) if args.out else _run_dir_of(path)
     written = write_eval(out_dir, result)
     png = out_dir / "eval" / f"{result['protocol']}.png"
@@ -346,12 +356,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_sweep(result, png)
     print_sweep(result)
     print(f"wrote {', '.join(str(p) for p in _as_paths(written))}, {png}")
-    bad = getattr(protocol, "skipped_files", None) or getattr(protocol, "bad_files", None)
-    if bad:
-        for item in bad:
-            print(f"{PROG}: warning: skipped {item}", file=sys.stderr)
-        return 1
-    return 0
+    for w in skipped:
+        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def _as_paths(written: Any) -> list[Path]:
