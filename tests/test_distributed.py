@@ -15,6 +15,7 @@ import yaml
 from engine_fakes import base_config, fake_protocol
 from msresnet.engine.batches import Normalizer, train_val_splits
 from msresnet.engine.checkpoint import load_model, read_checkpoint_info
+from msresnet.engine.config import TrainConfig
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.train import validate
 
@@ -52,7 +53,7 @@ def test_torchrun_two_processes(tmp_path):
     # Validation during the 2-process run (sharded, counts all-reduced) equals one process on the final weights.
     model = load_model(out / "checkpoints" / "last.safetensors")
     protocol = fake_protocol(n_train=n_train)
-    _, val = train_val_splits(protocol, cfg.get("val_limit", 2000))
+    _, val = train_val_splits(protocol, TrainConfig().val_limit)
     norm = Normalizer(protocol.mean, protocol.std, torch.device("cpu"))
     val_loss, val_acc = validate(model, val, norm, 256, DistContext(), None)
     assert val_acc == pytest.approx(metrics["val_acc"].iloc[-1], abs=1e-9)

@@ -136,6 +136,43 @@ def test_resume_of_finished_run_is_a_no_op(reference, tmp_path, monkeypatch):
     assert_same_run(reference, out)
 
 
+def test_sigterm_stops_a_training_process_with_143(tmp_path):
+    """SIGTERM to a training process: it writes a checkpoint at the end of the current step and exits 143."""
+    out = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump(base_config(out, **{**RECIPE, "epochs": 50, "checkpoint_every": 1})))
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("engine_fakes.py")), str(cfg_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = out / "checkpoints" / "last.state.pt"
+    while proc.poll() is None and not state.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by signal 15" in err
+    saved = ckpt.load_state(state)
+    assert saved["global_step"] >= 1 and saved["epoch"] < 50
+
+
+def test_second_sigint_exits_at_once():
+    """The first SIGINT asks for a graceful stop; a second one ends the process immediately (exit 130)."""
+    code = (
+        "import os, signal, time\n"
+        "from msresnet.engine.signals import GracefulStop\n"
+        "with GracefulStop() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert stop.requested\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+
+
 @pytest.mark.slow
 def test_chaos_sigkill_resume(tmp_path, monkeypatch):
     """SIGKILL a training subprocess at random moments (at least 5 kills), resume each time, compare at the end.
