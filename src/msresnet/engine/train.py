@@ -359,7 +359,8 @@ def _train(
         if "scaler" in state and scaler.is_enabled():
             scaler.load_state_dict(state["scaler"])
         epoch, batch_in_epoch, global_step = state["epoch"], state["batch_in_epoch"], state["global_step"]
-        rows, best_acc, sums = list(state["rows"]), state["best_acc"], list(state["sums"])
+        rows, best_acc = list(state["rows"]), state["best_acc"]
+        sums = list(state["sums"]) if main else [0.0, 0.0, 0.0]  # saved sums are totals over ranks
         seconds_done = state.get("seconds_in_epoch", 0.0)
         _set_rng_state(state["rng"])
         aug_gen.set_state(state["aug_rng"])
@@ -375,7 +376,7 @@ def _train(
     tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
     reporter = StepReporter(main, cfg.log_every)
 
-    def save(kind: str) -> None:
+    def save(kind: str, epoch_sums: list[float] | None = None) -> None:
         """Write ``kind`` (last/best): state first, weights last, both atomic; rank 0 only."""
         if not main:
             return
@@ -392,7 +393,7 @@ def _train(
             "global_step": global_step,
             "rows": rows,
             "best_acc": best_acc,
-            "sums": sums,
+            "sums": epoch_sums if epoch_sums is not None else sums,
             "seconds_in_epoch": seconds_done,
             "rng": _rng_state(),
             "aug_rng": aug_gen.get_state(),
@@ -405,7 +406,8 @@ def _train(
 
     def mid_epoch_checkpoint() -> None:
         ctx.broadcast_module(model)
-        save("last")
+        # The partial-epoch sums of all ranks, so a resumed epoch reports the same train loss/accuracy.
+        save("last", ctx.all_reduce_sum(sums))
         ctx.barrier()
 
     if main:
