@@ -63,8 +63,12 @@ def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def make_jobs(protocols: list[str], rows: list[dict], recipes: dict, seeds: list[int], quick: bool) -> list[Job]:
     jobs = []
-    for seed in seeds:
+    per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if quick else seeds) for p in protocols}
+    for seed in sorted({s for v in per_protocol.values() for s in v}):
         for p in protocols:
+            wanted = per_protocol[p]
+            if seed not in wanted:
+                continue
             for r in rows:
                 if quick and not r.get("quick"):
                     continue
@@ -81,7 +85,7 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
     recipe = recipes[job.protocol]
     cfg: dict[str, Any] = dict(recipe["train"])
     if job.quick:
-        cfg.update({k: v for k, v in recipe["quick"].items() if k not in ("test_limit",)})
+        cfg.update({k: v for k, v in recipe["quick"].items() if k not in ("test_limit", "seeds")})
     params: dict[str, Any] = {}
     if job.protocol == "fmnist-scale":
         params["realization"] = job.seed
@@ -474,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         wanted = set(args.rows.split(","))
         rows = [r for r in rows if r["id"] in wanted]
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0] if args.quick else [0, 1, 2])
+    # --quick: seed 0, except where the recipe's quick section lists seeds (fmnist-scale needs 3 realizations)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1, 2] if not args.quick else [0])
     protocols = [p for p in args.protocols.split(",") if p]
     jobs = make_jobs(protocols, rows, recipes, seeds, args.quick)
     _, all_rows = load_plan()
