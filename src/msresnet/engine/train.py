@@ -310,6 +310,8 @@ def _train(
             raise UserError(f"cannot create run directory {run}: {e.strerror or e}") from None
         remove_stale_temp_files(ckdir)
         remove_stale_temp_files(run)
+        if state is None:
+            write_metrics_csv(run / "metrics.csv", [])  # the run is visible (header only) before data loading
 
     # ---- data and model
     protocol = build_protocol(cfg.protocol, root=cfg.data_root, **cfg.protocol_params)
