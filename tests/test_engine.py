@@ -188,3 +188,15 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert read_checkpoint_info(out).epoch == 1
     load_model(out)
     assert not list((out / "checkpoints").glob(".*tmp*"))
+
+
+def test_tensorboard_and_terminal_progress(tmp_path, monkeypatch, capsys):
+    """TensorBoard event files are written; the rich progress bar path runs when stderr is a terminal."""
+    from msresnet.engine import progress
+
+    install(monkeypatch)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    out = tmp_path / "tb"
+    train(load_train_config(None, base_config(out, **TINY, epochs=1, tensorboard=True, log_every=1)))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert "epoch 1/1: train_loss" in capsys.readouterr().err
