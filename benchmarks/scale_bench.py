@@ -429,10 +429,21 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
                 a = b["per_cond"][conds.index(int(c))]
                 row(f"fmnist-res: at {c} px within 3 points of the oracle",
                     f"{a * 100:.1f} vs oracle {oracle * 100:.1f}", (oracle - a) * 100 <= 3)  # fmt: skip
-    speed = ROOT / "benchmarks" / "results" / "speed.json"
-    if speed.exists():
-        lines += ["", "Cost (target 4) is measured by `benchmarks/speed.py`; see `benchmarks/results/speed.json` "
-                  "and the README's speed table."]  # fmt: skip
+    for speed in sorted((ROOT / "benchmarks" / "results").glob("speed*.json")):
+        d = json.loads(speed.read_text())
+        where = f"{d.get('device')}, batch {d.get('batch')} (`{speed.name}`)"
+        by = {(r["model"], r["size"]): r for r in d.get("rows", [])}
+        for (model, size), r in sorted(by.items()):
+            if not model.startswith("msresnet20") or model not in ("msresnet20", "msresnet20_lite"):
+                continue
+            tr, inf = 1 / r["ratio"]["train_time"], 1 / r["ratio"]["infer_time"]
+            row(f"cost: `{model}` throughput >= 0.5x plain ResNet-20 at {size}px, {where}",
+                f"train {tr:.2f}x, inference {inf:.2f}x", tr >= 0.5 and inf >= 0.5)  # fmt: skip
+            big = by.get((model, size * 2))
+            if big:
+                growth = r["train_img_s"] / big["train_img_s"]
+                row(f"cost: `{model}` time per image {size}->{size * 2}px grows no faster than pixels (4x), {where}",
+                    f"{growth:.2f}x", growth <= 4.0)  # fmt: skip
     return lines + [""]
 
 
