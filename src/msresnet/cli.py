@@ -317,9 +317,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"{path} does not record its training protocol; pass --protocol")
     params = dict(_info_value(info, "protocol_params") or {}) if name == trained_on else {}
     params.update(_kv_pairs(args.protocol_param, "--protocol-param") or {})
+    # folder protocols record their directory among the parameters; --data-dir overrides it
+    recorded_root = params.pop("root", None)
     root = args.data_dir
     if root is None and name == trained_on:
-        root = _info_value(info, "data_root")
+        root = _info_value(info, "data_root") or recorded_root
     if root is not None and not Path(root).is_dir():
         raise UserError(f"data directory not found: {root}")
     if args.test_limit is not None and args.test_limit < 1:
@@ -348,14 +350,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if w not in skipped:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     out_dir = Path(args.out) if args.out else _run_dir_of(path)
-    written = write_eval(out_dir, result)
-    png = out_dir / "eval" / f"{result['protocol']}.png"
-    if not png.exists():
-        from msresnet.report.plots import plot_sweep
-
-        plot_sweep(result, png)
+    written = write_eval(out_dir, result)  # json, csv and the png plot
     print_sweep(result)
-    print(f"wrote {', '.join(str(p) for p in _as_paths(written))}, {png}")
+    print(f"wrote {', '.join(str(p) for p in _as_paths(written))}")
     for w in skipped:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     return 1 if skipped else 0
