@@ -331,11 +331,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from msresnet.data.folder import BadImageWarning
 
     # folder protocols skip unreadable images with a BadImageWarning: report them and exit 1 (some inputs failed)
-    with warnings.catch_warnings(record=True) as caught:
+    # no_grad as a context, not a global switch: main() also runs in-process (tests, notebooks)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", BadImageWarning)
         protocol = build_protocol(name, root=root, **params)
         model = load_model(path, device=device)
-        torch.set_grad_enabled(False)
         result = evaluate_sweep(
             model,
             protocol,
