@@ -61,9 +61,12 @@ def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return recipes, rows
 
 
-def make_jobs(protocols: list[str], rows: list[dict], recipes: dict, seeds: list[int], quick: bool) -> list[Job]:
+def make_jobs(
+    protocols: list[str], rows: list[dict], recipes: dict, seeds: list[int], quick: bool, explicit_seeds: bool = False
+) -> list[Job]:
     jobs = []
-    per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if quick else seeds) for p in protocols}
+    use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
+    per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
     for seed in sorted({s for v in per_protocol.values() for s in v}):
         for p in protocols:
             wanted = per_protocol[p]
@@ -293,6 +296,9 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
     for proto in PROTOCOLS:
         pres = [d for d in results if d["job"]["protocol"] == proto]
         if not pres:
+            flag = " --quick" if quick else ""
+            lines += [f"## {proto}", "", f"No run of this protocol is stored yet "
+                      f"(`python benchmarks/scale_bench.py{flag} --protocols {proto}`).", ""]  # fmt: skip
             continue
         lines += [f"## {proto}", ""]
         by_row: dict[str, list[dict]] = {}
@@ -503,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     # --quick: seed 0, except where the recipe's quick section lists seeds (fmnist-scale needs 3 realizations)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1, 2] if not args.quick else [0])
     protocols = [p for p in args.protocols.split(",") if p]
-    jobs = make_jobs(protocols, rows, recipes, seeds, args.quick)
+    jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, explicit_seeds=bool(args.seeds))
     _, all_rows = load_plan()
     todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
