@@ -286,7 +286,9 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
     if quick:
         lines += [
             "This is the **reduced table** (`--quick`): depth-8 models (`quick_model` in the rows file), 3000 training",
-            "images x 4 epochs, 500-1000 test images per condition, one seed (three fmnist-scale realizations). It",
+            "images x 4 epochs, 500-1000 test images per condition, seed 0 (the recipe adds fmnist-scale realizations",
+            "1 and 2; the seeds column says how many ran). Training img/s were measured on a shared, loaded machine;",
+            "cost figures come from `benchmarks/speed.py` (targets below). It",
             "shows the method on a budget that fits 2 CPU cores; its absolute accuracies are far below what the full",
             "recipe reaches, and it is not the full table the targets are defined on. The full table is",
             "`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds).",
