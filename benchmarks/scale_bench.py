@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class Job:
     seed: int
     quick: bool
     oracle_condition: float | int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -503,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         print(render(args.quick, command))
         return 0
-    recipes, rows = load_plan()
+    recipes, all_rows = load_plan()
+    rows = all_rows
     if args.rows:
         wanted = set(args.rows.split(","))
         rows = [r for r in rows if r["id"] in wanted]
@@ -511,7 +511,6 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1, 2] if not args.quick else [0])
     protocols = [p for p in args.protocols.split(",") if p]
     jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, explicit_seeds=bool(args.seeds))
-    _, all_rows = load_plan()
     todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
     t_start = time.perf_counter()
