@@ -1,0 +1,61 @@
+"""The scale benchmark's plan: which runs --quick makes and what each run is configured with (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from msresnet.engine.config import load_train_config
+from msresnet.models import create_model
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_bench.py"
+    spec = importlib.util.spec_from_file_location("scale_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scale_bench"] = module  # dataclasses look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(bench):
+    recipes, rows = bench.load_plan()
+    jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0], quick=True)
+    keys = {j.key for j in jobs}
+    assert "quick__fmnist-ls__oracle__oracle0.5__seed0" in keys and "quick__fmnist-ls__oracle__oracle2.0__seed0" in keys
+    assert "quick__fmnist-res__oracle__oracle14__seed0" in keys
+    scale_seeds = {j.seed for j in jobs if j.protocol == "fmnist-scale"}
+    assert scale_seeds == {0, 1, 2}
+    assert {j.row for j in jobs} == {"resnet", "resnet_aug", "msresnet", "oracle"}
+    assert all(j.seed == 0 for j in jobs[: sum(j.seed == 0 for j in jobs)])  # seed 0 of everything first
+
+
+def test_quick_with_named_rows_runs_those_rows(bench):
+    recipes, rows = bench.load_plan()
+    wanted = [r for r in rows if r["id"] in ("msresnet_sd", "msresnet_max")]
+    jobs = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=True, explicit_rows=True)
+    assert {j.row for j in jobs} == {"msresnet_sd", "msresnet_max", "oracle"}
+
+
+@pytest.mark.parametrize("row", ["resnet", "resnet_aug", "msresnet", "msresnet_sd", "msresnet_max", "msresnet_lite"])
+def test_quick_job_configs_are_valid_and_build(bench, row, tmp_path):
+    recipes, rows = bench.load_plan()
+    job = bench.Job("fmnist-ls", row, 0, True)
+    cfg = load_train_config(None, bench.job_config(job, rows, recipes, "cpu", tmp_path))
+    assert cfg.epochs == recipes["fmnist-ls"]["quick"]["epochs"]
+    assert (cfg.rescale_aug is not None) == (row == "resnet_aug")  # object-size augmentation only in its row
+    assert cfg.degrade_aug is not None  # the detail-loss augmentation every row gets
+    model = create_model(cfg.model, num_classes=10, in_chans=1, **cfg.model_kwargs)
+    assert sum(p.numel() for p in model.parameters()) < 200_000  # depth 8
+
+
+def test_oracle_trains_sharp_at_its_condition(bench, tmp_path):
+    recipes, rows = bench.load_plan()
+    cfg = bench.job_config(bench.Job("fmnist-ls", "oracle", 0, True, 0.5), rows, recipes, "cpu", tmp_path)
+    assert cfg["protocol_params"] == {"train_scales": [0.5, 0.5]} and cfg["degrade_aug"] is None
+    cfg = bench.job_config(bench.Job("fmnist-res", "oracle", 0, False, 14), rows, recipes, "cpu", tmp_path)
+    assert cfg["protocol_params"] == {"train_size": 14} and cfg["model"] == "resnet20"
