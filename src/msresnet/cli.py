@@ -326,7 +326,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"data directory not found: {root}")
     if args.test_limit is not None and args.test_limit < 1:
         raise UserError(f"--test-limit must be at least 1, got {args.test_limit}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     from msresnet.data.folder import BadImageWarning
 
@@ -508,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="image folder for folder-* protocols / a non-default Fashion-MNIST directory")
     p.add_argument("--test-limit", type=_int_arg, metavar="N", help="first N test images per condition")
     p.add_argument("--tta", action="store_true", help="average predictions over whole-image rescalings")
-    p.add_argument("--batch-size", type=_int_arg, default=256, metavar="N")
+    p.add_argument("--batch-size", type=_int_arg, default=None, metavar="N",
+                   help="images per forward pass (default: 32 on CPU, 256 on a GPU)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", metavar="DIR", help="write eval/ here instead of the run directory")
     p.set_defaults(func=cmd_evaluate)

@@ -37,6 +37,12 @@ class TensorSplit:
         return TensorSplit(self.images[index], self.labels[index])
 
 
+def eval_batch_size(device: str | torch.device) -> int:
+    """Images per inference batch: small on CPU, where activations of big batches fall out of the caches (resnet8
+    at 64 px runs ~2.4x slower per image at batch 256 than at 32 on one core), large on accelerators."""
+    return 32 if torch.device(device).type == "cpu" else 256
+
+
 def stratified_order(labels: torch.Tensor) -> torch.Tensor:
     """Indices ordered round-robin over classes (1st of each class, then 2nd, ...), stable within a class.
 

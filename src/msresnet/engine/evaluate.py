@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from msresnet.engine.batches import Normalizer, TensorSplit, iter_batches, limit_split
+from msresnet.engine.batches import Normalizer, TensorSplit, eval_batch_size, iter_batches, limit_split
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
 
 TTA_FACTORS = (2**-0.5, 1.0, 2**0.5)
@@ -93,7 +93,7 @@ def evaluate_sweep(
     info: CheckpointInfo | dict | None = None,
     test_limit: int | None = None,
     tta: bool = False,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     amp: str | None = None,
 ) -> dict[str, Any]:
@@ -106,7 +106,7 @@ def evaluate_sweep(
             which matter when evaluating on another protocol), falling back to the protocol's.
         test_limit: evaluate a class-stratified subset of N images per condition (the same images everywhere).
         tta: average predictions over whole-image rescalings (see module docstring).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: ``eval_batch_size(device)``).
         device: where to run.
         amp: ``"bf16"`` to run under autocast.
 
@@ -116,6 +116,7 @@ def evaluate_sweep(
         ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``.
     """
     device = torch.device(device)
+    batch_size = batch_size or eval_batch_size(device)
     model = model.to(device).eval()
     in_chans = int(_info_get(info, "in_chans", protocol.in_chans))
     # The model's own training statistics (from the checkpoint), which have its channel count.

@@ -28,6 +28,7 @@ from msresnet.engine.batches import (
     Normalizer,
     TensorSplit,
     epoch_permutation,
+    eval_batch_size,
     iter_batches,
     limit_split,
     num_batches,
@@ -509,7 +510,7 @@ def _train(
             seconds = time.perf_counter() - t_start
             train_loss_sum, train_correct, train_n = ctx.all_reduce_sum(sums)
             ctx.broadcast_module(model)
-            val_loss, val_acc = validate(compiled, val_split, norm, max(cfg.batch_size, 256), ctx, cfg.amp)
+            val_loss, val_acc = validate(compiled, val_split, norm, eval_batch_size(ctx.device), ctx, cfg.amp)
             epoch += 1
             row = {
                 "epoch": epoch,
