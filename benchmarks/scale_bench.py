@@ -85,9 +85,23 @@ def make_jobs(
                 jobs.append(Job(p, r["id"], seed, quick))
             for cond in recipes[p].get("oracle", []):
                 jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond))
+    if quick:  # everything runs: longest first, so that parallel runs finish together
+        return sorted(jobs, key=lambda j: -relative_cost(j, rows, recipes))
     # Seed 0 of everything first, then the fmnist-scale realizations the protocol needs (>= 3), then the other
     # seeds: a benchmark cut short by a time budget still covers every row once.
     return sorted(jobs, key=lambda j: (j.seed > 0, j.seed > 0 and j.protocol != "fmnist-scale", j.seed))
+
+
+def relative_cost(job: Job, rows: list[dict], recipes: dict) -> float:
+    """A rough training cost (for ordering runs only): images x input pixels x model factor x 2 with the
+    scale-invariance loss (a second view)."""
+    pixels = {"fmnist-ls": 64 * 64}.get(job.protocol, 28 * 28)
+    row = next((r for r in rows if r["id"] == job.row), {})
+    model = row.get("quick_model" if job.quick else "model", row.get("model", "resnet"))
+    factor = 8.0 if "sesn" in model else 4.0 if "scalechannel" in model else 3.0 if "msresnet" in model else 1.0
+    loss = 2.0 if row.get("overrides", {}).get("si_weight") else 1.0
+    recipe = {**recipes[job.protocol]["train"], **(recipes[job.protocol]["quick"] if job.quick else {})}
+    return float(recipe.get("train_limit") or 50_000) * recipe["epochs"] * pixels * factor * loss
 
 
 def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Path) -> dict[str, Any]:
@@ -110,7 +124,7 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
     else:
         row = next(r for r in rows if r["id"] == job.row)
         model = row.get("quick_model", row["model"]) if job.quick else row["model"]
-        cfg["model_kwargs"] = dict(row.get("model_kwargs", {}))
+        cfg["model_kwargs"] = {**row.get("model_kwargs", {}), **(row.get("quick_kwargs", {}) if job.quick else {})}
         if row.get("rescale_aug"):
             cfg["rescale_aug"] = list(recipe["rescale_aug"])
         overrides = dict(row.get("overrides", {}))

@@ -31,7 +31,15 @@ def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(be
     scale_seeds = {j.seed for j in jobs if j.protocol == "fmnist-scale"}
     assert scale_seeds == {0, 1, 2}
     assert {j.row for j in jobs} == {"resnet", "resnet_aug", "msresnet", "oracle"}
-    assert all(j.seed == 0 for j in jobs[: sum(j.seed == 0 for j in jobs)])  # seed 0 of everything first
+    assert jobs[0].key == "quick__fmnist-ls__msresnet__seed0"  # longest first: parallel runs end together
+
+
+def test_full_plan_runs_seed_zero_of_everything_first(bench):
+    recipes, rows = bench.load_plan()
+    jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0, 1, 2], quick=False)
+    assert len({j.row for j in jobs}) == len(rows) + 1  # every row and the oracles
+    first = jobs[: sum(j.seed == 0 for j in jobs)]
+    assert all(j.seed == 0 for j in first)  # a run cut short by its time budget still covers every row once
 
 
 def test_quick_with_named_rows_runs_those_rows(bench):
@@ -41,7 +49,12 @@ def test_quick_with_named_rows_runs_those_rows(bench):
     assert {j.row for j in jobs} == {"msresnet_sd", "msresnet_max", "oracle"}
 
 
-@pytest.mark.parametrize("row", ["resnet", "resnet_aug", "msresnet", "msresnet_sd", "msresnet_max", "msresnet_lite"])
+QUICK_ROWS = ["resnet", "resnet_aug", "fovmax", "fovavg", "sesn", "res2net", "abl_kernels", "abl_pyramid",
+              "abl_softmax", "abl_loss", "msresnet", "msresnet_noloss", "msresnet_sd", "msresnet_max",
+              "msresnet_avg_sd", "msresnet_lite"]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", QUICK_ROWS)
 def test_quick_job_configs_are_valid_and_build(bench, row, tmp_path):
     recipes, rows = bench.load_plan()
     job = bench.Job("fmnist-ls", row, 0, True)
