@@ -314,12 +314,13 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
     ]
     if quick:
         lines += [
-            "This is the **reduced table** (`--quick`): depth-8 models (`quick_model` in the rows file), 3000 training",
-            "images x 4 epochs, 500-1000 test images per condition, seed 0 and fmnist-scale realizations 0-2 (the",
-            "seeds column says how many ran). On CPU `--quick` runs one job per core with one thread each, so the",
-            "train img/s column is per single-threaded job. Cost figures come from `benchmarks/speed.py` (targets",
-            "below). Its absolute accuracies are far below what the full recipe reaches, and it is not the full table",
-            "the targets are defined on; read it as the direction of each comparison. The full table is",
+            "This is the **reduced table** (`--quick`): depth-8 models (`quick_model` in the rows file) trained on the",
+            "`quick` budgets of `configs/bench/recipes.yaml` (each protocol's recipe line says which), seed 0 and",
+            "fmnist-scale realizations 0-2 (the seeds column says how many ran). On CPU `--quick` runs one job per",
+            "core with one thread each, so the train img/s column is per single-threaded job. Cost figures come from",
+            "`benchmarks/speed.py` (targets below). Its absolute accuracies are far below what the full recipe",
+            "reaches, and it is not the full table the targets are defined on: read it as the direction of each",
+            "comparison. The full table is",
             "`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds).",
             "",
         ]
@@ -476,13 +477,16 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
                 a = b["per_cond"][conds.index(int(c))]
                 row(f"fmnist-res: at {c} px within 3 points of the oracle",
                     f"{a * 100:.1f} vs oracle {oracle * 100:.1f}", (oracle - a) * 100 <= 3)  # fmt: skip
+    reported: set[tuple] = set()  # a model measured in several speed files on the same device and batch: once
     for speed in sorted((ROOT / "benchmarks" / "results").glob("speed*.json")):
         d = json.loads(speed.read_text())
         where = f"{d.get('device')}, batch {d.get('batch')} (`{speed.name}`)"
         by = {(r["model"], r["size"]): r for r in d.get("rows", [])}
         for (model, size), r in sorted(by.items()):
-            if not model.startswith("msresnet20") or model not in ("msresnet20", "msresnet20_lite"):
+            seen = (model, size, d.get("device"), d.get("batch"))
+            if model not in ("msresnet20", "msresnet20_lite") or seen in reported:
                 continue
+            reported.add(seen)
             tr, inf = 1 / r["ratio"]["train_time"], 1 / r["ratio"]["infer_time"]
             row(f"cost: `{model}` throughput >= 0.5x plain ResNet-20 at {size}px, {where}",
                 f"train {tr:.2f}x, inference {inf:.2f}x", tr >= 0.5 and inf >= 0.5)  # fmt: skip
