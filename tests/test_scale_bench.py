@@ -51,7 +51,7 @@ def test_quick_with_named_rows_runs_those_rows(bench):
 
 QUICK_ROWS = ["resnet", "resnet_aug", "fovmax", "fovavg", "sesn", "res2net", "abl_kernels", "abl_pyramid",
               "abl_softmax", "abl_loss", "msresnet", "msresnet_noloss", "msresnet_sd", "msresnet_max",
-              "msresnet_avg_sd", "msresnet_lite"]  # fmt: skip
+              "msresnet_avg_sd", "msresnet_lite", "msresnet_pyr_avg_sd", "msresnet_lite_avg_sd"]  # fmt: skip
 
 
 @pytest.mark.parametrize("row", QUICK_ROWS)
