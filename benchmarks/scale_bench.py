@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,22 +87,20 @@ def make_jobs(
             for cond in recipes[p].get("oracle", []):
                 jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond))
     if quick:  # everything runs: longest first, so that parallel runs finish together
-        return sorted(jobs, key=lambda j: -relative_cost(j, rows, recipes))
+        return sorted(jobs, key=lambda j: -relative_cost(job_config(j, rows, recipes, "cpu", Path("."))))
     # Seed 0 of everything first, then the fmnist-scale realizations the protocol needs (>= 3), then the other
     # seeds: a benchmark cut short by a time budget still covers every row once.
     return sorted(jobs, key=lambda j: (j.seed > 0, j.seed > 0 and j.protocol != "fmnist-scale", j.seed))
 
 
-def relative_cost(job: Job, rows: list[dict], recipes: dict) -> float:
-    """A rough training cost (for ordering runs only): images x input pixels x model factor x 2 with the
-    scale-invariance loss (a second view)."""
-    pixels = {"fmnist-ls": 64 * 64}.get(job.protocol, 28 * 28)
-    row = next((r for r in rows if r["id"] == job.row), {})
-    model = row.get("quick_model" if job.quick else "model", row.get("model", "resnet"))
+def relative_cost(cfg: dict[str, Any]) -> float:
+    """A rough training cost of a run's engine config (for ordering runs only): images x input pixels x model
+    factor, x 2 with the scale-invariance loss (a second view)."""
+    pixels = 64 * 64 if cfg["protocol"] == "fmnist-ls" else 28 * 28
+    model = cfg["model"]
     factor = 8.0 if "sesn" in model else 4.0 if "scalechannel" in model else 3.0 if "msresnet" in model else 1.0
-    loss = 2.0 if row.get("overrides", {}).get("si_weight") else 1.0
-    recipe = {**recipes[job.protocol]["train"], **(recipes[job.protocol]["quick"] if job.quick else {})}
-    return float(recipe.get("train_limit") or 50_000) * recipe["epochs"] * pixels * factor * loss
+    loss = 2.0 if cfg.get("si_weight") else 1.0
+    return float(cfg.get("train_limit") or 50_000) * cfg["epochs"] * pixels * factor * loss
 
 
 def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Path) -> dict[str, Any]:
@@ -295,10 +294,7 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
     img_dir = DOCS / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     revs = sorted({str(d.get("git")) for d in results})
-    commands: dict[str, int] = {}
-    for d in results:
-        if d.get("command"):
-            commands[d["command"]] = commands.get(d["command"], 0) + 1
+    commands = Counter(d["command"] for d in results if d.get("command"))
     devices = sorted({d.get("device", "?") for d in results})
     lines = [
         f"# Scale-generalisation results{' (quick)' if quick else ''}",
@@ -557,8 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = Path(args.runs_dir)
     prepare({(j.protocol, json.dumps(job_config(j, all_rows, recipes, "cpu", runs)["protocol_params"])) for j in todo})
     cores = os.cpu_count() or 1
-    jobs_n = args.jobs or (min(cores, 8) if args.quick and args.device == "cpu" else 1)
-    jobs_n = max(1, jobs_n)
+    jobs_n = max(1, args.jobs or (min(cores, 8) if args.quick and args.device == "cpu" else 1))
     spec_dir = runs / "_specs"
     spec_dir.mkdir(parents=True, exist_ok=True)
 

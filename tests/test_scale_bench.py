@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from msresnet.engine.config import load_train_config
 from msresnet.models import create_model
@@ -49,9 +50,8 @@ def test_quick_with_named_rows_runs_those_rows(bench):
     assert {j.row for j in jobs} == {"msresnet_sd", "msresnet_max", "oracle"}
 
 
-QUICK_ROWS = ["resnet", "resnet_aug", "fovmax", "fovavg", "sesn", "res2net", "abl_kernels", "abl_pyramid",
-              "abl_softmax", "abl_loss", "msresnet", "msresnet_noloss", "msresnet_sd", "msresnet_max",
-              "msresnet_avg_sd", "msresnet_lite", "msresnet_pyr_avg_sd", "msresnet_lite_avg_sd"]  # fmt: skip
+ROWS_FILE = Path(__file__).resolve().parents[1] / "configs" / "bench" / "rows.yaml"
+QUICK_ROWS = [r["id"] for r in yaml.safe_load(ROWS_FILE.read_text())["rows"] if "quick_model" in r]
 
 
 @pytest.mark.parametrize("row", QUICK_ROWS)
