@@ -174,7 +174,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.config import load_train_config
-    from msresnet.engine.evaluate import evaluate_sweep
+    from msresnet.engine.evaluate import evaluate_scales, evaluate_sweep
     from msresnet.engine.train import train
 
     cfg = load_train_config(None, cfg_overrides)
@@ -188,9 +188,13 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     protocol = build_protocol(cfg.protocol, **cfg.protocol_params)
     dev = next(model.parameters()).device
     test = evaluate_sweep(model, protocol, info=info, test_limit=test_limit, device=dev, amp=cfg.amp)
-    val = None
+    val = val_scales = None
     if job.row != "oracle" and protocol.val is not None:
-        val = evaluate_sweep(model, ValidationSweep(protocol, val_limit), info=info, device=dev, amp=cfg.amp)
+        val_sweep = ValidationSweep(protocol, val_limit)
+        val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp)
+        if getattr(model, "has_scale_axis", False) and model.global_pool:
+            # which pyramid level / scale recognises the object at each condition (validation data)
+            val_scales = evaluate_scales(model, val_sweep, info=info, device=dev)
     metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
     return {
         "job": asdict(job),
@@ -199,6 +203,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
         "params": sum(p.numel() for p in model.parameters()),
         "test": test,
         "val": val,
+        "val_scales": val_scales,
         "train_seconds": train_seconds,
         "train_images_per_s": float(metrics["images_per_s"].median()) if "images_per_s" in metrics else None,
         "final_val_acc": float(metrics["val_acc"].iloc[-1]) if "val_acc" in metrics else None,
@@ -393,6 +398,7 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
             lines += [f"Best msresnet on validation data: **{labels.get(best, best)}** "
                       f"(validation {val_score[best] * 100:.1f}%).", ""]  # fmt: skip
         summary[proto] = {"rows": row_stats, "oracle": oracle_acc, "best": best, "conds": conds}
+        lines += _scale_diagnosis(by_row, [r for r in (best, "msresnet") if r] if best else [], labels, cname)
         if not is_scale and curves:
             fig, ax = plt.subplots(figsize=(7, 4.2))
             xs = [float(c) for c in conds]
@@ -418,6 +424,31 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
     out = DOCS / ("results.md" if not quick or not has_full else "results-quick.md")
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: dict, cname: str) -> list[str]:
+    """Per row: the validation accuracy of each pyramid level alone at each condition (seed 0's run), next to the
+    pooled decision - which level recognises the object, and how much the pooling loses against the best level."""
+    lines: list[str] = []
+    for rid in dict.fromkeys(row_ids):
+        d = next((d for d in by_row.get(rid, []) if d.get("val_scales")), None)
+        if d is None or len(d["val"]["conditions"]) < 2:
+            continue
+        vs, pooled = d["val_scales"], d["val"]["accuracy"]
+        n = max(len(a) for a in vs["accuracy"])
+        factors = next((f for f in vs["scales"] if f and len(f) == n), None)
+        head = [f"level x{f:.2g}" for f in factors] if factors else [f"scale {i}" for i in range(n)]
+        lines += [f"Which pyramid level decides: **{labels.get(rid, rid)}** (`{d['config']['model']}`, "
+                  f"seed {d['job']['seed']}), validation accuracy of each level alone (`evaluate_scales`) against "
+                  "the pooled decision; levels too small for an input are dropped.", "",
+                  "| " + " | ".join([cname, "pooled", *head, "best level"]) + " |",
+                  "|" + "---|" * (n + 3)]  # fmt: skip
+        for c, accs, p in zip(vs["conditions"], vs["accuracy"], pooled, strict=True):
+            cells = [f"{a * 100:.1f}" for a in accs] + [""] * (n - len(accs))
+            lines.append(f"| {_cond_label(c, cname)} | {p * 100:.1f} | " + " | ".join(cells)
+                         + f" | {max(accs) * 100:.1f} |")  # fmt: skip
+        lines.append("")
+    return lines
 
 
 def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:

@@ -17,7 +17,7 @@ from engine_fakes import base_config, fake_protocol, install
 from msresnet.engine import checkpoint as ckpt
 from msresnet.engine.checkpoint import CheckpointWriteError, load_model, read_checkpoint_info
 from msresnet.engine.config import load_train_config
-from msresnet.engine.evaluate import evaluate_sweep, write_eval
+from msresnet.engine.evaluate import evaluate_scales, evaluate_sweep, write_eval
 from msresnet.engine.train import NonFiniteError, train
 from msresnet.errors import UserError
 
@@ -94,6 +94,21 @@ def test_evaluate_sweep_and_write_eval(run_dir, tmp_path):
     loaded = json.loads((tmp_path / "eval" / "fake.json").read_text())
     assert loaded["worst"] == result["worst"] and "retention" in loaded
     assert len(pd.read_csv(tmp_path / "eval" / "fake.csv")) == 3
+
+
+def test_evaluate_scales_per_level_accuracy(run_dir):
+    """One accuracy (a count over the same stratified images) per pyramid level and condition; a model without a
+    scale axis is refused by name."""
+    protocol = fake_protocol()
+    torch.manual_seed(0)
+    model = msresnet.create_model("msresnet8", num_classes=4, in_chans=1, width=0.25, scale_pool="avg")
+    result = evaluate_scales(model, protocol, test_limit=20, batch_size=8)
+    assert result["conditions"] == [0.5, 1.0, 2.0]
+    assert result["scales"] == [model.pyramid.kept_scales((32, 32))] * 3
+    assert all(len(a) == len(result["scales"][0]) == 5 for a in result["accuracy"])  # 32, 23, 16, 11, 8 px
+    assert all(0 <= v <= 1 and v * 20 == pytest.approx(round(v * 20)) for a in result["accuracy"] for v in a)
+    with pytest.raises(UserError, match="no forward_scales"):
+        evaluate_scales(torch.nn.Identity(), protocol)
 
 
 def test_existing_run_needs_resume(run_dir, monkeypatch):

@@ -200,6 +200,24 @@ def test_msresnet_knobs_build_and_run() -> None:
         msresnet.create_model("msresnet8", stem_basis=None, shared_stages=1)
 
 
+def test_forward_scales_one_decision_per_level() -> None:
+    model = _small("msresnet8", num_classes=4, in_chans=1, scale_pool="avg").eval()
+    with torch.no_grad():
+        for size, levels in ((64, 5), (28, 4), (16, 3)):
+            x = torch.randn(2, 1, size, size)
+            per_level = model.forward_scales(x)
+            assert per_level.shape == (2, levels, 4)
+            # the classifier is linear: with an average over levels the model's output is the mean of the levels'
+            torch.testing.assert_close(per_level.mean(1), model(x), rtol=1e-4, atol=1e-5)
+        # each level's logits depend on that level alone: a model restricted to one pyramid factor agrees with it
+        x = torch.randn(2, 1, 64, 64)
+        coarse = model.forward_scales(x)[:, 2]
+        model.pyramid.scales = [0.5]
+        torch.testing.assert_close(model(x), coarse, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="scale axis"):
+        _small("resnet8").forward_scales(torch.randn(1, 3, 32, 32))
+
+
 def test_forward_is_deterministic_in_eval() -> None:
     model = _small("msresnet8", num_classes=3, in_chans=1, scale_dropout=0.5).eval()
     x = torch.randn(2, 1, 30, 30)

@@ -2,7 +2,8 @@
 
 Public entry points: :func:`~msresnet.engine.config.load_train_config`, :func:`~msresnet.engine.train.train`,
 :func:`~msresnet.engine.checkpoint.load_model`, :func:`~msresnet.engine.checkpoint.read_checkpoint_info`,
-:func:`~msresnet.engine.evaluate.evaluate_sweep` and :func:`~msresnet.engine.evaluate.write_eval`. Submodules are
+:func:`~msresnet.engine.evaluate.evaluate_sweep`, :func:`~msresnet.engine.evaluate.evaluate_scales` (which scale
+carries each decision) and :func:`~msresnet.engine.evaluate.write_eval`. Submodules are
 imported lazily so that ``import msresnet`` stays light.
 """
 
@@ -21,6 +22,7 @@ _EXPORTS = {
     "load_model": "checkpoint",
     "read_checkpoint_info": "checkpoint",
     "evaluate_sweep": "evaluate",
+    "evaluate_scales": "evaluate",
     "write_eval": "evaluate",
 }
 

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,35 @@ def predict_probs(
     return total / used
 
 
+def _condition_batches(
+    protocol: Any,
+    info: CheckpointInfo | dict | None,
+    test_limit: int | None,
+    batch_size: int | None,
+    device: torch.device,
+) -> Iterator[tuple[Any, Iterator[tuple[torch.Tensor, torch.Tensor]], int]]:
+    """Per test condition: ``(condition, batches of (normalised images on device, labels), number of images)``.
+
+    Inputs are normalised with the model's own training statistics from ``info`` (they have its channel count),
+    falling back to the protocol's; ``test_limit`` takes the same class-stratified subset at every condition.
+    """
+    batch_size = batch_size or eval_batch_size(device)
+    in_chans = int(_info_get(info, "in_chans", protocol.in_chans))
+    mean = tuple(_info_get(info, "mean", None) or protocol.mean)
+    std = tuple(_info_get(info, "std", None) or protocol.std)
+    if len(mean) != in_chans:
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    norm = Normalizer(mean, std, device)
+
+    def batches(split: TensorSplit) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in iter_batches(torch.arange(len(split)), batch_size):
+            yield norm(match_channels(split.images[idx].to(device).float().div_(255), in_chans)), split.labels[idx]
+
+    for condition, dataset in protocol.test.items():
+        split = limit_split(TensorSplit.of(dataset), test_limit, "stratified")
+        yield condition, batches(split), len(split)
+
+
 def evaluate_sweep(
     model: nn.Module,
     protocol: Any,
@@ -116,27 +146,17 @@ def evaluate_sweep(
         ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``.
     """
     device = torch.device(device)
-    batch_size = batch_size or eval_batch_size(device)
     model = model.to(device).eval()
-    in_chans = int(_info_get(info, "in_chans", protocol.in_chans))
-    # The model's own training statistics (from the checkpoint), which have its channel count.
-    mean = tuple(_info_get(info, "mean", None) or protocol.mean)
-    std = tuple(_info_get(info, "std", None) or protocol.std)
-    if len(mean) != in_chans:
-        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-    norm = Normalizer(mean, std, device)
     t0 = time.perf_counter()
     conditions, accuracy, counts = [], [], []
-    for condition, dataset in protocol.test.items():
-        split = limit_split(TensorSplit.of(dataset), test_limit, "stratified")
+    for condition, batches, n in _condition_batches(protocol, info, test_limit, batch_size, device):
         correct = 0
-        for idx in iter_batches(torch.arange(len(split)), batch_size):
-            x = norm(match_channels(split.images[idx].to(device).float().div_(255), in_chans))
+        for x, labels in batches:
             probs = predict_probs(model, x, tta=tta, amp=amp)
-            correct += int((probs.argmax(1).cpu() == split.labels[idx]).sum())
+            correct += int((probs.argmax(1).cpu() == labels).sum())
         conditions.append(condition)
-        accuracy.append(correct / max(1, len(split)))
-        counts.append(len(split))
+        accuracy.append(correct / max(1, n))
+        counts.append(n)
     train_condition = getattr(protocol, "train_condition", None)
     acc_train = None
     for c, a in zip(conditions, accuracy, strict=True):
@@ -162,6 +182,47 @@ def evaluate_sweep(
         "checkpoint": str(_info_get(info, "path", "") or "") or None,
         "seconds": time.perf_counter() - t0,
     }
+
+
+@torch.no_grad()
+def evaluate_scales(
+    model: nn.Module,
+    protocol: Any,
+    *,
+    info: CheckpointInfo | dict | None = None,
+    test_limit: int | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Accuracy of every entry of the model's scale axis on its own, at every test condition of ``protocol``.
+
+    The diagnosis behind a sweep: which pyramid level (or scale) recognises the object at each test condition,
+    and how far the pooled decision falls below the best single level (see ``ResNet.forward_scales``).
+    Arguments as in :func:`evaluate_sweep`; the model must have ``forward_scales``.
+
+    Returns:
+        ``conditions``, ``accuracy`` (per condition, a list with one fraction per scale entry, finest first) and
+        ``scales`` (the pyramid factors kept at each condition's input size, or None for models without a
+        pyramid).
+    """
+    from msresnet.errors import UserError
+
+    if not callable(getattr(model, "forward_scales", None)):
+        raise UserError(f"{type(model).__name__} has no forward_scales (no scale axis to diagnose)")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    pyramid = getattr(model, "pyramid", None)
+    conditions, accuracy, scales = [], [], []
+    for condition, batches, n in _condition_batches(protocol, info, test_limit, batch_size, device):
+        correct, kept = None, None
+        for x, labels in batches:
+            hits = (model.forward_scales(x).argmax(-1).cpu() == labels[:, None]).sum(0)
+            correct = hits if correct is None else correct + hits
+            kept = pyramid.kept_scales(x.shape[-2:]) if pyramid is not None else None
+        conditions.append(_plain(condition))
+        accuracy.append([int(c) / max(1, n) for c in correct] if correct is not None else [])
+        scales.append(kept)
+    return {"conditions": conditions, "accuracy": accuracy, "scales": scales}
 
 
 def _plain(v: Any) -> Any:

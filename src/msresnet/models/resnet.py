@@ -346,6 +346,25 @@ class ResNet(nn.Module):
         """Logits ``[B, num_classes]`` (pooled features when ``num_classes == 0``)."""
         return self.forward_head(self.forward_features(x))
 
+    def forward_scales(self, x: torch.Tensor) -> torch.Tensor:
+        """What each entry of the scale axis says on its own: logits ``[B, S, num_classes]``.
+
+        The head without the scale pooling (spatial pooling, classifier) applied to every pyramid level / scale
+        separately - the diagnosis of *which* scale carries a decision (e.g. whether a test object larger than
+        anything seen in training is recognised at the coarse level that shrinks it back to the training size,
+        and how much the other levels dilute that). Levels are ordered finest first, as
+        ``self.pyramid.kept_scales(x.shape[-2:])`` lists them for pyramid models. With ``scale_pool="avg"`` the
+        mean over ``S`` of these logits is exactly the model's output (the classifier is linear).
+
+        Raises:
+            UserError: the model has no scale axis at its head, or no spatial pooling.
+        """
+        if not self.has_scale_axis or not self.global_pool:
+            raise UserError("forward_scales needs a model with a scale axis at its head and spatial pooling")
+        f = self.forward_features(x)
+        f = f.amax((-2, -1)) if self.global_pool == "max" else f.mean((-2, -1))  # [B, C, S]
+        return self.fc(self.head_drop(f.transpose(1, 2)))
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
