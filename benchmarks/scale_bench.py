@@ -9,6 +9,7 @@ the results issue with their measured values, and plots.
     python benchmarks/scale_bench.py --quick              # reduced table, < 20 min on 2 CPU cores
     python benchmarks/scale_bench.py --device cuda --jobs 8   # the full table
     python benchmarks/scale_bench.py --render             # re-render docs/results.md from the stored JSONs
+    python benchmarks/scale_bench.py --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
 
 Runs already stored are skipped, so an interrupted benchmark continues where it stopped.
 """
@@ -48,11 +49,18 @@ class Job:
     seed: int
     quick: bool
     oracle_condition: float | int | None = None
+    full_model: bool = False  # with ``quick``: the row's own (full-depth) model instead of its ``quick_model``
 
     @property
     def key(self) -> str:
         tag = f"__oracle{self.oracle_condition}" if self.oracle_condition is not None else ""
-        return f"{'quick__' if self.quick else ''}{self.protocol}__{self.row}{tag}__seed{self.seed}"
+        budget = ("quick__" if self.quick else "") + ("fullmodel__" if self.full_model else "")
+        return f"{budget}{self.protocol}__{self.row}{tag}__seed{self.seed}"
+
+    @property
+    def small_model(self) -> bool:
+        """Whether the run uses the depth-8 ``quick_model`` (the reduced table)."""
+        return self.quick and not self.full_model
 
 
 def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -69,9 +77,10 @@ def make_jobs(
     quick: bool,
     explicit_seeds: bool = False,
     explicit_rows: bool = False,
+    full_model: bool = False,
 ) -> list[Job]:
     """The runs to do. ``--quick`` takes the rows marked ``quick: true`` unless ``--rows`` names rows itself (then
-    those rows run at the reduced budget with their ``quick_model``)."""
+    those rows run at the reduced budget with their ``quick_model``, or their own model with ``full_model``)."""
     jobs = []
     use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
     per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
@@ -83,9 +92,9 @@ def make_jobs(
             for r in rows:
                 if quick and not (r.get("quick") or explicit_rows):
                     continue
-                jobs.append(Job(p, r["id"], seed, quick))
+                jobs.append(Job(p, r["id"], seed, quick, full_model=full_model))
             for cond in recipes[p].get("oracle", []):
-                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond))
+                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model))
     if quick:  # everything runs: longest first, so that parallel runs finish together
         return sorted(jobs, key=lambda j: -relative_cost(job_config(j, rows, recipes, "cpu", Path("."))))
     # Seed 0 of everything first, then the fmnist-scale realizations the protocol needs (>= 3), then the other
@@ -113,7 +122,7 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
     if job.protocol == "fmnist-scale":
         params["realization"] = job.seed
     if job.row == "oracle":
-        model = "resnet8" if job.quick else "resnet20"
+        model = "resnet8" if job.small_model else "resnet20"
         c = job.oracle_condition
         if job.protocol == "fmnist-ls":
             params["train_scales"] = [float(c), float(c)]
@@ -122,8 +131,9 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
         cfg["degrade_aug"] = None  # the oracle sees sharp images at the test condition itself
     else:
         row = next(r for r in rows if r["id"] == job.row)
-        model = row.get("quick_model", row["model"]) if job.quick else row["model"]
-        cfg["model_kwargs"] = {**row.get("model_kwargs", {}), **(row.get("quick_kwargs", {}) if job.quick else {})}
+        model = row.get("quick_model", row["model"]) if job.small_model else row["model"]
+        quick_kwargs = row.get("quick_kwargs", {}) if job.small_model else {}
+        cfg["model_kwargs"] = {**row.get("model_kwargs", {}), **quick_kwargs}
         if row.get("rescale_aug"):
             cfg["rescale_aug"] = list(recipe["rescale_aug"])
         overrides = dict(row.get("overrides", {}))
@@ -249,11 +259,11 @@ def write_json(path: Path, data: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------- render
 
 
-def _load_results(quick: bool) -> list[dict]:
+def _load_results(quick: bool, full_model: bool = False) -> list[dict]:
     out = []
     for f in sorted(RESULTS.glob("*.json")):
         d = json.loads(f.read_text())
-        if bool(d["job"]["quick"]) == quick:
+        if bool(d["job"]["quick"]) == quick and bool(d["job"].get("full_model")) == full_model:
             out.append(d)
     return out
 
@@ -284,25 +294,27 @@ def _cond_label(c: Any, name: str) -> str:
     return f"{float(c):.2f}" if name == "scale" else str(c)
 
 
-def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path:
-    """Write docs/results.md (or docs/results-quick.md) from the stored JSONs."""
+def render(quick: bool, command: str, wall_seconds: float | None = None, full_model: bool = False) -> Path:
+    """Write docs/results.md (or docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md) from the
+    stored JSONs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _, rows = load_plan()
-    results = _load_results(quick)
+    results = _load_results(quick, full_model)
     labels = {r["id"]: r["label"] for r in rows}
     groups = {r["id"]: r.get("group", "") for r in rows}
-    suffix = "-quick" if quick else ""
+    suffix = ("-quick" if quick else "") + ("-fullmodel" if full_model else "")
     img_dir = DOCS / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     revs = sorted({str(d.get("git")) for d in results})
     commands = Counter(d["command"] for d in results if d.get("command"))
     devices = sorted({d.get("device", "?") for d in results})
     lines = [
-        f"# Scale-generalisation results{' (quick)' if quick else ''}",
+        f"# Scale-generalisation results{' (quick' if quick else ''}"
+        + (", full-depth models)" if full_model else ")" if quick else ""),
         "",
         "Generated by `benchmarks/scale_bench.py` from the run records in `benchmarks/results/scale/` — measured",
         "figures only. Accuracies in %, mean ± std over seeds (fmnist-scale: over realizations).",
@@ -315,7 +327,17 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
         "- recipes: `configs/bench/recipes.yaml`; rows: `configs/bench/rows.yaml`.",
         "",
     ]
-    if quick:
+    has_full = bool(_load_results(False))
+    depth8_page = "results-quick.md" if has_full else "results.md"
+    if full_model:
+        lines += [
+            "The **reduced budget with each row's own model** (`--quick --full-models`): the depth-20 models of the",
+            "full table trained on the `quick` budgets of `configs/bench/recipes.yaml`, seed 0. It checks whether",
+            f"what the depth-8 reduced table ([{depth8_page}]({depth8_page})) shows holds at the real depth (a depth-8",
+            "trunk sees at most 25 px, less than a training object of fmnist-ls). Not the full table either.",
+            "",
+        ]
+    elif quick:
         lines += [
             "This is the **reduced table** (`--quick`): depth-8 models (`quick_model` in the rows file) trained on the",
             "`quick` budgets of `configs/bench/recipes.yaml` (each protocol's recipe line says which), seed 0 and",
@@ -327,11 +349,14 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
             "`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds).",
             "",
         ]
+        if _load_results(True, full_model=True):
+            lines += ["The same budget with the full-depth models: [results-quick-fullmodel.md]"
+                      "(results-quick-fullmodel.md).", ""]  # fmt: skip
     summary: dict[str, dict[str, Any]] = {}
     for proto in PROTOCOLS:
         pres = [d for d in results if d["job"]["protocol"] == proto]
         if not pres:
-            flag = " --quick" if quick else ""
+            flag = (" --quick" if quick else "") + (" --full-models" if full_model else "")
             lines += [f"## {proto}", "", f"No run of this protocol is stored yet "
                       f"(`python benchmarks/scale_bench.py{flag} --protocols {proto}`).", ""]  # fmt: skip
             continue
@@ -420,8 +445,8 @@ def render(quick: bool, command: str, wall_seconds: float | None = None) -> Path
             lines += [f"![{proto}](img/{png.name})", ""]
     lines += _targets(summary)
     # the quick table is the results page until a full run exists
-    has_full = bool(_load_results(False))
-    out = DOCS / ("results.md" if not quick or not has_full else "results-quick.md")
+    name = "results.md" if not quick or not has_full else "results-quick.md"
+    out = DOCS / ("results-quick-fullmodel.md" if full_model else name)
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -533,6 +558,9 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="reduced table: quick rows, small budget, one seed")
+    ap.add_argument("--full-models", action="store_true",
+                    help="with --quick: each row's own (depth-20) model instead of its depth-8 quick_model; records "
+                         "and page kept apart (docs/results-quick-fullmodel.md)")  # fmt: skip
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--rows", default=None, help="comma-separated row ids (default: all)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
@@ -567,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(RESULTS / f"{job.key}.json", result)
         return 0
     if args.render:
-        print(render(args.quick, command))
+        print(render(args.quick, command, full_model=args.full_models))
         return 0
     recipes, all_rows = load_plan()
     rows = all_rows
@@ -577,7 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     # --quick: seed 0, except where the recipe's quick section lists seeds (fmnist-scale needs 3 realizations)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1, 2] if not args.quick else [0])
     protocols = [p for p in args.protocols.split(",") if p]
-    jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows))
+    if args.full_models and not args.quick:
+        raise SystemExit("scale_bench: --full-models goes with --quick (the full table already uses the full models)")
+    jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows),
+                     full_model=args.full_models)  # fmt: skip
     todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
     t_start = time.perf_counter()
@@ -620,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         for msg in pool.map(launch, todo):
             print(msg, flush=True)
     wall = time.perf_counter() - t_start
-    out = render(args.quick, command, wall)
+    out = render(args.quick, command, wall, full_model=args.full_models)
     print(f"wrote {out} ({wall / 60:.1f} min)")
     return 0
 

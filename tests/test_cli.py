@@ -115,6 +115,16 @@ def bad_files(env: dict[str, Path]) -> dict[str, Path]:
     return {"unknown_key": unknown_key, "not_yaml": not_yaml, "garbage": garbage}
 
 
+def test_evaluate_per_scale(env: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["evaluate", str(env["run"]), "--test-limit", "20", "--per-scale", "--out", str(tmp_path)]) == 0
+    assert "each pyramid level alone" in capsys.readouterr().out
+    result = json.loads((tmp_path / "eval" / "fmnist-ls.json").read_text())
+    per = result["per_scale"]
+    assert per["conditions"] == result["conditions"] and len(per["accuracy"]) == 9
+    assert all(len(a) == len(f) for a, f in zip(per["accuracy"], per["scales"], strict=True))  # 64 px: 5 levels
+    assert (tmp_path / "eval" / "fmnist-ls.png").is_file()
+
+
 def _train(out: Path, *extra: str) -> list[str]:
     return ["train", "--model", "resnet8", "--protocol", "fmnist-ls", "--out", str(out), "--device", "cpu", *extra]
 

@@ -72,3 +72,16 @@ def test_oracle_trains_sharp_at_its_condition(bench, tmp_path):
     assert cfg["protocol_params"] == {"train_scales": [0.5, 0.5]} and cfg["degrade_aug"] is None
     cfg = bench.job_config(bench.Job("fmnist-res", "oracle", 0, False, 14), rows, recipes, "cpu", tmp_path)
     assert cfg["protocol_params"] == {"train_size": 14} and cfg["model"] == "resnet20"
+
+
+def test_full_models_at_the_quick_budget_are_kept_apart(bench, tmp_path):
+    recipes, rows = bench.load_plan()
+    jobs = bench.make_jobs(["fmnist-ls"], rows, recipes, [0], quick=True, full_model=True)
+    assert all(j.key.startswith("quick__fullmodel__fmnist-ls__") for j in jobs)  # never mistaken for a quick run
+    by_row = {j.row: bench.job_config(j, rows, recipes, "cpu", tmp_path) for j in jobs if j.row != "oracle"}
+    assert by_row["msresnet"]["model"] == "msresnet20" and by_row["msresnet"]["epochs"] == 4  # quick budget
+    lite = bench.job_config(bench.Job("fmnist-ls", "msresnet_lite_avg_sd", 0, True, full_model=True), rows, recipes,
+                            "cpu", tmp_path)  # fmt: skip
+    assert lite["model"] == "msresnet20_lite" and "pyramid_scales" not in lite["model_kwargs"]  # no quick_kwargs
+    assert all(bench.job_config(j, rows, recipes, "cpu", tmp_path)["model"] == "resnet20"
+               for j in jobs if j.row == "oracle")  # fmt: skip

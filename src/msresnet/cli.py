@@ -301,12 +301,31 @@ def print_sweep(result: dict[str, Any]) -> None:
     console.print(f"mean {mean:.2f}%  worst {worst:.2f}%  retention {'n/a' if ret is None else f'{ret:.3f}'}")
 
 
+def print_per_scale(result: dict[str, Any]) -> None:
+    """``--per-scale``: the accuracy of each pyramid level / scale alone next to the pooled one, per condition."""
+    from rich.console import Console
+    from rich.table import Table
+
+    per = result["per_scale"]
+    n = max(len(a) for a in per["accuracy"])
+    factors = next((f for f in per["scales"] if f and len(f) == n), None)
+    table = Table(title="each pyramid level alone, accuracy % ('-': level dropped for that input size)")
+    table.add_column(str(result.get("condition_name", "condition")), justify="right")
+    table.add_column("pooled", justify="right")
+    for i in range(n):
+        table.add_column(f"x{factors[i]:.2g}" if factors else f"scale {i}", justify="right")
+    for c, pooled, accs in zip(result["conditions"], result["accuracy"], per["accuracy"], strict=True):
+        cells = [f"{a * 100:.2f}" for a in accs] + ["-"] * (n - len(accs))
+        table.add_row(str(c), f"{pooled * 100:.2f}", *cells)
+    Console(width=max(80, _terminal_width())).print(table)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import evaluate_sweep, write_eval
+    from msresnet.engine.evaluate import evaluate_scales, evaluate_sweep, write_eval
 
     path = _checkpoint_path(args.checkpoint)
     device = _device(args.device)
@@ -345,6 +364,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=device,
         )
+        if args.per_scale:
+            result["per_scale"] = evaluate_scales(
+                model, protocol, info=info, test_limit=args.test_limit, batch_size=args.batch_size, device=device
+            )
     skipped = [w for w in caught if issubclass(w.category, BadImageWarning)]
     for w in caught:
         if w not in skipped:
@@ -352,6 +375,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else _run_dir_of(path)
     written = write_eval(out_dir, result)  # json, csv and the png plot
     print_sweep(result)
+    if result.get("per_scale"):
+        print_per_scale(result)
     print(f"wrote {', '.join(str(p) for p in _as_paths(written))}")
     for w in skipped:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
@@ -508,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="image folder for folder-* protocols / a non-default Fashion-MNIST directory")
     p.add_argument("--test-limit", type=_int_arg, metavar="N", help="first N test images per condition")
     p.add_argument("--tta", action="store_true", help="average predictions over whole-image rescalings")
+    p.add_argument("--per-scale", action="store_true",
+                   help="also the accuracy of each pyramid level alone (which scale recognises the object where; "
+                        "models with a scale axis: msresnet*, scale-channel)")  # fmt: skip
     p.add_argument("--batch-size", type=_int_arg, default=None, metavar="N",
                    help="images per forward pass (default: 32 on CPU, 256 on a GPU)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

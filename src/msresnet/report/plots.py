@@ -96,7 +96,8 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, *, title: str | None
 
     Args:
         result: an ``evaluate_sweep`` result (keys ``conditions``, ``accuracy``, ``condition_name``,
-            ``train_condition``, ``protocol``).
+            ``train_condition``, ``protocol``); with ``per_scale`` (an ``evaluate_scales`` result) each pyramid
+            level is drawn too.
         path: the PNG file to write (parent directories are created).
         title: plot title; defaults to the protocol name.
 
@@ -104,9 +105,23 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, *, title: str | None
         The written path.
     """
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = _draw(ax, result, None, mark_train=True)
+    per_scale = result.get("per_scale")
+    xs = _draw(ax, result, "pooled" if per_scale else None, mark_train=True)
+    if per_scale and xs is not None:
+        _draw_levels(ax, xs, per_scale)
     _finish(ax, xs or [], result, title or str(result.get("protocol", "")))
     return _save(fig, path)
+
+
+def _draw_levels(ax: Any, xs: list[float], per_scale: Mapping[str, Any]) -> None:
+    """Thin dashed lines: each pyramid level alone (an ``evaluate_scales`` result), where the input keeps it."""
+    n = max(len(a) for a in per_scale["accuracy"])
+    factors = next((f for f in per_scale["scales"] if f and len(f) == n), None)
+    for i in range(n):
+        pts = [(x, a[i] * 100) for x, a in zip(xs, per_scale["accuracy"], strict=True) if i < len(a)]
+        label = f"level x{factors[i]:.2g} alone" if factors else f"scale {i} alone"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, marker=".", label=label)
+    ax.legend(fontsize=7)
 
 
 def plot_comparison(results: Mapping[str, Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
