@@ -136,6 +136,32 @@ def test_image_pyramid_levels_and_crop() -> None:
     assert len(tiny) == 1  # never empty: the level nearest to the input's own scale is kept
 
 
+def test_pyramid_jitter_shrinks_in_training_only() -> None:
+    x = torch.rand(2, 1, 64, 64)
+    pyr = ImagePyramid([1.0, 0.5, 0.25], min_size=8, jitter=1.0)
+    exact = [lvl.shape[-1] for lvl in pyr.eval()(x)]
+    assert exact == [64, 32, 16]
+    torch.manual_seed(0)
+    seen = {tuple(lvl.shape[-1] for lvl in pyr.train()(x)) for _ in range(20)}
+    assert len(seen) > 5  # a new factor on every call ...
+    for sizes in seen:  # ... shrinking every level by the same factor in (1/2, 1], never below min_size
+        assert len(sizes) == 3 and all(e / 2 - 1 <= s <= e and s >= 8 for s, e in zip(sizes, exact, strict=True))
+    with pytest.raises(UserError, match="jitter"):
+        ImagePyramid([1.0, 0.5], jitter=-0.5)
+
+
+def test_pyramid_jitter_leaves_the_trained_model_unchanged_in_eval() -> None:
+    import msresnet
+
+    torch.manual_seed(0)
+    plain = msresnet.create_model("msresnet8", num_classes=3, in_chans=1, width=0.25).eval()
+    jittered = msresnet.create_model("msresnet8", num_classes=3, in_chans=1, width=0.25, pyramid_jitter=0.5).eval()
+    jittered.load_state_dict(plain.state_dict())  # no new parameters or buffers
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(jittered(x), plain(x))
+
+
 def test_resize_antialias_and_identity() -> None:
     x = torch.zeros(1, 1, 32, 32)
     x[..., ::2, :] = 1.0  # 2-px stripes: aliased subsampling would give all ones or all zeros

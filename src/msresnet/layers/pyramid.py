@@ -76,18 +76,28 @@ class ImagePyramid(nn.Module):
             degenerate). The level closest to factor 1 is always kept so every input gives at least one level.
         crop_upscaled: Centre-crop enlarged levels back to the input size (the "foveated" scale channels of
             Jansson & Lindeberg: every channel sees a window of the same size, so cost stays bounded).
+        jitter: Training only: every factor of a call is multiplied by one random ``2**-u``, ``u ~ U(0, jitter)``
+            (in octaves; only ever shrinking). A fixed pyramid shows the shared trunk objects at a few exact sizes
+            (28, 20, 14, 10, 7 px for a 28-px object and factors ``2**(-k/2)``), and a briefly trained CNN can be
+            sharply tuned to them; the jitter fills the sizes in between, the way the levels of a test image whose
+            object scale falls between two levels see it. Evaluation always uses the exact factors.
     """
 
-    def __init__(self, scales: Sequence[float], min_size: int = 8, crop_upscaled: bool = True) -> None:
+    def __init__(
+        self, scales: Sequence[float], min_size: int = 8, crop_upscaled: bool = True, jitter: float = 0.0
+    ) -> None:
         super().__init__()
         scales = [float(s) for s in scales]
         if not scales or min(scales) <= 0:
             raise UserError(f"pyramid scales must be positive numbers, got {list(scales)}")
+        if not 0.0 <= jitter <= 2.0:
+            raise UserError(f"pyramid jitter is in octaves, between 0 and 2; got {jitter}")
         self.scales = sorted(scales, reverse=True)
-        self.min_size, self.crop_upscaled = min_size, crop_upscaled
+        self.min_size, self.crop_upscaled, self.jitter = min_size, crop_upscaled, float(jitter)
 
     def extra_repr(self) -> str:
-        return f"scales={[round(s, 4) for s in self.scales]}, min_size={self.min_size}"
+        jitter = f", jitter={self.jitter}" if self.jitter else ""
+        return f"scales={[round(s, 4) for s in self.scales]}, min_size={self.min_size}{jitter}"
 
     def kept_scales(self, size: Sequence[int]) -> list[float]:
         """The factors that give levels at least ``min_size`` for an input of ``size = (H, W)``."""
@@ -99,9 +109,13 @@ class ImagePyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, C, H, W]`` -> list of ``[B, C, h_i, w_i]``, finest first."""
         size = x.shape[-2:]
+        shrink = 1.0
+        if self.training and self.jitter > 0:
+            shrink = 2.0 ** -float(torch.empty(()).uniform_(0.0, self.jitter))  # torch's RNG: seeded runs repeat
         levels = []
         for s in self.kept_scales(size):
-            y = resize(x, s)
+            # a jittered level never falls below min_size (the coarsest kept level of a small input)
+            y = resize(x, s if shrink == 1.0 else max(s * shrink, self.min_size / min(size)))
             if s > 1 and self.crop_upscaled:
                 y = center_crop(y, size)
             levels.append(y)

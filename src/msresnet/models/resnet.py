@@ -148,6 +148,8 @@ class ResNet(nn.Module):
             trunk with the same weights runs on every level. ``(1,)``: no pyramid.
         pyramid_min_size: Pyramid levels with a shorter side below this are skipped.
         crop_upscaled: Centre-crop enlarged pyramid levels back to the input size.
+        pyramid_jitter: Training-time random shrink of all pyramid factors, up to this many octaves
+            (:class:`~msresnet.layers.ImagePyramid`).
         stem_basis: ``None`` (plain conv stem), ``"dilation"`` or ``"hermite"`` (lifting stem).
         stem_scales: Scales of the lifting stem.
         stem_pool: ScalePool mode collapsing the stem's scale axis (after ``shared_stages`` stages).
@@ -176,6 +178,7 @@ class ResNet(nn.Module):
         pyramid_scales: Sequence[float] = (1.0,),
         pyramid_min_size: int = 8,
         crop_upscaled: bool = True,
+        pyramid_jitter: float = 0.0,
         stem_basis: str | None = None,
         stem_scales: int = 1,
         stem_pool: str = "softmax",
@@ -249,7 +252,8 @@ class ResNet(nn.Module):
 
         # --- scale axis at the head: pyramid levels and/or scales carried to the end
         scales = tuple(float(s) for s in pyramid_scales)
-        self.pyramid = ImagePyramid(scales, pyramid_min_size, crop_upscaled) if scales != (1.0,) else None
+        multi = scales != (1.0,)
+        self.pyramid = ImagePyramid(scales, pyramid_min_size, crop_upscaled, pyramid_jitter) if multi else None
         self.has_scale_axis = self.pyramid is not None or shared_stages == n_stages
         self.scale_pool = (
             ScalePool(scale_pool, dim=2, channels=in_chs, scale_dropout=scale_dropout) if self.has_scale_axis else None
