@@ -42,6 +42,15 @@ def test_onnx_export_dynamic_sizes(prefix: str, tmp_path: Path) -> None:
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(ref).max())))
 
 
+def test_onnx_export_of_confidence_level_selection(tmp_path: Path) -> None:
+    """The evaluation-time choice of the most confident level (argmax, gather) survives export at several sizes."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = msresnet.create_model("msresnet8", num_classes=10, in_chans=1, scale_pool="confidence").eval()
+    checks = export_model(model, tmp_path / "m.onnx", format="onnx", in_chans=1, mean=MEAN, std=STD)
+    assert len(checks) == 3 and all(c.ok for c in checks)
+
+
 def test_torchscript_export(tmp_path: Path) -> None:
     model = _model(_smallest("msresnet"))
     out = tmp_path / "m.pt"

@@ -218,6 +218,27 @@ def test_forward_scales_one_decision_per_level() -> None:
         _small("resnet8").forward_scales(torch.randn(1, 3, 32, 32))
 
 
+def test_confidence_scale_pool_takes_the_most_confident_level() -> None:
+    torch.manual_seed(0)
+    model = _small("msresnet8", num_classes=5, in_chans=1, scale_pool="confidence", scale_dropout=0.5)
+    avg = _small("msresnet8", num_classes=5, in_chans=1, scale_pool="avg", scale_dropout=0.5)
+    avg.load_state_dict(model.state_dict())  # same parameters: only the evaluation rule differs
+    x = torch.randn(6, 1, 40, 40)
+    model.train(), avg.train()
+    torch.manual_seed(1)
+    trained_as = model(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(trained_as, avg(x))  # training: the average over levels (with scale dropout)
+    model.eval()
+    with torch.no_grad():
+        per_level = model.forward_scales(x)  # [B, S, K]
+        pick = per_level.softmax(-1).amax(-1).argmax(1)
+        torch.testing.assert_close(model(x), per_level[torch.arange(6), pick])
+        assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (6, model.num_features)
+    with pytest.raises(UserError, match="confidence"):
+        _small("msresnet8", scale_pool="median")
+
+
 def test_forward_is_deterministic_in_eval() -> None:
     model = _small("msresnet8", num_classes=3, in_chans=1, scale_dropout=0.5).eval()
     x = torch.randn(2, 1, 30, 30)

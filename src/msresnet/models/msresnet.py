@@ -13,7 +13,8 @@ Default recipe (``msresnet8/14/20/32/56``, ``msresnet20_w2``):
 
 Every knob is a ``create_model`` keyword: ``pyramid_scales``, ``pyramid_min_size``, ``stem_basis``
 (``"dilation"``/``"hermite"``/``None``), ``stem_scales``, ``stem_pool``, ``shared_stages``, ``global_pool``,
-``scale_pool`` (``softmax``/``max``/``avg``/``attention``), ``scale_dropout``, ``width``, ``drop_rate``.
+``scale_pool`` (``softmax``/``max``/``avg``/``attention``/``confidence``), ``scale_dropout``, ``pyramid_jitter``,
+``width``, ``drop_rate``.
 
 Single-mechanism variants for the ablation (all depth 20, width 16/32/64):
 

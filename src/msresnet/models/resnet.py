@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.errors import UserError
-from msresnet.layers import ImagePyramid, ScalePool, resize
+from msresnet.layers import POOL_MODES, ImagePyramid, ScalePool, resize
 from msresnet.models._registry import make_cfg, register_model
 from msresnet.models._stems import ConvStem, LiftingStem
 
@@ -155,7 +155,11 @@ class ResNet(nn.Module):
         stem_pool: ScalePool mode collapsing the stem's scale axis (after ``shared_stages`` stages).
         shared_stages: Stages run per stem scale with shared weights (dilation ``d_i``) before ``stem_pool``; equal
             to the number of stages keeps the scale axis to the head.
-        scale_pool: ScalePool mode over the pooled features of pyramid levels / scales.
+        scale_pool: ScalePool mode over the pooled features of pyramid levels / scales, or ``"confidence"``:
+            trained as ``"avg"``; at evaluation every level is classified on its own and each image takes the
+            logits of its most confident level (largest top softmax probability). Averaging lets a level that sees
+            an object larger than anything in training outvote the one level that sees it at a familiar size;
+            selecting by confidence does not.
         scale_dropout: Training-time scale dropout of ``scale_pool``.
         block_kwargs: Extra keyword arguments for every block.
         stem_kwargs: Extra keyword arguments for the lifting ScaleConv2d (e.g. ``sigma0``, ``order``).
@@ -206,6 +210,8 @@ class ResNet(nn.Module):
             raise UserError("shared_stages needs a lifting stem: set stem_basis='dilation' or 'hermite'")
         if stem_basis and int(stem_scales) < 1:
             raise UserError(f"stem_scales must be >= 1, got {stem_scales}")
+        if scale_pool not in (*POOL_MODES, "confidence"):
+            raise UserError(f"unknown scale_pool {scale_pool!r}; choose one of {', '.join(POOL_MODES)}, confidence")
         if not 0.0 <= drop_rate < 1.0:
             raise UserError(f"drop_rate must be in [0, 1), got {drop_rate}")
         block_scale_axis = bool(getattr(block, "scale_axis", False))
@@ -255,8 +261,10 @@ class ResNet(nn.Module):
         multi = scales != (1.0,)
         self.pyramid = ImagePyramid(scales, pyramid_min_size, crop_upscaled, pyramid_jitter) if multi else None
         self.has_scale_axis = self.pyramid is not None or shared_stages == n_stages
+        self.select_by_confidence = scale_pool == "confidence"
+        pool_mode = "avg" if self.select_by_confidence else scale_pool
         self.scale_pool = (
-            ScalePool(scale_pool, dim=2, channels=in_chs, scale_dropout=scale_dropout) if self.has_scale_axis else None
+            ScalePool(pool_mode, dim=2, channels=in_chs, scale_dropout=scale_dropout) if self.has_scale_axis else None
         )
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
@@ -341,10 +349,25 @@ class ResNet(nn.Module):
         if not self.global_pool:
             return self.scale_pool(x) if x.dim() == 5 else x
         x = x.amax((-2, -1)) if self.global_pool == "max" else x.mean((-2, -1))
+        if x.dim() == 3 and self.select_by_confidence and not self.training and self.num_classes > 0:
+            return self._most_confident_level(x, pre_logits)
         if x.dim() == 3:
             x = self.scale_pool(x)
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
+
+    def _most_confident_level(self, pooled: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        """``scale_pool="confidence"`` at evaluation: per image, the level whose own prediction is most confident.
+
+        Args:
+            pooled: Spatially pooled features ``[B, C, S]``.
+            pre_logits: Return the chosen level's features instead of its logits.
+        """
+        feats = self.head_drop(pooled.transpose(1, 2))  # [B, S, C]
+        logits = self.fc(feats)  # [B, S, K]
+        best = logits.softmax(-1).amax(-1).argmax(1)  # [B]
+        rows = torch.arange(feats.shape[0], device=feats.device)
+        return feats[rows, best] if pre_logits else logits[rows, best]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` (pooled features when ``num_classes == 0``)."""
