@@ -622,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     def launch(job: Job) -> str:
         if args.time_budget and time.perf_counter() - t_start > args.time_budget:
             return f"skipped (time budget) {job.key}"
+        if (RESULTS / f"{job.key}.json").exists():  # stored meanwhile by another invocation (e.g. a shared oracle)
+            return f"already stored {job.key}"
         quick = recipes[job.protocol]["quick"] if job.quick else {}
         cfg = job_config(job, all_rows, recipes, args.device, runs)
         if args.amp:

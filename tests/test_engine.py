@@ -61,6 +61,20 @@ def test_checkpoint_info_and_load_model(run_dir):
     assert all(torch.equal(v, weights[k]) for k, v in last.state_dict().items())
 
 
+def test_checkpoint_from_before_the_confidence_default_loads_its_softmax_head(tmp_path):
+    """msresnet* checkpoints written while the head was the softmax over levels record no scale_pool: the
+    softmax temperature in the weights says which head to rebuild (and evaluation matches the model saved)."""
+    torch.manual_seed(0)
+    old = msresnet.create_model("msresnet8", num_classes=4, in_chans=1, width=0.25, scale_pool="softmax").eval()
+    info = ckpt.CheckpointInfo(model="msresnet8", num_classes=4, in_chans=1, model_kwargs={"width": 0.25})
+    ckpt.save_weights(tmp_path / "old.safetensors", old, info)
+    loaded = load_model(tmp_path / "old.safetensors")
+    assert loaded.scale_pool.mode == "softmax" and not loaded.select_by_confidence
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), old(x))
+
+
 def test_wrong_architecture_is_refused(run_dir):
     with pytest.raises(UserError, match="is for model resnet8, not resnet14"):
         load_model(run_dir, model="resnet14")

@@ -163,7 +163,7 @@ def test_registry_errors() -> None:
         msresnet.create_model("resnet8", pyramid_scale=(1, 0.5))
     with pytest.raises(UserError, match="pretrained"):
         msresnet.create_model("resnet8", pretrained=True)
-    with pytest.raises(UserError, match="scale pool"):
+    with pytest.raises(UserError, match="unknown scale_pool 'median'"):
         msresnet.create_model("msresnet8", scale_pool="median")
     with pytest.raises(UserError, match="in_chans"):
         msresnet.create_model("resnet8", in_chans=0)

@@ -31,8 +31,8 @@ def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(be
     assert "quick__fmnist-res__oracle__oracle14__seed0" in keys
     scale_seeds = {j.seed for j in jobs if j.protocol == "fmnist-scale"}
     assert scale_seeds == {0, 1, 2}
-    assert {j.row for j in jobs} == {"resnet", "resnet_aug", "msresnet", "oracle"}
-    assert jobs[0].key == "quick__fmnist-ls__msresnet__seed0"  # longest first: parallel runs end together
+    assert {j.row for j in jobs} == {"resnet", "resnet_aug", "msresnet_conf_sd", "oracle"}  # the library default
+    assert jobs[0].key == "quick__fmnist-ls__msresnet_conf_sd__seed0"  # longest first: parallel runs end together
 
 
 def test_full_plan_runs_seed_zero_of_everything_first(bench):
@@ -76,10 +76,10 @@ def test_oracle_trains_sharp_at_its_condition(bench, tmp_path):
 
 def test_full_models_at_the_quick_budget_are_kept_apart(bench, tmp_path):
     recipes, rows = bench.load_plan()
-    jobs = bench.make_jobs(["fmnist-ls"], rows, recipes, [0], quick=True, full_model=True)
+    jobs = bench.make_jobs(["fmnist-ls"], rows, recipes, [0], quick=True, full_model=True)  # the quick rows
     assert all(j.key.startswith("quick__fullmodel__fmnist-ls__") for j in jobs)  # never mistaken for a quick run
     by_row = {j.row: bench.job_config(j, rows, recipes, "cpu", tmp_path) for j in jobs if j.row != "oracle"}
-    assert by_row["msresnet"]["model"] == "msresnet20" and by_row["msresnet"]["epochs"] == 4  # quick budget
+    assert by_row["msresnet_conf_sd"]["model"] == "msresnet20" and by_row["msresnet_conf_sd"]["epochs"] == 4
     lite = bench.job_config(bench.Job("fmnist-ls", "msresnet_lite_avg_sd", 0, True, full_model=True), rows, recipes,
                             "cpu", tmp_path)  # fmt: skip
     assert lite["model"] == "msresnet20_lite" and "pyramid_scales" not in lite["model_kwargs"]  # no quick_kwargs

@@ -234,12 +234,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", model: str 
     info = read_checkpoint_info(path)
     file = info.path
     name = model or info.model
-    net = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **info.model_kwargs)
-    net._msresnet_name = name
     try:
         weights = st_load(Path(file).read_bytes())
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{file} is not a readable safetensors checkpoint: {str(e).splitlines()[0]}") from None
+    kwargs = dict(info.model_kwargs)
+    if "scale_pool.beta" in weights and "scale_pool" not in kwargs:
+        # written before msresnet* defaulted to scale_pool="confidence": its head is the softmax over levels
+        kwargs.update(scale_pool="softmax", scale_dropout=kwargs.get("scale_dropout", 0.0))
+    net = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **kwargs)
+    net._msresnet_name = name
     load_weights_into(net, weights, file, expected=info.model)
     net.checkpoint_info = info
     return net.to(device).eval()
