@@ -5,7 +5,7 @@ from __future__ import annotations
 from msresnet.errors import UserError
 from msresnet.models import create_model, list_models, register_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load_model(path: str, **kwargs):

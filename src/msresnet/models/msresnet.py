@@ -36,9 +36,11 @@ Single-mechanism variants for the ablation (all depth 20, width 16/32/64):
 * ``msresnet20_hermite``  - the default recipe with the Hermite-Gaussian lifting stem instead of dilations.
 
 Cost-target candidate: ``msresnet20_lite`` - an octave pyramid ``1, 0.5, 0.25`` (1.31x FLOPs) with the 2-scale
-dilation stem filling the half-octave between levels. Measured on an H200 (``benchmarks/results/speed_cuda*.json``)
-the 5-level default costs 2.4x the plain ResNet-20's training time at 64 px / batch 512 (1.98x FLOPs: the small
-levels use the hardware poorly), above the 2x budget; the lite recipe is the one that fits.
+dilation stem meant to fill the half-octave between levels. Measured on an H200 (``benchmarks/results/
+speed_cuda*.json``) the 5-level default costs 2.4x the plain ResNet-20's training time at 64 px / batch 512 (1.98x
+FLOPs: the small levels use the hardware poorly), above the 2x budget; the lite recipe is the one that fits. The
+stem does not fill the half-octave well at the reduced budgets measured so far: on fmnist-res the depth-8 lite
+model drops to 61-62% at 21 and 42 px against 79% at 14 and 28 px (``docs/results.md``).
 
 Minimum input: 16 px (level 0 always runs; coarser levels appear as the input grows).
 """
