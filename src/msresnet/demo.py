@@ -66,10 +66,14 @@ class DemoPlan:
         return d
 
     def run_record(self, model: str) -> dict[str, Any]:
-        """The part of the plan one run depends on (stored as ``RUN/demo.json``)."""
+        """The part of the plan one run depends on (stored as ``RUN/demo.json``); the library version is part of
+        it, since a release may change what a model name builds (0.2.0 changed the msresnet head)."""
+        from msresnet import __version__
+
         d = self.to_json()
         d.pop("models")
         d["model"] = model
+        d["msresnet_version"] = __version__
         return d
 
 
