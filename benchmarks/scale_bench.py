@@ -423,7 +423,7 @@ def render(quick: bool, command: str, wall_seconds: float | None = None, full_mo
             lines += [f"Best msresnet on validation data: **{labels.get(best, best)}** "
                       f"(validation {val_score[best] * 100:.1f}%).", ""]  # fmt: skip
         summary[proto] = {"rows": row_stats, "oracle": oracle_acc, "best": best, "conds": conds}
-        lines += _scale_diagnosis(by_row, [r for r in (best, "msresnet") if r] if best else [], labels, cname)
+        lines += _scale_diagnosis(by_row, [best, "msresnet"] if best else [], labels, cname)
         if not is_scale and curves:
             fig, ax = plt.subplots(figsize=(7, 4.2))
             xs = [float(c) for c in conds]
@@ -454,15 +454,16 @@ def render(quick: bool, command: str, wall_seconds: float | None = None, full_mo
 def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: dict, cname: str) -> list[str]:
     """Per row: the validation accuracy of each pyramid level alone at each condition (seed 0's run), next to the
     pooled decision - which level recognises the object, and how much the pooling loses against the best level."""
+    from msresnet.engine.evaluate import scale_labels
+
     lines: list[str] = []
     for rid in dict.fromkeys(row_ids):
         d = next((d for d in by_row.get(rid, []) if d.get("val_scales")), None)
         if d is None or len(d["val"]["conditions"]) < 2:
             continue
         vs, pooled = d["val_scales"], d["val"]["accuracy"]
-        n = max(len(a) for a in vs["accuracy"])
-        factors = next((f for f in vs["scales"] if f and len(f) == n), None)
-        head = [f"level x{f:.2g}" for f in factors] if factors else [f"scale {i}" for i in range(n)]
+        head = [f"level {name}" if name.startswith("x") else name for name in scale_labels(vs)]
+        n = len(head)
         lines += [f"Which pyramid level decides: **{labels.get(rid, rid)}** (`{d['config']['model']}`, "
                   f"seed {d['job']['seed']}), validation accuracy of each level alone (`evaluate_scales`) against "
                   "the pooled decision; levels too small for an input are dropped.", "",

@@ -306,16 +306,17 @@ def print_per_scale(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from msresnet.engine.evaluate import scale_labels
+
     per = result["per_scale"]
-    n = max(len(a) for a in per["accuracy"])
-    factors = next((f for f in per["scales"] if f and len(f) == n), None)
+    names = scale_labels(per)
     table = Table(title="each pyramid level alone, accuracy % ('-': level dropped for that input size)")
     table.add_column(str(result.get("condition_name", "condition")), justify="right")
     table.add_column("pooled", justify="right")
-    for i in range(n):
-        table.add_column(f"x{factors[i]:.2g}" if factors else f"scale {i}", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
     for c, pooled, accs in zip(result["conditions"], result["accuracy"], per["accuracy"], strict=True):
-        cells = [f"{a * 100:.2f}" for a in accs] + ["-"] * (n - len(accs))
+        cells = [f"{a * 100:.2f}" for a in accs] + ["-"] * (len(names) - len(accs))
         table.add_row(str(c), f"{pooled * 100:.2f}", *cells)
     Console(width=max(80, _terminal_width())).print(table)
 

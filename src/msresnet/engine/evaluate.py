@@ -225,6 +225,14 @@ def evaluate_scales(
     return {"conditions": conditions, "accuracy": accuracy, "scales": scales}
 
 
+def scale_labels(per_scale: dict[str, Any]) -> list[str]:
+    """Column names for an :func:`evaluate_scales` result: ``"x0.5"`` per pyramid factor (from the condition that
+    kept the most levels), ``"scale i"`` for models without a pyramid."""
+    n = max((len(a) for a in per_scale["accuracy"]), default=0)
+    factors = next((f for f in per_scale["scales"] if f and len(f) == n), None)
+    return [f"x{f:.2g}" for f in factors] if factors else [f"scale {i}" for i in range(n)]
+
+
 def _plain(v: Any) -> Any:
     """Conditions as JSON numbers (ints stay ints)."""
     if v is None:

@@ -348,7 +348,7 @@ class ResNet(nn.Module):
         """Spatial pooling (per level/scale), scale pooling, dropout, classifier."""
         if not self.global_pool:
             return self.scale_pool(x) if x.dim() == 5 else x
-        x = x.amax((-2, -1)) if self.global_pool == "max" else x.mean((-2, -1))
+        x = self._pool_space(x)
         if x.dim() == 3 and self.select_by_confidence and not self.training and self.num_classes > 0:
             return self._most_confident_level(x, pre_logits)
         if x.dim() == 3:
@@ -364,10 +364,14 @@ class ResNet(nn.Module):
             pre_logits: Return the chosen level's features instead of its logits.
         """
         feats = self.head_drop(pooled.transpose(1, 2))  # [B, S, C]
-        logits = self.fc(feats)  # [B, S, K]
+        logits = self.fc(feats)  # [B, S, K]: each level classified on its own
         best = logits.softmax(-1).amax(-1).argmax(1)  # [B]
         rows = torch.arange(feats.shape[0], device=feats.device)
         return feats[rows, best] if pre_logits else logits[rows, best]
+
+    def _pool_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Global spatial pooling (``global_pool``) over the last two axes."""
+        return x.amax((-2, -1)) if self.global_pool == "max" else x.mean((-2, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` (pooled features when ``num_classes == 0``)."""
@@ -388,9 +392,8 @@ class ResNet(nn.Module):
         """
         if not self.has_scale_axis or not self.global_pool:
             raise UserError("forward_scales needs a model with a scale axis at its head and spatial pooling")
-        f = self.forward_features(x)
-        f = f.amax((-2, -1)) if self.global_pool == "max" else f.mean((-2, -1))  # [B, C, S]
-        return self.fc(self.head_drop(f.transpose(1, 2)))
+        pooled = self._pool_space(self.forward_features(x))  # [B, C, S]
+        return self.fc(self.head_drop(pooled.transpose(1, 2)))
 
     def forward_intermediates(
         self,

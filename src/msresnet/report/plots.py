@@ -115,11 +115,11 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, *, title: str | None
 
 def _draw_levels(ax: Any, xs: list[float], per_scale: Mapping[str, Any]) -> None:
     """Thin dashed lines: each pyramid level alone (an ``evaluate_scales`` result), where the input keeps it."""
-    n = max(len(a) for a in per_scale["accuracy"])
-    factors = next((f for f in per_scale["scales"] if f and len(f) == n), None)
-    for i in range(n):
+    from msresnet.engine.evaluate import scale_labels
+
+    for i, name in enumerate(scale_labels(per_scale)):
         pts = [(x, a[i] * 100) for x, a in zip(xs, per_scale["accuracy"], strict=True) if i < len(a)]
-        label = f"level x{factors[i]:.2g} alone" if factors else f"scale {i} alone"
+        label = f"level {name} alone" if name.startswith("x") else f"{name} alone"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, marker=".", label=label)
     ax.legend(fontsize=7)
 
