@@ -97,6 +97,21 @@ def test_scale_pool_softmax_limits() -> None:
     torch.testing.assert_close(ScalePool("avg")(x), x.mean(2))
 
 
+@pytest.mark.parametrize("dim, shape", [(2, (3, 4, 2, 5, 5)), (2, (3, 4, 2)), (1, (3, 2, 4))])
+def test_scale_pool_softmax_two_scales_is_the_softmax_formula(dim: int, shape: tuple[int, ...]) -> None:
+    """The two-scale shortcut (sigmoid of the difference) gives the softmax-weighted sum and its gradients."""
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    pool = ScalePool("softmax", dim=dim, beta=1.7).double()
+    fast = pool(x)
+    (gx_fast, gb_fast) = torch.autograd.grad(fast.square().sum(), (x, pool.beta))
+    ref = (torch.softmax(pool.beta * x, dim) * x).sum(dim)
+    (gx_ref, gb_ref) = torch.autograd.grad(ref.square().sum(), (x, pool.beta))
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(gx_fast, gx_ref)
+    torch.testing.assert_close(gb_fast, gb_ref)
+
+
 def test_scale_pool_attention_and_variable_scales() -> None:
     pool = ScalePool("attention", channels=8)
     for s in (1, 3, 5):

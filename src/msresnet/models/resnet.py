@@ -337,18 +337,35 @@ class ResNet(nn.Module):
             out, _ = self._trunk(x)
             return out
         scales = self.pyramid.kept_scales(x.shape[-2:])
-        levels = self.pyramid(x)
-        outs = [self._trunk(level)[0] for level in levels]
+        outs = self._level_maps(x)
         ref = min(range(len(scales)), key=lambda i: abs(scales[i] - 1.0))
         grid = outs[ref].shape[-2:]
-        outs = [_resize_5d(o if o.dim() == 5 else o.unsqueeze(2), grid) for o in outs]
-        return torch.cat(outs, dim=2)
+        return torch.cat([_resize_5d(o, grid) for o in outs], dim=2)
+
+    def _level_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's last map of every pyramid level, ``[B, C, S_i, h_i, w_i]`` each, finest first."""
+        outs = [self._trunk(level)[0] for level in self.pyramid(x)]
+        return [o if o.dim() == 5 else o.unsqueeze(2) for o in outs]
+
+    def _pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatially pooled features: ``[B, C, S]`` for models with a scale axis, else ``[B, C]``.
+
+        Max pooling over a pyramid that only shrinks pools every level on its own grid: nearest-neighbour
+        enlargement to the common grid (``forward_features``) only repeats values, so the maximum is the same,
+        without the copies.
+        """
+        if self.pyramid is not None and self.global_pool == "max" and max(self.pyramid.scales) <= 1.0:
+            return torch.cat([o.amax((-2, -1)) for o in self._level_maps(x)], dim=2)
+        return self._pool_space(self.forward_features(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Spatial pooling (per level/scale), scale pooling, dropout, classifier."""
         if not self.global_pool:
             return self.scale_pool(x) if x.dim() == 5 else x
-        x = self._pool_space(x)
+        return self._head_pooled(self._pool_space(x), pre_logits)
+
+    def _head_pooled(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``forward_head`` after the spatial pooling: scale pooling, dropout, classifier."""
         if x.dim() == 3 and self.select_by_confidence and not self.training and self.num_classes > 0:
             return self._most_confident_level(x, pre_logits)
         if x.dim() == 3:
@@ -375,7 +392,9 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` (pooled features when ``num_classes == 0``)."""
-        return self.forward_head(self.forward_features(x))
+        if not self.global_pool:
+            return self.forward_head(self.forward_features(x))
+        return self._head_pooled(self._pooled_features(x))
 
     def forward_scales(self, x: torch.Tensor) -> torch.Tensor:
         """What each entry of the scale axis says on its own: logits ``[B, S, num_classes]``.
@@ -392,7 +411,7 @@ class ResNet(nn.Module):
         """
         if not self.has_scale_axis or not self.global_pool:
             raise UserError("forward_scales needs a model with a scale axis at its head and spatial pooling")
-        pooled = self._pool_space(self.forward_features(x))  # [B, C, S]
+        pooled = self._pooled_features(x)  # [B, C, S]
         return self.fc(self.head_drop(pooled.transpose(1, 2)))
 
     def forward_intermediates(
