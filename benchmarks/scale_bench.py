@@ -90,7 +90,7 @@ def make_jobs(
             if seed not in wanted:
                 continue
             for r in rows:
-                if quick and not (r.get("quick") or explicit_rows):
+                if quick and not (explicit_rows or r.get("quick") is True or p in (r.get("quick") or ())):
                     continue
                 jobs.append(Job(p, r["id"], seed, quick, full_model=full_model))
             for cond in recipes[p].get("oracle", []):
@@ -184,7 +184,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.config import load_train_config
-    from msresnet.engine.evaluate import evaluate_scales, evaluate_sweep
+    from msresnet.engine.evaluate import evaluate_sweep
     from msresnet.engine.train import train
 
     cfg = load_train_config(None, cfg_overrides)
@@ -201,10 +201,10 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     val = val_scales = None
     if job.row != "oracle" and protocol.val is not None:
         val_sweep = ValidationSweep(protocol, val_limit)
-        val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp)
-        if getattr(model, "has_scale_axis", False) and model.global_pool:
-            # which pyramid level / scale recognises the object at each condition (validation data)
-            val_scales = evaluate_scales(model, val_sweep, info=info, device=dev)
+        # models with a scale axis: which pyramid level / scale recognises the object at each condition
+        per_scale = bool(getattr(model, "has_scale_axis", False) and model.global_pool)
+        val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp, per_scale=per_scale)
+        val_scales = val.pop("per_scale", None)
     metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
     return {
         "job": asdict(job),

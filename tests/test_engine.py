@@ -125,6 +125,24 @@ def test_evaluate_scales_per_level_accuracy(run_dir):
         evaluate_scales(torch.nn.Identity(), protocol)
 
 
+@pytest.mark.parametrize("scale_pool", ["confidence", "softmax"])
+def test_sweep_with_per_scale_is_one_pass_with_the_same_numbers(scale_pool: str) -> None:
+    """``per_scale=True`` reports the pooled accuracy of a plain sweep and the per-level one of evaluate_scales,
+    from one trunk pass (forward_with_scales returns exactly the model's logits and forward_scales' logits)."""
+    protocol = fake_protocol()
+    torch.manual_seed(0)
+    model = msresnet.create_model("msresnet8", num_classes=4, in_chans=1, width=0.25, scale_pool=scale_pool).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        logits, levels = model.forward_with_scales(x)
+        assert torch.equal(logits, model(x)) and torch.equal(levels, model.forward_scales(x))
+    both = evaluate_sweep(model, protocol, test_limit=20, batch_size=8, per_scale=True)
+    assert both["accuracy"] == evaluate_sweep(model, protocol, test_limit=20, batch_size=8)["accuracy"]
+    assert both["per_scale"] == evaluate_scales(model, protocol, test_limit=20, batch_size=8)
+    with_tta = evaluate_sweep(model, protocol, test_limit=20, batch_size=8, per_scale=True, tta=True)
+    assert with_tta["per_scale"]["accuracy"] == both["per_scale"]["accuracy"]
+
+
 def test_existing_run_needs_resume(run_dir, monkeypatch):
     install(monkeypatch)
     with pytest.raises(UserError, match="pass --resume"):

@@ -32,6 +32,8 @@ def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(be
     scale_seeds = {j.seed for j in jobs if j.protocol == "fmnist-scale"}
     assert scale_seeds == {0, 1, 2}
     assert {j.row for j in jobs} == {"resnet", "resnet_aug", "msresnet_conf_sd", "oracle"}  # the library default
+    # a row marked `quick: [protocols]` runs at the reduced budget on those protocols only
+    assert {j.protocol for j in jobs if j.row == "resnet_aug"} == {"fmnist-scale"}
     assert jobs[0].key == "quick__fmnist-ls__msresnet_conf_sd__seed0"  # longest first: parallel runs end together
 
 

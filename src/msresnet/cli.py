@@ -326,7 +326,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import evaluate_scales, evaluate_sweep, write_eval
+    from msresnet.engine.evaluate import evaluate_sweep, write_eval
 
     path = _checkpoint_path(args.checkpoint)
     device = _device(args.device)
@@ -364,11 +364,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             tta=args.tta,
             batch_size=args.batch_size,
             device=device,
+            per_scale=args.per_scale,
         )
-        if args.per_scale:
-            result["per_scale"] = evaluate_scales(
-                model, protocol, info=info, test_limit=args.test_limit, batch_size=args.batch_size, device=device
-            )
     skipped = [w for w in caught if issubclass(w.category, BadImageWarning)]
     for w in caught:
         if w not in skipped:

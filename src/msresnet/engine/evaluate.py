@@ -15,6 +15,7 @@ model's ``min_input_size``). This lets a plain network look at an object at thre
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -66,7 +67,6 @@ def predict_probs(
     from msresnet.data.scaling import resize_images
 
     device = x.device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else None
     min_size = int(getattr(model, "min_input_size", 1) or 1)
     h, w = x.shape[-2:]
     factors = TTA_FACTORS if tta else (1.0,)
@@ -76,15 +76,17 @@ def predict_probs(
         if f != 1.0 and min(size) < min_size:
             continue
         xi = x if f == 1.0 else resize_images(x, size)
-        if autocast is not None:
-            with autocast:
-                logits = model(xi)
-        else:
+        with _autocast(device, amp):
             logits = model(xi)
         p = logits.float().softmax(-1)
         total = p if total is None else total + p
         used += 1
     return total / used
+
+
+def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``amp="bf16"``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
 
 
 def _condition_batches(
@@ -126,6 +128,7 @@ def evaluate_sweep(
     batch_size: int | None = None,
     device: str | torch.device = "cpu",
     amp: str | None = None,
+    per_scale: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` at every test condition of ``protocol``.
 
@@ -139,24 +142,48 @@ def evaluate_sweep(
         batch_size: images per forward pass (default: ``eval_batch_size(device)``).
         device: where to run.
         amp: ``"bf16"`` to run under autocast.
+        per_scale: also the accuracy of every entry of the model's scale axis on its own (see
+            :func:`evaluate_scales`), from the same forward pass unless ``tta``.
 
     Returns:
         ``protocol``, ``protocol_params``, ``condition_name``, ``conditions`` (list), ``accuracy`` (fractions, one
         per condition), ``mean``, ``worst``, ``worst_condition``, ``retention`` (or None), ``train_condition``,
-        ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``.
+        ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``; with ``per_scale``
+        also ``per_scale`` (an :func:`evaluate_scales` result).
+
+    Raises:
+        UserError: ``per_scale`` for a model without a scale axis.
     """
+    from msresnet.errors import UserError
+
+    if per_scale and not callable(getattr(model, "forward_with_scales", None)):
+        raise UserError(f"{type(model).__name__} has no forward_scales (no scale axis to diagnose)")
     device = torch.device(device)
     model = model.to(device).eval()
+    pyramid = getattr(model, "pyramid", None)
     t0 = time.perf_counter()
-    conditions, accuracy, counts = [], [], []
+    conditions, accuracy, counts, level_accuracy, level_scales = [], [], [], [], []
     for condition, batches, n in _condition_batches(protocol, info, test_limit, batch_size, device):
-        correct = 0
+        correct, level_hits, kept = 0, None, None
         for x, labels in batches:
-            probs = predict_probs(model, x, tta=tta, amp=amp)
-            correct += int((probs.argmax(1).cpu() == labels).sum())
+            if per_scale and not tta:
+                with torch.no_grad(), _autocast(device, amp):
+                    logits, levels = model.forward_with_scales(x)
+                preds = logits.argmax(1)
+            else:
+                preds = predict_probs(model, x, tta=tta, amp=amp).argmax(1)
+                with torch.no_grad(), _autocast(device, amp):
+                    levels = model.forward_scales(x) if per_scale else None
+            correct += int((preds.cpu() == labels).sum())
+            if levels is not None:
+                hits = (levels.argmax(-1).cpu() == labels[:, None]).sum(0)
+                level_hits = hits if level_hits is None else level_hits + hits
+                kept = pyramid.kept_scales(x.shape[-2:]) if pyramid is not None else None
         conditions.append(condition)
         accuracy.append(correct / max(1, n))
         counts.append(n)
+        level_accuracy.append([int(c) / max(1, n) for c in level_hits] if level_hits is not None else [])
+        level_scales.append(kept)
     train_condition = getattr(protocol, "train_condition", None)
     acc_train = None
     for c, a in zip(conditions, accuracy, strict=True):
@@ -164,7 +191,7 @@ def evaluate_sweep(
             acc_train = a
     worst_i = min(range(len(accuracy)), key=accuracy.__getitem__)
     worst = accuracy[worst_i]
-    return {
+    result = {
         "protocol": protocol.name,
         "protocol_params": dict(getattr(protocol, "params", {}) or {}),
         "condition_name": getattr(protocol, "condition_name", "condition"),
@@ -182,6 +209,13 @@ def evaluate_sweep(
         "checkpoint": str(_info_get(info, "path", "") or "") or None,
         "seconds": time.perf_counter() - t0,
     }
+    if per_scale:
+        result["per_scale"] = {
+            "conditions": [_plain(c) for c in conditions],
+            "accuracy": level_accuracy,
+            "scales": level_scales,
+        }
+    return result
 
 
 @torch.no_grad()
@@ -205,24 +239,10 @@ def evaluate_scales(
         ``scales`` (the pyramid factors kept at each condition's input size, or None for models without a
         pyramid).
     """
-    from msresnet.errors import UserError
-
-    if not callable(getattr(model, "forward_scales", None)):
-        raise UserError(f"{type(model).__name__} has no forward_scales (no scale axis to diagnose)")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    pyramid = getattr(model, "pyramid", None)
-    conditions, accuracy, scales = [], [], []
-    for condition, batches, n in _condition_batches(protocol, info, test_limit, batch_size, device):
-        correct, kept = None, None
-        for x, labels in batches:
-            hits = (model.forward_scales(x).argmax(-1).cpu() == labels[:, None]).sum(0)
-            correct = hits if correct is None else correct + hits
-            kept = pyramid.kept_scales(x.shape[-2:]) if pyramid is not None else None
-        conditions.append(_plain(condition))
-        accuracy.append([int(c) / max(1, n) for c in correct] if correct is not None else [])
-        scales.append(kept)
-    return {"conditions": conditions, "accuracy": accuracy, "scales": scales}
+    result = evaluate_sweep(
+        model, protocol, info=info, test_limit=test_limit, batch_size=batch_size, device=device, per_scale=True
+    )
+    return result["per_scale"]
 
 
 def scale_labels(per_scale: dict[str, Any]) -> list[str]:

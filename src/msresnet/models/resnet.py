@@ -409,10 +409,19 @@ class ResNet(nn.Module):
         Raises:
             UserError: the model has no scale axis at its head, or no spatial pooling.
         """
+        return self.forward_with_scales(x)[1]
+
+    def forward_with_scales(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits ``[B, num_classes]`` and :meth:`forward_scales`' ``[B, S, num_classes]`` from one
+        pass through the trunk (an evaluation that reports both costs one forward, not two).
+
+        Raises:
+            UserError: the model has no scale axis at its head, or no spatial pooling.
+        """
         if not self.has_scale_axis or not self.global_pool:
             raise UserError("forward_scales needs a model with a scale axis at its head and spatial pooling")
         pooled = self._pooled_features(x)  # [B, C, S]
-        return self.fc(self.head_drop(pooled.transpose(1, 2)))
+        return self._head_pooled(pooled), self.fc(self.head_drop(pooled.transpose(1, 2)))
 
     def forward_intermediates(
         self,
