@@ -1,0 +1,41 @@
+"""benchmarks/level_selection.py: the level-selection rules on hand-made per-level logits (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def selection():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "level_selection.py"
+    spec = importlib.util.spec_from_file_location("level_selection", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["level_selection"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rules_pick_levels_and_fit_on_the_training_condition_only(selection):
+    torch.manual_seed(0)
+    train_logits = torch.randn(256, 1, 4) + 0.5 * torch.randn(256, 3, 4)  # levels that mostly agree
+    train_labels = torch.where(torch.rand(256) < 0.7, train_logits.mean(1).argmax(-1), torch.randint(0, 4, (256,)))
+    rules = selection.rules(train_logits, train_labels)
+    # image 0: level 2 is sure of class 3, the others are unsure of class 0; image 1: level 0 is sure of class 1
+    logits = torch.zeros(2, 3, 4)
+    logits[0, :2, 0], logits[0, 2, 3] = 0.5, 6.0
+    logits[1, 0, 1], logits[1, 1:, 2] = 6.0, 1.0
+    for name in ("max prob (default)", "margin", "neg. entropy", "energy", "max logit", "calibrated"):
+        assert rules[name](logits).argmax(-1).tolist() == [3, 1], name
+    torch.testing.assert_close(rules["avg logits"](logits), logits.mean(1))
+    assert rules["avg probs"](logits).shape == (2, 4)
+    # the temperatures come from the training condition: scaling the training logits changes them
+    assert (
+        selection._temperatures(train_logits * 4, train_labels)
+        .gt(selection._temperatures(train_logits, train_labels))
+        .all()
+    )
