@@ -22,9 +22,7 @@ rule: the best single level per condition, chosen with the labels - the ceiling 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +30,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 Rule = Callable[[torch.Tensor], torch.Tensor]  # per-level logits [N, S, K] -> class scores [N, K]
-
-
-def _bench_module():
-    """benchmarks/scale_bench.py as a module (its ValidationSweep is the benchmark's selection data)."""
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scale_bench"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def collect(run_dir: Path, val_limit: int | None) -> tuple[float, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
@@ -54,7 +43,9 @@ def collect(run_dir: Path, val_limit: int | None) -> tuple[float, dict[float, tu
     if getattr(model, "pyramid", None) is None or not model.global_pool:
         raise SystemExit(f"{run_dir}: not a pyramid model with a pooled head (nothing to select between)")
     protocol = build_protocol(info.protocol, **(info.protocol_params or {}))
-    sweep = _bench_module().ValidationSweep(protocol, val_limit)
+    from scale_bench import ValidationSweep  # benchmarks/ is on sys.path when this script runs
+
+    sweep = ValidationSweep(protocol, val_limit)
     if sweep.train_condition is None or protocol.val is None:
         raise SystemExit(f"{protocol.name}: no single training condition to compare against")
     out: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -166,14 +166,16 @@ def evaluate_sweep(
     for condition, batches, n in _condition_batches(protocol, info, test_limit, batch_size, device):
         correct, level_hits, kept = 0, None, None
         for x, labels in batches:
-            if per_scale and not tta:
+            levels = None
+            if per_scale and not tta:  # both from one pass through the trunk
                 with torch.no_grad(), _autocast(device, amp):
                     logits, levels = model.forward_with_scales(x)
                 preds = logits.argmax(1)
             else:
                 preds = predict_probs(model, x, tta=tta, amp=amp).argmax(1)
-                with torch.no_grad(), _autocast(device, amp):
-                    levels = model.forward_scales(x) if per_scale else None
+                if per_scale:  # levels of the untransformed images
+                    with torch.no_grad(), _autocast(device, amp):
+                        levels = model.forward_scales(x)
             correct += int((preds.cpu() == labels).sum())
             if levels is not None:
                 hits = (levels.argmax(-1).cpu() == labels[:, None]).sum(0)

@@ -380,11 +380,14 @@ class ResNet(nn.Module):
             pooled: Spatially pooled features ``[B, C, S]``.
             pre_logits: Return the chosen level's features instead of its logits.
         """
-        feats = self.head_drop(pooled.transpose(1, 2))  # [B, S, C]
-        logits = self.fc(feats)  # [B, S, K]: each level classified on its own
+        logits = self._level_logits(pooled)  # [B, S, K]: each level classified on its own
         best = logits.softmax(-1).amax(-1).argmax(1)  # [B]
-        rows = torch.arange(feats.shape[0], device=feats.device)
-        return feats[rows, best] if pre_logits else logits[rows, best]
+        rows = torch.arange(pooled.shape[0], device=pooled.device)
+        return self.head_drop(pooled.transpose(1, 2)[rows, best]) if pre_logits else logits[rows, best]
+
+    def _level_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The classifier on every level's pooled features ``[B, C, S]`` on its own: ``[B, S, num_classes]``."""
+        return self.fc(self.head_drop(pooled.transpose(1, 2)))
 
     def _pool_space(self, x: torch.Tensor) -> torch.Tensor:
         """Global spatial pooling (``global_pool``) over the last two axes."""
@@ -421,7 +424,7 @@ class ResNet(nn.Module):
         if not self.has_scale_axis or not self.global_pool:
             raise UserError("forward_scales needs a model with a scale axis at its head and spatial pooling")
         pooled = self._pooled_features(x)  # [B, C, S]
-        return self._head_pooled(pooled), self.fc(self.head_drop(pooled.transpose(1, 2)))
+        return self._head_pooled(pooled), self._level_logits(pooled)
 
     def forward_intermediates(
         self,
