@@ -10,6 +10,8 @@ the results issue with their measured values, and plots.
     python benchmarks/scale_bench.py --device cuda --jobs 8   # the full table
     python benchmarks/scale_bench.py --render             # re-render docs/results.md from the stored JSONs
     python benchmarks/scale_bench.py --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
+    python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd --seeds 0
+                                                   # full budget, depth-8 models (about 1.5 h on 2 CPU cores)
 
 Runs already stored are skipped, so an interrupted benchmark continues where it stopped.
 """
@@ -50,17 +52,19 @@ class Job:
     quick: bool
     oracle_condition: float | int | None = None
     full_model: bool = False  # with ``quick``: the row's own (full-depth) model instead of its ``quick_model``
+    depth8: bool = False  # without ``quick``: the full recipe with the row's depth-8 ``quick_model`` (CPU-sized)
 
     @property
     def key(self) -> str:
         tag = f"__oracle{self.oracle_condition}" if self.oracle_condition is not None else ""
         budget = ("quick__" if self.quick else "") + ("fullmodel__" if self.full_model else "")
+        budget += "depth8__" if self.depth8 else ""
         return f"{budget}{self.protocol}__{self.row}{tag}__seed{self.seed}"
 
     @property
     def small_model(self) -> bool:
-        """Whether the run uses the depth-8 ``quick_model`` (the reduced table)."""
-        return self.quick and not self.full_model
+        """Whether the run uses the depth-8 ``quick_model`` (the reduced table, or ``depth8``)."""
+        return (self.quick and not self.full_model) or self.depth8
 
 
 def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -78,6 +82,7 @@ def make_jobs(
     explicit_seeds: bool = False,
     explicit_rows: bool = False,
     full_model: bool = False,
+    depth8: bool = False,
 ) -> list[Job]:
     """The runs to do. ``--quick`` takes the rows marked ``quick: true`` unless ``--rows`` names rows itself (then
     those rows run at the reduced budget with their ``quick_model``, or their own model with ``full_model``)."""
@@ -92,9 +97,9 @@ def make_jobs(
             for r in rows:
                 if quick and not (explicit_rows or r.get("quick") is True or p in (r.get("quick") or ())):
                     continue
-                jobs.append(Job(p, r["id"], seed, quick, full_model=full_model))
+                jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
             for cond in recipes[p].get("oracle", []):
-                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model))
+                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
     if quick:  # everything runs: longest first, so that parallel runs finish together
         return sorted(jobs, key=lambda j: -relative_cost(job_config(j, rows, recipes, "cpu", Path("."))))
     # Seed 0 of everything first, then the fmnist-scale realizations the protocol needs (>= 3), then the other
@@ -259,11 +264,12 @@ def write_json(path: Path, data: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------- render
 
 
-def _load_results(quick: bool, full_model: bool = False) -> list[dict]:
+def _load_results(quick: bool, full_model: bool = False, depth8: bool = False) -> list[dict]:
     out = []
     for f in sorted(RESULTS.glob("*.json")):
         d = json.loads(f.read_text())
-        if bool(d["job"]["quick"]) == quick and bool(d["job"].get("full_model")) == full_model:
+        job = d["job"]
+        if (bool(job["quick"]), bool(job.get("full_model")), bool(job.get("depth8"))) == (quick, full_model, depth8):
             out.append(d)
     return out
 
@@ -294,19 +300,21 @@ def _cond_label(c: Any, name: str) -> str:
     return f"{float(c):.2f}" if name == "scale" else str(c)
 
 
-def render(quick: bool, command: str, wall_seconds: float | None = None, full_model: bool = False) -> Path:
-    """Write docs/results.md (or docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md) from the
-    stored JSONs."""
+def render(
+    quick: bool, command: str, wall_seconds: float | None = None, full_model: bool = False, depth8: bool = False
+) -> Path:
+    """Write docs/results.md (or docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md; ``depth8``:
+    docs/results-depth8.md) from the stored JSONs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _, rows = load_plan()
-    results = _load_results(quick, full_model)
+    results = _load_results(quick, full_model, depth8)
     labels = {r["id"]: r["label"] for r in rows}
     groups = {r["id"]: r.get("group", "") for r in rows}
-    suffix = ("-quick" if quick else "") + ("-fullmodel" if full_model else "")
+    suffix = ("-quick" if quick else "") + ("-fullmodel" if full_model else "") + ("-depth8" if depth8 else "")
     img_dir = DOCS / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     revs = sorted({str(d.get("git")) for d in results})
@@ -314,7 +322,8 @@ def render(quick: bool, command: str, wall_seconds: float | None = None, full_mo
     devices = sorted({d.get("device", "?") for d in results})
     lines = [
         f"# Scale-generalisation results{' (quick' if quick else ''}"
-        + (", full-depth models)" if full_model else ")" if quick else ""),
+        + (", full-depth models)" if full_model else ")" if quick else "")
+        + (" (full recipe, depth-8 models)" if depth8 else ""),
         "",
         "Generated by `benchmarks/scale_bench.py` from the run records in `benchmarks/results/scale/` — measured",
         "figures only. Accuracies in %, mean ± std over seeds (fmnist-scale: over realizations).",
@@ -329,7 +338,15 @@ def render(quick: bool, command: str, wall_seconds: float | None = None, full_mo
     ]
     has_full = bool(_load_results(False))
     depth8_page = "results-quick.md" if has_full else "results.md"
-    if full_model:
+    if depth8:
+        lines += [
+            "The **full recipe with the depth-8 models** (`--depth8`): the training budgets of",
+            "`configs/bench/recipes.yaml` (not their `quick` sections) with each row's depth-8 `quick_model`, the",
+            "size of run 2 CPU cores can train in about an hour and a half. It checks whether the reduced table",
+            f"([{depth8_page}]({depth8_page})) changes with ten times the training data. Not the full table.",
+            "",
+        ]
+    elif full_model:
         lines += [
             "The **reduced budget with each row's own model** (`--quick --full-models`): the depth-20 models of the",
             "full table trained on the `quick` budgets of `configs/bench/recipes.yaml`, seed 0. It checks whether",
@@ -356,7 +373,8 @@ def render(quick: bool, command: str, wall_seconds: float | None = None, full_mo
     for proto in PROTOCOLS:
         pres = [d for d in results if d["job"]["protocol"] == proto]
         if not pres:
-            flag = (" --quick" if quick else "") + (" --full-models" if full_model else "")
+            flag = " --quick" if quick else ""
+            flag += (" --full-models" if full_model else "") + (" --depth8" if depth8 else "")
             lines += [f"## {proto}", "", f"No run of this protocol is stored yet "
                       f"(`python benchmarks/scale_bench.py{flag} --protocols {proto}`).", ""]  # fmt: skip
             continue
@@ -446,7 +464,7 @@ def render(quick: bool, command: str, wall_seconds: float | None = None, full_mo
     lines += _targets(summary)
     # the quick table is the results page until a full run exists
     name = "results.md" if not quick or not has_full else "results-quick.md"
-    out = DOCS / ("results-quick-fullmodel.md" if full_model else name)
+    out = DOCS / ("results-quick-fullmodel.md" if full_model else "results-depth8.md" if depth8 else name)
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -562,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-models", action="store_true",
                     help="with --quick: each row's own (depth-20) model instead of its depth-8 quick_model; records "
                          "and page kept apart (docs/results-quick-fullmodel.md)")  # fmt: skip
+    ap.add_argument("--depth8", action="store_true",
+                    help="the full recipe's training budget with each row's depth-8 quick_model (sized for CPU); "
+                         "records and page kept apart (docs/results-depth8.md)")  # fmt: skip
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--rows", default=None, help="comma-separated row ids (default: all)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
@@ -596,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(RESULTS / f"{job.key}.json", result)
         return 0
     if args.render:
-        print(render(args.quick, command, full_model=args.full_models))
+        print(render(args.quick, command, full_model=args.full_models, depth8=args.depth8))
         return 0
     recipes, all_rows = load_plan()
     rows = all_rows
@@ -608,8 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     protocols = [p for p in args.protocols.split(",") if p]
     if args.full_models and not args.quick:
         raise SystemExit("scale_bench: --full-models goes with --quick (the full table already uses the full models)")
+    if args.depth8 and args.quick:
+        raise SystemExit("scale_bench: --depth8 is the full recipe with the depth-8 models; --quick already uses them")
     jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows),
-                     full_model=args.full_models)  # fmt: skip
+                     full_model=args.full_models, depth8=args.depth8)  # fmt: skip
     todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
     t_start = time.perf_counter()
@@ -654,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         for msg in pool.map(launch, todo):
             print(msg, flush=True)
     wall = time.perf_counter() - t_start
-    out = render(args.quick, command, wall, full_model=args.full_models)
+    out = render(args.quick, command, wall, full_model=args.full_models, depth8=args.depth8)
     print(f"wrote {out} ({wall / 60:.1f} min)")
     return 0
 

@@ -87,3 +87,18 @@ def test_full_models_at_the_quick_budget_are_kept_apart(bench, tmp_path):
     assert lite["model"] == "msresnet20_lite" and "pyramid_scales" not in lite["model_kwargs"]  # no quick_kwargs
     assert all(bench.job_config(j, rows, recipes, "cpu", tmp_path)["model"] == "resnet20"
                for j in jobs if j.row == "oracle")  # fmt: skip
+
+
+def test_depth8_runs_the_full_budget_with_the_small_models_kept_apart(bench, tmp_path):
+    recipes, rows = bench.load_plan()
+    wanted = [r for r in rows if r["id"] in ("resnet", "msresnet_lite_avg_sd")]
+    jobs = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True, depth8=True)
+    assert {j.row for j in jobs} == {"resnet", "msresnet_lite_avg_sd", "oracle"}
+    assert all(j.key.startswith("depth8__fmnist-ls__") for j in jobs)  # never mistaken for a full-table run
+    full = recipes["fmnist-ls"]["train"]
+    for j in jobs:
+        cfg = bench.job_config(j, rows, recipes, "cpu", tmp_path)
+        assert (cfg["epochs"], cfg["train_limit"]) == (full["epochs"], full["train_limit"])  # not the quick budget
+        assert cfg["model"] in ("resnet8", "msresnet8")
+    lite = bench.job_config(next(j for j in jobs if j.row == "msresnet_lite_avg_sd"), rows, recipes, "cpu", tmp_path)
+    assert lite["model_kwargs"]["pyramid_scales"] == [1.0, 0.5, 0.25]  # the depth-8 form's quick_kwargs
