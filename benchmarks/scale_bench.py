@@ -369,6 +369,9 @@ def render(
         if _load_results(True, full_model=True):
             lines += ["The same budget with the full-depth models: [results-quick-fullmodel.md]"
                       "(results-quick-fullmodel.md).", ""]  # fmt: skip
+        if _load_results(False, depth8=True):
+            lines += ["The full training budget with these depth-8 models: [results-depth8.md](results-depth8.md).",
+                      ""]  # fmt: skip
     summary: dict[str, dict[str, Any]] = {}
     for proto in PROTOCOLS:
         pres = [d for d in results if d["job"]["protocol"] == proto]
