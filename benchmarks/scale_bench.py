@@ -315,7 +315,10 @@ def render(
     results = _load_results(quick, full_model, depth8)
     labels = {r["id"]: r["label"] for r in rows}
     groups = {r["id"]: r.get("group", "") for r in rows}
-    suffix = ("-quick" if quick else "") + ("-fullmodel" if full_model else "") + ("-depth8" if depth8 else "")
+    # which record set: names the plots (suffix), the page, and the flags that make it
+    variant = [(quick, "quick", "--quick"), (full_model, "fullmodel", "--full-models"), (depth8, "depth8", "--depth8")]
+    suffix = "".join(f"-{name}" for on, name, _ in variant if on)
+    flags = "".join(f" {flag}" for on, _, flag in variant if on)
     img_dir = DOCS / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     revs = sorted({str(d.get("git")) for d in results})
@@ -377,10 +380,8 @@ def render(
     for proto in PROTOCOLS:
         pres = [d for d in results if d["job"]["protocol"] == proto]
         if not pres:
-            flag = " --quick" if quick else ""
-            flag += (" --full-models" if full_model else "") + (" --depth8" if depth8 else "")
             lines += [f"## {proto}", "", f"No run of this protocol is stored yet "
-                      f"(`python benchmarks/scale_bench.py{flag} --protocols {proto}`).", ""]  # fmt: skip
+                      f"(`python benchmarks/scale_bench.py{flags} --protocols {proto}`).", ""]  # fmt: skip
             continue
         lines += [f"## {proto}", ""]
         by_row: dict[str, list[dict]] = {}
@@ -467,8 +468,7 @@ def render(
             lines += [f"![{proto}](img/{png.name})", ""]
     lines += _targets(summary)
     # the quick table is the results page until a full run exists
-    name = "results.md" if not quick or not has_full else "results-quick.md"
-    out = DOCS / ("results-quick-fullmodel.md" if full_model else "results-depth8.md" if depth8 else name)
+    out = DOCS / ("results.md" if suffix == "-quick" and not has_full else f"results{suffix}.md")
     out.write_text("\n".join(lines) + "\n")
     return out
 

@@ -6,9 +6,12 @@ Tests never download: ``MSRESNET_OFFLINE=1`` is set for the whole session.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import struct
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -32,6 +35,16 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:
     path = Path(str(path) + ".gz") if gz and not str(path).endswith(".gz") else Path(path)
     path.write_bytes(gzip.compress(data) if gz else data)
     return path
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (a script folder, not a package) under the module name ``name``."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look the module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_fake_images(n: int, seed: int, size: int = 28, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def selection():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "level_selection.py"
-    spec = importlib.util.spec_from_file_location("level_selection", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["level_selection"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("level_selection")
 
 
 def test_rules_pick_levels_and_fit_on_the_training_condition_only(selection):

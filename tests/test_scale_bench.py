@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import load_benchmark
 from msresnet.engine.config import load_train_config
 from msresnet.models import create_model
 
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scale_bench.py"
-    spec = importlib.util.spec_from_file_location("scale_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scale_bench"] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scale_bench")
 
 
 def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(bench):
