@@ -16,7 +16,11 @@ retraining:
 Both fitted rules use the training condition only, never another scale. The last line, ``best level``, is no
 rule: the best single level per condition, chosen with the labels - the ceiling of any per-condition choice.
 
+``--pyramid`` evaluates the trained model with other pyramid factors than it was trained with (the pyramid has no
+parameters, so any factors load): does a finer pyramid at test time fill the dips between the trained levels?
+
     python benchmarks/level_selection.py runs/bench/quick__fullmodel__fmnist-ls__msresnet_conf_sd__seed0
+    python benchmarks/level_selection.py RUN --pyramid 1,0.8409,0.7071,0.5946,0.5,0.4204,0.3536,0.2973,0.25
 """
 
 from __future__ import annotations
@@ -32,16 +36,22 @@ ROOT = Path(__file__).resolve().parent.parent
 Rule = Callable[[torch.Tensor], torch.Tensor]  # per-level logits [N, S, K] -> class scores [N, K]
 
 
-def collect(run_dir: Path, val_limit: int | None) -> tuple[float, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
-    """Every level's logits and the labels per validation condition: ``(training condition, {condition: (L, y)})``."""
+def collect(
+    run_dir: Path, val_limit: int | None, pyramid: list[float] | None = None
+) -> tuple[float, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """Every level's logits and the labels per validation condition: ``(training condition, {condition: (L, y)})``;
+    ``pyramid``: evaluate with these factors instead of the trained ones."""
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.evaluate import _condition_batches
+    from msresnet.layers import ImagePyramid
 
     model = load_model(run_dir)
     info = read_checkpoint_info(run_dir)
     if getattr(model, "pyramid", None) is None or not model.global_pool:
         raise SystemExit(f"{run_dir}: not a pyramid model with a pooled head (nothing to select between)")
+    if pyramid:
+        model.pyramid = ImagePyramid(pyramid, model.pyramid.min_size, model.pyramid.crop_upscaled)
     protocol = build_protocol(info.protocol, **(info.protocol_params or {}))
     from scale_bench import ValidationSweep  # benchmarks/ is on sys.path when this script runs
 
@@ -90,16 +100,29 @@ def rules(train_logits: torch.Tensor, train_labels: torch.Tensor) -> dict[str, R
     }
 
 
+def _factors(text: str) -> list[float]:
+    """``"1,0.5,0.25"`` -> ``[1.0, 0.5, 0.25]``, for ``--pyramid``."""
+    try:
+        factors = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pyramid factors must be comma-separated numbers, got {text!r}") from None
+    if not factors or min(factors) <= 0:
+        raise argparse.ArgumentTypeError(f"pyramid factors must be positive, got {text!r}")
+    return factors
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a scale-bench run directory (with checkpoints/)")
     ap.add_argument("--val-limit", type=int, default=500, help="validation images per condition (default 500)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--pyramid", type=_factors, default=None,
+                    help="comma-separated pyramid factors to evaluate with (default: the trained ones)")  # fmt: skip
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/level_selection/<run>.json)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_cond, data = collect(args.run, args.val_limit)
+    train_cond, data = collect(args.run, args.val_limit, args.pyramid)
     conditions = sorted(data)
     table: dict[str, list[float]] = {}
     for name, rule in rules(*data[train_cond]).items():
@@ -114,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, acc in table.items():
         cells = " | ".join(f"{100 * a:.1f}" for a in acc)
         print(f"| {name} | {cells} | {100 * sum(acc) / len(acc):.1f} | {min(acc) / acc[i_train]:.2f} |")
-    out = args.out or ROOT / "benchmarks" / "results" / "level_selection" / f"{args.run.name}.json"
+    suffix = f"__pyramid{len(args.pyramid)}" if args.pyramid else ""
+    out = args.out or ROOT / "benchmarks" / "results" / "level_selection" / f"{args.run.name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"run": str(args.run), "split": "validation", "conditions": conditions, "accuracy": table}
+    if args.pyramid:
+        record["pyramid"] = args.pyramid
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -32,3 +32,26 @@ def test_rules_pick_levels_and_fit_on_the_training_condition_only(selection):
         .gt(selection._temperatures(train_logits, train_labels))
         .all()
     )
+
+
+def test_pyramid_option_parses_factors_and_rejects_bad_ones(selection):
+    import argparse
+
+    assert selection._factors("1, 0.5,0.25") == [1.0, 0.5, 0.25]
+    for bad in ("1,x", "", "1,-0.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="pyramid factors"):
+            selection._factors(bad)
+
+
+def test_a_trained_pyramid_model_evaluates_with_other_factors():
+    """The pyramid has no parameters: the same weights run a finer pyramid at test time (what ``--pyramid`` does)."""
+    import msresnet
+    from msresnet.layers import ImagePyramid
+
+    model = msresnet.create_model("msresnet8", num_classes=3, in_chans=1, width=0.25).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    finer = [2 ** (-k / 4) for k in range(9)]
+    model.pyramid = ImagePyramid(finer, model.pyramid.min_size, model.pyramid.crop_upscaled)
+    assert model.state_dict().keys() == state.keys()
+    with torch.no_grad():
+        assert model.forward_scales(torch.randn(2, 1, 64, 64)).shape == (2, 9, 3)
