@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--pyramid", type=_factors, default=None,
                     help="comma-separated pyramid factors to evaluate with (default: the trained ones)")  # fmt: skip
-    ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/level_selection/<run>.json)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="JSON path (default: benchmarks/results/level_selection/<run>[__pyramidN].json)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
