@@ -101,11 +101,15 @@ def make_jobs(
                 jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
             for cond in recipes[p].get("oracle", []):
                 jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
+
+    def cost(j: Job) -> float:
+        return relative_cost(job_config(j, rows, recipes, "cpu", Path(".")))
+
     if quick:  # everything runs: longest first, so that parallel runs finish together
-        return sorted(jobs, key=lambda j: -relative_cost(job_config(j, rows, recipes, "cpu", Path("."))))
+        return sorted(jobs, key=lambda j: -cost(j))
     # Seed 0 of everything first, then the fmnist-scale realizations the protocol needs (>= 3), then the other
-    # seeds: a benchmark cut short by a time budget still covers every row once.
-    return sorted(jobs, key=lambda j: (j.seed > 0, j.seed > 0 and j.protocol != "fmnist-scale", j.seed))
+    # seeds: a benchmark cut short by a time budget still covers every row once. Longest first within each group.
+    return sorted(jobs, key=lambda j: (j.seed > 0, j.seed > 0 and j.protocol != "fmnist-scale", j.seed, -cost(j)))
 
 
 def relative_cost(cfg: dict[str, Any]) -> float:

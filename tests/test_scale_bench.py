@@ -37,6 +37,8 @@ def test_full_plan_runs_seed_zero_of_everything_first(bench):
     assert len({j.row for j in jobs}) == len(rows) + 1  # every row and the oracles
     first = jobs[: sum(j.seed == 0 for j in jobs)]
     assert all(j.seed == 0 for j in first)  # a run cut short by its time budget still covers every row once
+    sesn, resnet = (next(i for i, j in enumerate(first) if j.row == r) for r in ("sesn", "resnet"))
+    assert sesn < resnet  # within a group the longest runs start first, so that parallel runs end together
 
 
 def test_quick_with_named_rows_runs_those_rows(bench):
