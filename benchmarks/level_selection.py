@@ -11,36 +11,67 @@ retraining:
 * ``avg logits`` (the ``avg`` head), ``avg probs``: no selection, a mean over levels;
 * ``z-confidence``: the max probability standardised per level by its mean and spread at the training condition
   (a coarse level that sees a tiny object is never very confident; this asks which level is *unusually* sure);
-* ``calibrated``: max probability after a per-level temperature fitted (NLL) at the training condition.
+* ``calibrated``: max probability after a per-level temperature fitted (NLL) at the training condition;
+* ``object-scale probe``: :class:`msresnet.layers.ObjectScaleProbe` fitted on the training condition's pooled
+  features (the level index is the label: no class labels, no other scale) estimates each image's object scale;
+  the most confident level among those that then show the object within ``--band`` octaves of the size whose level
+  classified best at the training condition.
 
-Both fitted rules use the training condition only, never another scale. The last line, ``best level``, is no
+The fitted rules use the training condition only, never another scale. The last line, ``best level``, is no
 rule: the best single level per condition, chosen with the labels - the ceiling of any per-condition choice.
 
-``--pyramid`` evaluates the trained model with other pyramid factors than it was trained with (the pyramid has no
+``--test-limit N`` scores the same rules, still fitted on validation data, on N test images per condition as well
+(choose a rule on the validation table; the test table is for reporting). ``--pyramid`` evaluates the trained model
+with other pyramid factors than it was trained with (the pyramid has no
 parameters, so any factors load): does a finer pyramid at test time fill the dips between the trained levels?
 
     python benchmarks/level_selection.py runs/bench/quick__fullmodel__fmnist-ls__msresnet_conf_sd__seed0
     python benchmarks/level_selection.py RUN --pyramid 1,0.8409,0.7071,0.5946,0.5,0.4204,0.3536,0.2973,0.25
+    python benchmarks/level_selection.py runs/depth8/depth8__fmnist-ls__msresnet_jitter__seed0 --test-limit 2000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-Rule = Callable[[torch.Tensor], torch.Tensor]  # per-level logits [N, S, K] -> class scores [N, K]
+
+
+class Levels(NamedTuple):
+    """One condition's images, level by level: logits ``[N, S, K]``, pooled features ``[N, C, S]``, labels, and
+    the pyramid factors of the ``S`` levels (an image's size decides which levels are kept)."""
+
+    logits: torch.Tensor
+    pooled: torch.Tensor
+    labels: torch.Tensor
+    factors: list[float]
+
+
+Rule = Callable[[Levels], torch.Tensor]  # one condition's levels -> class scores [N, K]
+Sweep = dict[float, Levels]
+
+
+class Collected(NamedTuple):
+    """What :func:`collect` gathers: the training condition, the validation sweep and (with a test limit) the test
+    sweep."""
+
+    train_condition: float
+    val: Sweep
+    test: Sweep
 
 
 def collect(
-    run_dir: Path, val_limit: int | None, pyramid: list[float] | None = None
-) -> tuple[float, dict[float, tuple[torch.Tensor, torch.Tensor]]]:
-    """Every level's logits and the labels per validation condition: ``(training condition, {condition: (L, y)})``;
-    ``pyramid``: evaluate with these factors instead of the trained ones."""
+    run_dir: Path, val_limit: int | None, pyramid: list[float] | None = None, test_limit: int | None = None
+) -> Collected:
+    """Every level's logits and pooled features, and the labels, per validation condition (and per test condition
+    when ``test_limit`` is given); ``pyramid``: evaluate with these factors instead of the trained ones."""
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.evaluate import _condition_batches
@@ -58,12 +89,19 @@ def collect(
     sweep = ValidationSweep(protocol, val_limit)
     if sweep.train_condition is None or protocol.val is None:
         raise SystemExit(f"{protocol.name}: no single training condition to compare against")
-    out: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-    with torch.no_grad():
-        for cond, batches, _ in _condition_batches(sweep, info, None, 250, torch.device("cpu")):
-            logits, labels = zip(*((model.forward_scales(x), y) for x, y in batches), strict=True)
-            out[float(cond)] = (torch.cat(logits), torch.cat(labels))
-    return float(sweep.train_condition), out
+
+    def levels(source: object, limit: int | None) -> Sweep:
+        out: Sweep = {}
+        with torch.no_grad():
+            for cond, batches, _ in _condition_batches(source, info, limit, 250, torch.device("cpu")):
+                batch = [(model._pooled_features(x), y, x.shape[-2:]) for x, y in batches]
+                features, labels = torch.cat([f for f, _, _ in batch]), torch.cat([y for _, y, _ in batch])
+                factors = model.pyramid.kept_scales(batch[0][2])
+                out[float(cond)] = Levels(model._level_logits(features), features, labels, factors)
+        return out
+
+    test = levels(protocol, test_limit) if test_limit else {}
+    return Collected(float(sweep.train_condition), levels(sweep, None), test)
 
 
 def _pick(logits: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -78,26 +116,58 @@ def _temperatures(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.tensor([min(grid, key=lambda t: float(nll(logits[:, s] / t, labels))) for s in range(logits.shape[1])])
 
 
-def rules(train_logits: torch.Tensor, train_labels: torch.Tensor) -> dict[str, Rule]:
-    """The selection rules; the two fitted ones use the training condition's logits and labels only."""
-    conf = train_logits.softmax(-1).amax(-1)
+def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
+    """The selection rules; the fitted ones use the training condition's levels (and labels) only."""
+    from msresnet.layers import ObjectScaleProbe, log2_factors, select_levels
+
+    conf = train.logits.softmax(-1).amax(-1)
     mu, sd = conf.mean(0), conf.std(0).clamp_min(1e-6)
-    temp = _temperatures(train_logits, train_labels)[None, :, None]
+    temp = _temperatures(train.logits, train.labels)[None, :, None]
+    probe = ObjectScaleProbe(train.pooled.shape[1]).fit(train.pooled, train.factors)
+    per_level = (train.logits.argmax(-1) == train.labels[:, None]).float().mean(0)
+    best_log2 = math.log2(train.factors[int(per_level.argmax())])  # the size the trunk classifies best
 
     def prob(x: torch.Tensor) -> torch.Tensor:
         return x.softmax(-1)
 
+    def probe_rule(v: Levels) -> torch.Tensor:
+        apparent = probe.object_scale(v.pooled, v.factors)[:, None] + log2_factors(v.factors, v.pooled)
+        return select_levels(v.logits, apparent, best_log2, band)
+
     return {
-        "max prob (default)": lambda x: _pick(x, prob(x).amax(-1)),
-        "margin": lambda x: _pick(x, -prob(x).topk(2, -1).values.diff(dim=-1).squeeze(-1)),
-        "neg. entropy": lambda x: _pick(x, (prob(x) * x.log_softmax(-1)).sum(-1)),
-        "energy": lambda x: _pick(x, x.logsumexp(-1)),
-        "max logit": lambda x: _pick(x, x.amax(-1)),
-        "avg logits": lambda x: x.mean(1),
-        "avg probs": lambda x: prob(x).mean(1),
-        "z-confidence": lambda x: _pick(x, (prob(x).amax(-1) - mu) / sd),
-        "calibrated": lambda x: _pick(x, (x / temp).softmax(-1).amax(-1)),
+        "max prob (default)": lambda v: _pick(v.logits, prob(v.logits).amax(-1)),
+        "margin": lambda v: _pick(v.logits, -prob(v.logits).topk(2, -1).values.diff(dim=-1).squeeze(-1)),
+        "neg. entropy": lambda v: _pick(v.logits, (prob(v.logits) * v.logits.log_softmax(-1)).sum(-1)),
+        "energy": lambda v: _pick(v.logits, v.logits.logsumexp(-1)),
+        "max logit": lambda v: _pick(v.logits, v.logits.amax(-1)),
+        "avg logits": lambda v: v.logits.mean(1),
+        "avg probs": lambda v: prob(v.logits).mean(1),
+        "z-confidence": lambda v: _pick(v.logits, (prob(v.logits).amax(-1) - mu) / sd),
+        "calibrated": lambda v: _pick(v.logits, (v.logits / temp).softmax(-1).amax(-1)),
+        f"object-scale probe (band {band:g})": probe_rule,
     }
+
+
+def score(sweep: Sweep, rule_set: dict[str, Rule]) -> dict[str, list[float]]:
+    """Accuracy per rule and condition (sorted), and the best single level per condition (labels: the ceiling)."""
+    conditions = sorted(sweep)
+    table = {
+        name: [float((rule(sweep[c]).argmax(-1) == sweep[c].labels).float().mean()) for c in conditions]
+        for name, rule in rule_set.items()
+    }
+    table["best level (labels; ceiling)"] = [
+        float((sweep[c].logits.argmax(-1) == sweep[c].labels[:, None]).float().mean(0).max()) for c in conditions
+    ]
+    return table
+
+
+def print_table(title: str, conditions: list[float], table: dict[str, list[float]], train_cond: float) -> None:
+    i_train = conditions.index(train_cond)
+    print(f"\n{title}\n\n| rule | {' | '.join(f'{c:g}' for c in conditions)} | mean | retention |")
+    print("|---" * (len(conditions) + 3) + "|")
+    for name, acc in table.items():
+        cells = " | ".join(f"{100 * a:.1f}" for a in acc)
+        print(f"| {name} | {cells} | {100 * sum(acc) / len(acc):.1f} | {min(acc) / acc[i_train]:.2f} |")
 
 
 def _factors(text: str) -> list[float]:
@@ -118,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--pyramid", type=_factors, default=None,
                     help="comma-separated pyramid factors to evaluate with (default: the trained ones)")  # fmt: skip
+    ap.add_argument("--test-limit", type=int, default=0,
+                    help="also score the rules (fitted on validation data) on N test images per condition")  # fmt: skip
+    ap.add_argument("--band", type=float, default=0.6,
+                    help="the probe rule's band around the best-classified size, in octaves (default 0.6)")  # fmt: skip
     ap.add_argument(
         "--out",
         type=Path,
@@ -126,25 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_cond, data = collect(args.run, args.val_limit, args.pyramid)
-    conditions = sorted(data)
-    table: dict[str, list[float]] = {}
-    for name, rule in rules(*data[train_cond]).items():
-        table[name] = [float((rule(L).argmax(-1) == y).float().mean()) for L, y in (data[c] for c in conditions)]
-    table["best level (labels; ceiling)"] = [
-        max(float((L[:, s].argmax(-1) == y).float().mean()) for s in range(L.shape[1]))
-        for L, y in (data[c] for c in conditions)
-    ]
-    i_train = conditions.index(train_cond)
-    print(f"| rule | {' | '.join(f'{c:g}' for c in conditions)} | mean | retention |")
-    print("|---" * (len(conditions) + 3) + "|")
-    for name, acc in table.items():
-        cells = " | ".join(f"{100 * a:.1f}" for a in acc)
-        print(f"| {name} | {cells} | {100 * sum(acc) / len(acc):.1f} | {min(acc) / acc[i_train]:.2f} |")
+    data = collect(args.run, args.val_limit, args.pyramid, args.test_limit)
+    rule_set = rules(data.val[data.train_condition], args.band)
+    sweeps = {"validation": data.val, "test": data.test} if data.test else {"validation": data.val}
+    tables = {split: score(sweep, rule_set) for split, sweep in sweeps.items()}
+    for split, table in tables.items():
+        title = f"{split} ({'rules fitted on validation data; ' if split == 'test' else ''}accuracy %)"
+        print_table(title, sorted(sweeps[split]), table, data.train_condition)
     suffix = f"__pyramid{len(args.pyramid)}" if args.pyramid else ""
     out = args.out or ROOT / "benchmarks" / "results" / "level_selection" / f"{args.run.name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"run": str(args.run), "split": "validation", "conditions": conditions, "accuracy": table}
+    record = {"run": str(args.run), "split": "validation", "conditions": sorted(data.val)}
+    record["accuracy"] = tables["validation"]
+    if data.test:
+        record["test"] = {"conditions": sorted(data.test), "accuracy": tables["test"], "limit": args.test_limit}
     if args.pyramid:
         record["pyramid"] = args.pyramid
     out.write_text(json.dumps(record, indent=1) + "\n")

@@ -13,25 +13,38 @@ def selection():
     return load_benchmark("level_selection")
 
 
+def _levels(selection, logits: torch.Tensor, labels: torch.Tensor, factors: list[float]):
+    """Levels whose pooled features say how large the object looks (channel 0 grows with the level's factor)."""
+    pooled = torch.rand(len(logits), 4, logits.shape[1])
+    pooled[:, 0] = torch.tensor(factors).log2().add(3.0)[None, :] * 2 + 0.05 * torch.rand(len(logits), len(factors))
+    return selection.Levels(logits, pooled, labels, factors)
+
+
 def test_rules_pick_levels_and_fit_on_the_training_condition_only(selection):
     torch.manual_seed(0)
+    factors = [1.0, 0.5, 0.25]
     train_logits = torch.randn(256, 1, 4) + 0.5 * torch.randn(256, 3, 4)  # levels that mostly agree
     train_labels = torch.where(torch.rand(256) < 0.7, train_logits.mean(1).argmax(-1), torch.randint(0, 4, (256,)))
-    rules = selection.rules(train_logits, train_labels)
+    rules = selection.rules(_levels(selection, train_logits, train_labels, factors))
     # image 0: level 2 is sure of class 3, the others are unsure of class 0; image 1: level 0 is sure of class 1
     logits = torch.zeros(2, 3, 4)
     logits[0, :2, 0], logits[0, 2, 3] = 0.5, 6.0
     logits[1, 0, 1], logits[1, 1:, 2] = 6.0, 1.0
+    test = _levels(selection, logits, torch.tensor([3, 1]), factors)
     for name in ("max prob (default)", "margin", "neg. entropy", "energy", "max logit", "calibrated"):
-        assert rules[name](logits).argmax(-1).tolist() == [3, 1], name
-    torch.testing.assert_close(rules["avg logits"](logits), logits.mean(1))
-    assert rules["avg probs"](logits).shape == (2, 4)
+        assert rules[name](test).argmax(-1).tolist() == [3, 1], name
+    torch.testing.assert_close(rules["avg logits"](test), logits.mean(1))
+    assert rules["avg probs"](test).shape == (2, 4)
+    assert rules["object-scale probe (band 0.6)"](test).shape == (2, 4)
     # the temperatures come from the training condition: scaling the training logits changes them
     assert (
         selection._temperatures(train_logits * 4, train_labels)
         .gt(selection._temperatures(train_logits, train_labels))
         .all()
     )
+    table = selection.score({1.0: test, 2.0: test}, rules)
+    assert set(table) == set(rules) | {"best level (labels; ceiling)"}
+    assert table["max prob (default)"] == [1.0, 1.0] and table["best level (labels; ceiling)"] == [0.5, 0.5]
 
 
 def test_pyramid_option_parses_factors_and_rejects_bad_ones(selection):

@@ -1,4 +1,5 @@
-"""Building blocks for multi-scale networks: scale bases, scale convolutions, scale pooling, image pyramids."""
+"""Building blocks for multi-scale networks: scale bases, scale convolutions, scale pooling, image pyramids,
+object-scale estimation."""
 
 from __future__ import annotations
 
@@ -6,17 +7,21 @@ from msresnet.layers.basis import dilate_kernel, hermite_basis, hermite_scales, 
 from msresnet.layers.pyramid import ImagePyramid, center_crop, resize, scaled_size
 from msresnet.layers.scale_conv import ScaleConv2d
 from msresnet.layers.scale_pool import POOL_MODES, ScalePool
+from msresnet.layers.scale_probe import ObjectScaleProbe, log2_factors, select_levels
 
 __all__ = [
     "POOL_MODES",
     "ImagePyramid",
+    "ObjectScaleProbe",
     "ScaleConv2d",
     "ScalePool",
     "center_crop",
     "dilate_kernel",
     "hermite_basis",
     "hermite_scales",
+    "log2_factors",
     "num_hermite_functions",
     "resize",
     "scaled_size",
+    "select_levels",
 ]

@@ -1,0 +1,95 @@
+"""Object-scale estimation from an image pyramid, self-supervised: which pyramid level shows the object at the size
+the trunk knows best?
+
+A pyramid model shows its shared trunk every training image at a few sizes (level ``k`` shrinks it by ``f_k``), so
+the level index is a free label for *how large the object looks*: no object-size augmentation and no class labels
+are needed. :class:`ObjectScaleProbe` is a ridge regression from a level's pooled features to ``log2 f_k``, fitted on
+images at the training scale. On a test image whose object is ``s`` times the training size, level ``k`` shows it at
+``s * f_k``, so every level gives an estimate ``probe(level k) - log2 f_k`` of ``log2 s``; the median over the levels
+discards the levels that show the object at sizes never seen in training. :func:`select_levels` then answers with
+the most confident level among those that show the object within ``band`` octaves of the size the trunk classified
+best at the training scale - where the plain "most confident level" trusts levels that show an object larger than
+anything in training, and is often confidently wrong there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from msresnet.errors import UserError
+
+
+def log2_factors(factors: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """``log2`` of pyramid factors, as a tensor with ``like``'s dtype and device."""
+    return torch.tensor([math.log2(float(f)) for f in factors], dtype=like.dtype, device=like.device)
+
+
+class ObjectScaleProbe(nn.Module):
+    """Linear map from a level's pooled features ``[C]`` to ``log2`` of the object's apparent size at that level,
+    relative to a training object shown at factor 1 (fitted by :meth:`fit`, stored in buffers)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+        self.register_buffer("weight", torch.zeros(channels))
+        self.register_buffer("bias", torch.zeros(()))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @staticmethod
+    def _features(pooled: torch.Tensor) -> torch.Tensor:
+        """``[N, C, S]`` pooled (non-negative, heavy-tailed) features -> ``[N, S, C]`` on a log scale."""
+        return torch.log1p(pooled.clamp_min(0)).transpose(1, 2)
+
+    @torch.no_grad()
+    def fit(self, pooled: torch.Tensor, factors: Sequence[float], ridge: float = 1.0) -> ObjectScaleProbe:
+        """Fit on pooled features ``[N, C, S]`` of images at the training scale, level ``k`` made with
+        ``factors[k]``; ``ridge`` is the penalty on standardised features. Returns ``self``."""
+        n, c, s = pooled.shape
+        if s != len(factors) or s < 2:
+            raise UserError(f"the probe needs >= 2 levels, one factor each; got {s} levels, {len(factors)} factors")
+        if c != self.weight.numel():
+            raise UserError(f"the probe was built for {self.weight.numel()} channels; the features have {c}")
+        x = self._features(pooled.double()).reshape(-1, c)
+        target = log2_factors(factors, x).repeat(n)
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        design = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        gram = design.T @ design + ridge * torch.eye(c + 1, dtype=x.dtype)
+        gram[-1, -1] -= ridge  # the intercept is not penalised
+        coef = torch.linalg.solve(gram, design.T @ target)
+        self.mean.copy_(mean), self.std.copy_(std), self.weight.copy_(coef[:-1]), self.bias.copy_(coef[-1])
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Predicted ``log2`` apparent object size per level: ``[N, C, S] -> [N, S]``."""
+        if not bool(self.fitted):
+            raise UserError("the object-scale probe is not fitted yet (fit it on images at the training scale)")
+        z = (self._features(pooled) - self.mean.to(pooled.dtype)) / self.std.to(pooled.dtype)
+        return z @ self.weight.to(pooled.dtype) + self.bias.to(pooled.dtype)
+
+    def object_scale(self, pooled: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
+        """``log2`` of each image's object scale relative to training (``[N]``): the median over levels of
+        ``prediction - log2 factor``."""
+        return (self(pooled) - log2_factors(factors, pooled)).median(dim=1).values
+
+
+def select_levels(
+    level_logits: torch.Tensor,
+    apparent_log2: torch.Tensor,
+    best_log2: float,
+    band: float = 0.6,
+) -> torch.Tensor:
+    """Each image's logits from its most confident level among those showing the object within ``band`` octaves of
+    ``best_log2`` (the apparent size the trunk classified best at the training scale); the nearest level where none
+    is inside the band. ``level_logits [N, S, K]``, ``apparent_log2 [N, S]`` -> ``[N, K]``."""
+    distance = (apparent_log2 - best_log2).abs()
+    confidence = level_logits.softmax(-1).amax(-1)
+    inside = distance <= band
+    # confidences are > 0, so any level inside the band beats every level outside it; among those, the nearest
+    score = torch.where(inside, confidence, -distance)
+    return level_logits[torch.arange(len(level_logits)), score.argmax(1)]
