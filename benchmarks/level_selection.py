@@ -11,7 +11,8 @@ retraining:
 * ``avg logits`` (the ``avg`` head), ``avg probs``: no selection, a mean over levels;
 * ``z-confidence``: the max probability standardised per level by its mean and spread at the training condition
   (a coarse level that sees a tiny object is never very confident; this asks which level is *unusually* sure);
-* ``calibrated``: max probability after a per-level temperature fitted (NLL) at the training condition;
+* ``calibrated``: max probability after a per-level temperature fitted (NLL) at the training condition (a level
+  of an image of another size, fmnist-res, takes the fit of the training level with the nearest factor);
 * ``object-scale probe``: :class:`msresnet.layers.ObjectScaleProbe` fitted on the training condition's pooled
   features (the level index is the label: no class labels, no other scale) estimates each image's object scale;
   the most confident level among those that then show the object within ``--band`` octaves of the size whose level
@@ -121,8 +122,22 @@ def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     from msresnet.layers import ObjectScaleProbe, log2_factors, select_levels
 
     conf = train.logits.softmax(-1).amax(-1)
-    mu, sd = conf.mean(0), conf.std(0).clamp_min(1e-6)
-    temp = _temperatures(train.logits, train.labels)[None, :, None]
+    mu_train, sd_train = conf.mean(0), conf.std(0).clamp_min(1e-6)
+    temp_train = _temperatures(train.logits, train.labels)
+
+    def fitted(stat: torch.Tensor, factors: list[float]) -> torch.Tensor:
+        """Per-level statistics for the levels of ``factors`` (an fmnist-res image of another size keeps other
+        levels): each level takes the fitted statistic of the training level with the nearest factor."""
+        nearest = [min(range(len(train.factors)), key=lambda i: abs(math.log2(train.factors[i] / f))) for f in factors]
+        return stat[nearest]
+
+    def z_confidence(v: Levels) -> torch.Tensor:
+        mu, sd = fitted(mu_train, v.factors), fitted(sd_train, v.factors)
+        return _pick(v.logits, (prob(v.logits).amax(-1) - mu) / sd)
+
+    def calibrated(v: Levels) -> torch.Tensor:
+        return _pick(v.logits, (v.logits / fitted(temp_train, v.factors)[None, :, None]).softmax(-1).amax(-1))
+
     probe = ObjectScaleProbe(train.pooled.shape[1]).fit(train.pooled, train.factors)
     per_level = (train.logits.argmax(-1) == train.labels[:, None]).float().mean(0)
     best_log2 = math.log2(train.factors[int(per_level.argmax())])  # the size the trunk classifies best
@@ -142,8 +157,8 @@ def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
         "max logit": lambda v: _pick(v.logits, v.logits.amax(-1)),
         "avg logits": lambda v: v.logits.mean(1),
         "avg probs": lambda v: prob(v.logits).mean(1),
-        "z-confidence": lambda v: _pick(v.logits, (prob(v.logits).amax(-1) - mu) / sd),
-        "calibrated": lambda v: _pick(v.logits, (v.logits / temp).softmax(-1).amax(-1)),
+        "z-confidence": z_confidence,
+        "calibrated": calibrated,
         f"object-scale probe (band {band:g})": probe_rule,
     }
 

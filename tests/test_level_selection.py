@@ -42,6 +42,9 @@ def test_rules_pick_levels_and_fit_on_the_training_condition_only(selection):
         .gt(selection._temperatures(train_logits, train_labels))
         .all()
     )
+    # an image of another size keeps other levels (fmnist-res): every rule still answers, one row per image
+    fewer = _levels(selection, logits[:, :2], torch.tensor([0, 1]), factors[:2])
+    assert all(rule(fewer).shape == (2, 4) for rule in rules.values())
     table = selection.score({1.0: test, 2.0: test}, rules)
     assert set(table) == set(rules) | {"best level (labels; ceiling)"}
     assert table["max prob (default)"] == [1.0, 1.0] and table["best level (labels; ceiling)"] == [0.5, 0.5]
