@@ -23,8 +23,8 @@ rule: the best single level per condition, chosen with the labels - the ceiling 
 
 ``--test-limit N`` scores the same rules, still fitted on validation data, on N test images per condition as well
 (choose a rule on the validation table; the test table is for reporting). ``--pyramid`` evaluates the trained model
-with other pyramid factors than it was trained with (the pyramid has no
-parameters, so any factors load): does a finer pyramid at test time fill the dips between the trained levels?
+with other pyramid factors than it was trained with (the pyramid has no parameters, so any factors load): does a
+finer pyramid at test time fill the dips between the trained levels?
 
     python benchmarks/level_selection.py runs/bench/quick__fullmodel__fmnist-ls__msresnet_conf_sd__seed0
     python benchmarks/level_selection.py RUN --pyramid 1,0.8409,0.7071,0.5946,0.5,0.4204,0.3536,0.2973,0.25
@@ -121,7 +121,10 @@ def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     """The selection rules; the fitted ones use the training condition's levels (and labels) only."""
     from msresnet.layers import ObjectScaleProbe, log2_factors, select_levels
 
-    conf = train.logits.softmax(-1).amax(-1)
+    def prob(x: torch.Tensor) -> torch.Tensor:
+        return x.softmax(-1)
+
+    conf = prob(train.logits).amax(-1)
     mu_train, sd_train = conf.mean(0), conf.std(0).clamp_min(1e-6)
     temp_train = _temperatures(train.logits, train.labels)
 
@@ -141,9 +144,6 @@ def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     probe = ObjectScaleProbe(train.pooled.shape[1]).fit(train.pooled, train.factors)
     per_level = (train.logits.argmax(-1) == train.labels[:, None]).float().mean(0)
     best_log2 = math.log2(train.factors[int(per_level.argmax())])  # the size the trunk classifies best
-
-    def prob(x: torch.Tensor) -> torch.Tensor:
-        return x.softmax(-1)
 
     def probe_rule(v: Levels) -> torch.Tensor:
         apparent = probe.object_scale(v.pooled, v.factors)[:, None] + log2_factors(v.factors, v.pooled)
