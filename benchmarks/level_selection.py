@@ -119,7 +119,7 @@ def _temperatures(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     """The selection rules; the fitted ones use the training condition's levels (and labels) only."""
-    from msresnet.layers import ObjectScaleProbe, log2_factors, select_levels
+    from msresnet.layers import ObjectScaleProbe, select_levels
 
     def prob(x: torch.Tensor) -> torch.Tensor:
         return x.softmax(-1)
@@ -146,8 +146,7 @@ def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     best_log2 = math.log2(train.factors[int(per_level.argmax())])  # the size the trunk classifies best
 
     def probe_rule(v: Levels) -> torch.Tensor:
-        apparent = probe.object_scale(v.pooled, v.factors)[:, None] + log2_factors(v.factors, v.pooled)
-        return select_levels(v.logits, apparent, best_log2, band)
+        return select_levels(v.logits, probe.apparent_sizes(v.pooled, v.factors), best_log2, band)
 
     return {
         "max prob (default)": lambda v: _pick(v.logits, prob(v.logits).amax(-1)),

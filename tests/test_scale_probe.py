@@ -30,6 +30,9 @@ def test_probe_fitted_at_the_training_scale_estimates_other_scales_without_label
     for s in (0.5, 0.71, 1.0, 1.41):
         estimate = probe.object_scale(_pooled(200, torch.full((200,), math.log2(s)), FACTORS), FACTORS)
         assert estimate.median().item() == pytest.approx(math.log2(s), abs=0.15), s
+    pooled = _pooled(50, torch.zeros(50), FACTORS)
+    expected = probe.object_scale(pooled, FACTORS)[:, None] + log2_factors(FACTORS, pooled)
+    torch.testing.assert_close(probe.apparent_sizes(pooled, FACTORS), expected)
     # the median over levels ignores a level whose features say nothing about size
     pooled = _pooled(200, torch.full((200,), 1.0), FACTORS)
     pooled[:, :, 0] = pooled[:, :, 0].flip(0) * 3  # level 0 scrambled

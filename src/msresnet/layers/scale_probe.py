@@ -77,6 +77,11 @@ class ObjectScaleProbe(nn.Module):
         ``prediction - log2 factor``."""
         return (self(pooled) - log2_factors(factors, pooled)).median(dim=1).values
 
+    def apparent_sizes(self, pooled: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
+        """``log2`` of the object's size at every level relative to training (``[N, S]``), from the one per-image
+        scale estimate: what :func:`select_levels` compares with the best-classified size."""
+        return self.object_scale(pooled, factors)[:, None] + log2_factors(factors, pooled)
+
 
 def select_levels(
     level_logits: torch.Tensor,
