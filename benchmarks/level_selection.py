@@ -42,17 +42,9 @@ from typing import NamedTuple
 
 import torch
 
+from msresnet.engine.calibrate import Levels, collect_levels
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Levels(NamedTuple):
-    """One condition's images, level by level: logits ``[N, S, K]``, pooled features ``[N, C, S]``, labels, and
-    the pyramid factors of the ``S`` levels (an image's size decides which levels are kept)."""
-
-    logits: torch.Tensor
-    pooled: torch.Tensor
-    labels: torch.Tensor
-    factors: list[float]
 
 
 Rule = Callable[[Levels], torch.Tensor]  # one condition's levels -> class scores [N, K]
@@ -75,7 +67,7 @@ def collect(
     when ``test_limit`` is given); ``pyramid``: evaluate with these factors instead of the trained ones."""
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import _condition_batches
+    from msresnet.engine.evaluate import ValidationSweep
     from msresnet.layers import ImagePyramid
 
     model = load_model(run_dir)
@@ -85,21 +77,12 @@ def collect(
     if pyramid:
         model.pyramid = ImagePyramid(pyramid, model.pyramid.min_size, model.pyramid.crop_upscaled)
     protocol = build_protocol(info.protocol, **(info.protocol_params or {}))
-    from scale_bench import ValidationSweep  # benchmarks/ is on sys.path when this script runs
-
     sweep = ValidationSweep(protocol, val_limit)
-    if sweep.train_condition is None or protocol.val is None:
+    if sweep.train_condition is None:
         raise SystemExit(f"{protocol.name}: no single training condition to compare against")
 
     def levels(source: object, limit: int | None) -> Sweep:
-        out: Sweep = {}
-        with torch.no_grad():
-            for cond, batches, _ in _condition_batches(source, info, limit, 250, torch.device("cpu")):
-                batch = [(model._pooled_features(x), y, x.shape[-2:]) for x, y in batches]
-                features, labels = torch.cat([f for f, _, _ in batch]), torch.cat([y for _, y, _ in batch])
-                factors = model.pyramid.kept_scales(batch[0][2])
-                out[float(cond)] = Levels(model._level_logits(features), features, labels, factors)
-        return out
+        return {float(c): lv for c, lv in collect_levels(model, source, info, limit).items()}
 
     test = levels(protocol, test_limit) if test_limit else {}
     return Collected(float(sweep.train_condition), levels(sweep, None), test)
@@ -119,7 +102,7 @@ def _temperatures(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     """The selection rules; the fitted ones use the training condition's levels (and labels) only."""
-    from msresnet.layers import ObjectScaleProbe, select_levels
+    from msresnet.layers import ObjectScaleProbe, best_level_log2
 
     def prob(x: torch.Tensor) -> torch.Tensor:
         return x.softmax(-1)
@@ -141,12 +124,11 @@ def rules(train: Levels, band: float = 0.6) -> dict[str, Rule]:
     def calibrated(v: Levels) -> torch.Tensor:
         return _pick(v.logits, (v.logits / fitted(temp_train, v.factors)[None, :, None]).softmax(-1).amax(-1))
 
-    probe = ObjectScaleProbe(train.pooled.shape[1]).fit(train.pooled, train.factors)
-    per_level = (train.logits.argmax(-1) == train.labels[:, None]).float().mean(0)
-    best_log2 = math.log2(train.factors[int(per_level.argmax())])  # the size the trunk classifies best
+    best_log2 = best_level_log2(train.logits, train.labels, train.factors)  # the size the trunk classifies best
+    probe = ObjectScaleProbe(train.pooled.shape[1]).fit(train.pooled, train.factors, best_log2=best_log2, band=band)
 
     def probe_rule(v: Levels) -> torch.Tensor:
-        return select_levels(v.logits, probe.apparent_sizes(v.pooled, v.factors), best_log2, band)
+        return v.logits[torch.arange(len(v.logits)), probe.select(v.logits, v.pooled, v.factors)]
 
     return {
         "max prob (default)": lambda v: _pick(v.logits, prob(v.logits).amax(-1)),

@@ -155,37 +155,6 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
     return cfg
 
 
-class ValidationSweep:
-    """The protocol's validation images under the protocol's own test conditions (protocol-like for
-    ``evaluate_sweep``): object rescale in the canvas for ``*-ls``, whole-image resize for ``*-res``."""
-
-    def __init__(self, protocol: Any, limit: int | None) -> None:
-        import torch
-
-        from msresnet.data import ImageTensorDataset
-        from msresnet.data.scaling import rescale_in_canvas, resize_images
-
-        val = protocol.val
-        if limit is not None and len(val) > limit:
-            val = val.subset(limit)
-        self.name, self.params = f"{protocol.name}-val", dict(protocol.params)
-        self.condition_name, self.in_chans = protocol.condition_name, protocol.in_chans
-        self.mean, self.std = protocol.mean, protocol.std
-        self.train_condition = protocol.train_condition
-        x = val.images.float().div(255)
-        self.test: dict[Any, Any] = {}
-        if protocol.name == "fmnist-scale":
-            self.test = {"val": val}
-            return
-        for c in protocol.test:
-            if protocol.condition_name == "scale":
-                y = rescale_in_canvas(x, float(c) / float(protocol.train_condition or 1.0))
-            else:
-                y = resize_images(x, int(c))
-            u8 = y.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-            self.test[c] = ImageTensorDataset(u8, val.labels)
-
-
 def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val_limit: int | None) -> dict:
     """Train, evaluate the test and validation sweeps, return the result record."""
     import pandas as pd
@@ -194,7 +163,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.config import load_train_config
-    from msresnet.engine.evaluate import evaluate_sweep
+    from msresnet.engine.evaluate import ValidationSweep, evaluate_sweep
     from msresnet.engine.train import train
 
     cfg = load_train_config(None, cfg_overrides)

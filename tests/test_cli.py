@@ -88,6 +88,65 @@ def test_end_to_end(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) ->
         np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(ref).max())))
 
 
+def test_calibrate_fits_the_probe_that_the_model_then_uses(
+    env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import torch
+
+    run = env["base"] / "calibrated"
+    shutil.copytree(env["run"], run)
+    before = msresnet.load_model(run)
+    assert not before.scale_probe.is_fitted
+    capsys.readouterr()
+    assert main(["calibrate", str(run), "--val-limit", "40", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "most confident" in out and "with probe" in out and "wrote" in out
+    record = msresnet.load_model(run).checkpoint_info.scale_probe
+    assert len(record["conditions"]) == 9 and record["fit_images"] == 40
+    assert record["kept"] == (record["probe_mean"] > record["confidence_mean"])  # auto: validation decides
+
+    assert main(["calibrate", str(run), "--keep", "always", "--val-limit", "40", "--device", "cpu"]) == 0
+    model = msresnet.load_model(run)
+    assert model.scale_probe.is_fitted and model.checkpoint_info.scale_probe["kept"]
+    x = torch.randn(4, 1, 64, 64)
+    with torch.no_grad():
+        pooled = model._pooled_features(x)
+        levels = model._level_logits(pooled)
+        pick = model.scale_probe.select(levels, pooled, model.pyramid.kept_scales((64, 64)))
+        torch.testing.assert_close(model(x), levels[torch.arange(4), pick])
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx", "--out", str(env["base"] / "cal.onnx")]) == 0
+    assert capsys.readouterr().out.count(" ok") == 3  # the probe's selection exports (sort-based median)
+
+    assert main(["calibrate", str(run), "--remove"]) == 0
+    model = msresnet.load_model(run)
+    assert not model.scale_probe.is_fitted and model.checkpoint_info.scale_probe is None
+
+
+def test_calibrate_rejects_bad_settings(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["--band", "0"], ["--val-limit", "3"]):
+        assert main(["calibrate", str(env["run"]), *args]) == 2
+        assert "--" in _one_error_line(capsys.readouterr().err)
+    assert main(["calibrate", str(env["base"] / "nowhere")]) == 2
+    assert "no such run" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_can_calibrate_its_checkpoints(env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--protocol", "fmnist-ls", "--data-dir", str(env["data"]), "--protocol-params", "val_size=50",
+              "--epochs", "1", "--train-limit", "64", "--batch-size", "32", "--device", "cpu",
+              "--calibrate-probe"]  # fmt: skip
+    run = env["base"] / "run-calibrated"
+    assert main(["train", "--model", MODEL, "--out", str(run), *common]) == 0
+    assert "object-scale probe" in capsys.readouterr().err
+    for kind in ("best", "last"):
+        record = msresnet.load_model(run / "checkpoints" / f"{kind}.safetensors").checkpoint_info.scale_probe
+        assert record is not None and record["fit_images"] == 50
+    assert main(["train", "--model", "resnet8", "--out", str(env["base"] / "plain-cal"), *common]) == 2
+    assert "no object-scale probe" in _one_error_line(capsys.readouterr().err)
+
+
 def test_models_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "resnet8", "--input-size", "32", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,5 +67,63 @@ def test_select_levels_takes_the_most_confident_level_inside_the_band() -> None:
             [2.0, 1.5, 1.0],  # none inside: the nearest, level 2
         ]
     )
-    picked = select_levels(logits, apparent, best_log2=0.0, band=0.6)
-    assert picked.argmax(-1).tolist() == [1, 0, 2]
+    assert select_levels(logits, apparent, best_log2=0.0, band=0.6).tolist() == [1, 0, 2]
+
+
+def _tiny_pyramid_model():
+    import msresnet
+
+    torch.manual_seed(0)
+    return msresnet.create_model("msresnet8", num_classes=4, in_chans=1, width=0.25).eval()
+
+
+@pytest.mark.parametrize("side", [64, 40, 24])
+def test_a_fitted_probe_chooses_the_models_level_for_every_input_size(side: int) -> None:
+    model = _tiny_pyramid_model()
+    x = torch.randn(6, 1, side, side)
+    with torch.no_grad():
+        pooled = model._pooled_features(x)
+        levels = model._level_logits(pooled)
+        factors = model.pyramid.kept_scales((side, side))
+        assert pooled.shape[2] == len(factors) >= 2
+        most_confident = levels[torch.arange(6), levels.softmax(-1).amax(-1).argmax(1)]
+        torch.testing.assert_close(model(x), most_confident)  # unfitted: the confidence rule
+        fit_on = model._pooled_features(torch.randn(32, 1, 64, 64))
+        model.scale_probe.fit(fit_on, model.pyramid.kept_scales((64, 64)), best_log2=-0.5, band=0.3)
+        pick = model.scale_probe.select(levels, pooled, factors)
+        torch.testing.assert_close(model(x), levels[torch.arange(6), pick])
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(features, pooled.transpose(1, 2)[torch.arange(6), pick])
+
+
+def test_probe_state_travels_with_the_weights_and_old_weights_load_unfitted() -> None:
+    from msresnet.engine.checkpoint import load_weights_into
+
+    model = _tiny_pyramid_model()
+    fitted = _tiny_pyramid_model()
+    fitted.scale_probe.fit(fitted._pooled_features(torch.randn(16, 1, 64, 64)).detach(), fitted.pyramid.scales)
+    model.load_state_dict(fitted.state_dict())
+    assert model.scale_probe.is_fitted
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fitted(x))
+    # weights written before the probe existed: no scale_probe.* tensors; they load, and the probe is unfitted
+    old = {k: v for k, v in fitted.state_dict().items() if not k.startswith("scale_probe.")}
+    load_weights_into(model, old, Path("old.safetensors"), expected="")
+    assert not model.scale_probe.is_fitted
+    model.scale_probe.fit(fitted._pooled_features(torch.randn(16, 1, 64, 64)).detach(), fitted.pyramid.scales)
+    assert not model.scale_probe.reset().is_fitted
+
+
+def test_calibration_needs_a_pyramid_model_and_one_training_condition(tiny_fmnist_root, tmp_cache) -> None:
+    import msresnet
+    from msresnet.data import build_protocol
+    from msresnet.engine.calibrate import calibrate_model
+
+    plain = msresnet.create_model("resnet8", num_classes=10, in_chans=1)
+    protocol = build_protocol("fmnist-ls", root=tiny_fmnist_root, val_size=50)
+    with pytest.raises(UserError, match="no object-scale probe"):
+        calibrate_model(plain, protocol)
+    scale = build_protocol("fmnist-scale", root=tiny_fmnist_root, train_size=100, val_size=20, test_size=150)
+    with pytest.raises(UserError, match="single training condition"):
+        calibrate_model(_tiny_pyramid_model(), scale)

@@ -381,6 +381,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from msresnet.engine.calibrate import calibrate_checkpoint, format_calibration, remove_calibration
+
+    path = _checkpoint_path(args.checkpoint)
+    if args.remove:
+        print(f"removed the object-scale probe from {remove_calibration(path)}")
+        return 0
+    if not args.band > 0:
+        raise UserError(f"--band must be > 0 octaves, got {args.band}")
+    if args.val_limit is not None and args.val_limit < 10:
+        raise UserError(f"--val-limit must be at least 10, got {args.val_limit}")
+    file, result = calibrate_checkpoint(
+        path, band=args.band, val_limit=args.val_limit, keep=args.keep, device=_device(args.device)
+    )
+    print(format_calibration(result))
+    print(f"wrote {file}")
+    return 0
+
+
 def _as_paths(written: Any) -> list[Path]:
     if written is None:
         return []
@@ -539,6 +558,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--out", metavar="DIR", help="write eval/ here instead of the run directory")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit a pyramid model's object-scale probe; kept if validation improves")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--band", type=_float_arg, default=0.6, metavar="OCTAVES",
+                   help="levels this many octaves around the best-classified size compete (default 0.6)")  # fmt: skip
+    p.add_argument("--val-limit", type=_int_arg, default=1000, metavar="N",
+                   help="validation images per condition (default 1000)")  # fmt: skip
+    p.add_argument("--keep", choices=["auto", "always"], default="auto",
+                   help="auto: keep the probe only if it raises the validation sweep's mean accuracy")  # fmt: skip
+    p.add_argument("--remove", action="store_true", help="drop the probe again (back to the most confident level)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("report", help="compare evaluated runs: report.md and a self-contained report.html")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -3,7 +3,8 @@
 Public entry points: :func:`~msresnet.engine.config.load_train_config`, :func:`~msresnet.engine.train.train`,
 :func:`~msresnet.engine.checkpoint.load_model`, :func:`~msresnet.engine.checkpoint.read_checkpoint_info`,
 :func:`~msresnet.engine.evaluate.evaluate_sweep`, :func:`~msresnet.engine.evaluate.evaluate_scales` (which scale
-carries each decision) and :func:`~msresnet.engine.evaluate.write_eval`. Submodules are
+carries each decision), :func:`~msresnet.engine.evaluate.write_eval` and
+:func:`~msresnet.engine.calibrate.calibrate_checkpoint` (fit a pyramid model's object-scale probe). Submodules are
 imported lazily so that ``import msresnet`` stays light.
 """
 
@@ -24,6 +25,9 @@ _EXPORTS = {
     "evaluate_sweep": "evaluate",
     "evaluate_scales": "evaluate",
     "write_eval": "evaluate",
+    "ValidationSweep": "evaluate",
+    "calibrate_model": "calibrate",
+    "calibrate_checkpoint": "calibrate",
 }
 
 __all__ = sorted(_EXPORTS)

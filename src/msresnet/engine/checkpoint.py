@@ -63,6 +63,7 @@ class CheckpointInfo:
         step: optimizer steps completed when saved.
         val_acc: validation accuracy of these weights (None before the first validation).
         msresnet_version: library version that wrote the file.
+        scale_probe: the calibration record of the object-scale probe (``msresnet calibrate``), None before.
         path: where the checkpoint was read from (not stored).
     """
 
@@ -83,6 +84,7 @@ class CheckpointInfo:
     step: int = 0
     val_acc: float | None = None
     msresnet_version: str = ""
+    scale_probe: dict | None = None
     path: Path | None = None
 
     def to_json(self) -> str:
@@ -198,7 +200,8 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], file: Path, expected: str) -> None:
     """``load_state_dict`` with the mismatch turned into a one-line UserError naming both architectures."""
     own = model.state_dict()
-    missing = [k for k in own if k not in weights]
+    # an uncalibrated object-scale probe may be absent (weights written before it existed): it loads as unfitted
+    missing = [k for k in own if k not in weights and not f".{k}".count(".scale_probe.")]
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
     if missing or unexpected or shapes:

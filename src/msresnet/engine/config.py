@@ -74,6 +74,8 @@ class TrainConfig:
         log_every: plain log line every N steps when stderr is not a terminal.
         checkpoint_every: also checkpoint ``last`` every N steps (0: at the end of every epoch only).
         nan_policy: on a non-finite loss or gradient, ``"stop"`` the run or ``"skip"`` the step.
+        calibrate_probe: after training, fit the pyramid model's object-scale probe on validation images and keep
+            it in the best and last checkpoints where it raises the validation sweep's mean (``msresnet calibrate``).
     """
 
     model: str = ""
@@ -114,6 +116,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 0
     nan_policy: Literal["stop", "skip"] = "stop"
+    calibrate_probe: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples become lists)."""

@@ -118,6 +118,46 @@ def _condition_batches(
         yield condition, batches(split), len(split)
 
 
+class ValidationSweep:
+    """The protocol's validation images under the protocol's own test conditions, protocol-like for
+    :func:`evaluate_sweep`: object rescale in the canvas where the condition is a scale (``*-ls``), whole-image
+    resize where it is a size (``*-res``). Choices that depend on how a model behaves under scale shift (which
+    head, which level-selection rule) are made on this sweep, never on the test split.
+
+    Uses ``protocol.val`` (its first ``limit`` images), else the held-out part of the training split that training
+    validates on. A protocol without a single training condition (``fmnist-scale``) has one condition, ``"val"``:
+    its validation images as they are.
+    """
+
+    def __init__(self, protocol: Any, limit: int | None = None) -> None:
+        from msresnet.data import ImageTensorDataset
+        from msresnet.data.scaling import rescale_in_canvas, resize_images
+        from msresnet.engine.batches import train_val_splits
+
+        val = protocol.val
+        if val is None:
+            held_out = train_val_splits(protocol)[1]
+            val = ImageTensorDataset(held_out.images, held_out.labels)
+        if limit is not None and len(val) > limit:
+            val = val.subset(limit)
+        self.name, self.params = f"{protocol.name}-val", dict(protocol.params)
+        self.condition_name, self.in_chans = protocol.condition_name, protocol.in_chans
+        self.mean, self.std = protocol.mean, protocol.std
+        self.train_condition = protocol.train_condition
+        self.test: dict[Any, Any] = {}
+        if protocol.train_condition is None:
+            self.test = {"val": val}
+            return
+        x = val.images.float().div(255)
+        for c in protocol.test:
+            if protocol.condition_name == "scale":
+                y = rescale_in_canvas(x, float(c) / float(protocol.train_condition))
+            else:
+                y = resize_images(x, int(c))
+            u8 = y.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+            self.test[c] = ImageTensorDataset(u8, val.labels)
+
+
 def evaluate_sweep(
     model: nn.Module,
     protocol: Any,

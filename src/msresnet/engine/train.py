@@ -324,6 +324,11 @@ def _train(
     model = create_model(
         cfg.model, num_classes=protocol.num_classes, in_chans=protocol.in_chans, **cfg.model_kwargs
     ).to(device)
+    if cfg.calibrate_probe:
+        if getattr(model, "scale_probe", None) is None:
+            raise UserError(f"calibrate_probe: {cfg.model} has no object-scale probe (pyramid msresnet models do)")
+        if protocol.train_condition is None:
+            raise UserError(f"calibrate_probe: {protocol.name} trains on many object sizes; the probe needs one")
     if cfg.channels_last:
         to_channels_last(model)
     optimizer = build_optimizer(model, cfg)
@@ -542,5 +547,21 @@ def _train(
         if tb is not None:
             tb.close()
     if main:
+        if cfg.calibrate_probe:
+            _calibrate_checkpoints(ckdir, cfg, device)
         log(f"done: best val_acc {best_acc:.4f}; run directory {run}")
     return run
+
+
+def _calibrate_checkpoints(ckdir: Path, cfg: TrainConfig, device: torch.device) -> None:
+    """``calibrate_probe``: fit the object-scale probe of the best and last checkpoints (kept where validation
+    improves). Training weights are final by now; a resumed or extended run calibrates again at its end."""
+    from msresnet.engine.calibrate import calibrate_checkpoint
+
+    for kind in ("best", "last"):
+        _, result = calibrate_checkpoint(ckdir / f"{kind}.safetensors", val_limit=cfg.val_limit, device=device)
+        verdict = "kept" if result.kept else "not kept"
+        log(
+            f"{kind}: object-scale probe {verdict} (validation sweep mean {result.probe_mean:.1f}% with it, "
+            f"{result.confidence_mean:.1f}% with the most confident level)"
+        )

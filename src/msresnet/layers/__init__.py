@@ -7,7 +7,7 @@ from msresnet.layers.basis import dilate_kernel, hermite_basis, hermite_scales, 
 from msresnet.layers.pyramid import ImagePyramid, center_crop, resize, scaled_size
 from msresnet.layers.scale_conv import ScaleConv2d
 from msresnet.layers.scale_pool import POOL_MODES, ScalePool
-from msresnet.layers.scale_probe import ObjectScaleProbe, log2_factors, select_levels
+from msresnet.layers.scale_probe import ObjectScaleProbe, best_level_log2, log2_factors, select_levels
 
 __all__ = [
     "POOL_MODES",
@@ -15,6 +15,7 @@ __all__ = [
     "ObjectScaleProbe",
     "ScaleConv2d",
     "ScalePool",
+    "best_level_log2",
     "center_crop",
     "dilate_kernel",
     "hermite_basis",

@@ -22,15 +22,27 @@ from torch import nn
 
 from msresnet.errors import UserError
 
+DEFAULT_BAND = 0.6  # octaves; chosen on fmnist-ls validation data (benchmarks/level_selection.py --band)
+
 
 def log2_factors(factors: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """``log2`` of pyramid factors, as a tensor with ``like``'s dtype and device."""
     return torch.tensor([math.log2(float(f)) for f in factors], dtype=like.dtype, device=like.device)
 
 
+def best_level_log2(level_logits: torch.Tensor, labels: torch.Tensor, factors: Sequence[float]) -> float:
+    """``log2`` of the factor of the level that classifies images at the training scale best (``level_logits
+    [N, S, K]``, ``labels [N]``): the apparent size the trunk knows best, the centre of the probe's band."""
+    per_level = (level_logits.argmax(-1) == labels[:, None]).float().mean(0)
+    return math.log2(float(factors[int(per_level.argmax())]))
+
+
 class ObjectScaleProbe(nn.Module):
     """Linear map from a level's pooled features ``[C]`` to ``log2`` of the object's apparent size at that level,
-    relative to a training object shown at factor 1 (fitted by :meth:`fit`, stored in buffers)."""
+    relative to a training object shown at factor 1 (fitted by :meth:`fit`, stored in buffers), plus the selection
+    rule's two settings: ``best_log2`` (the apparent size the trunk classified best at the training scale) and
+    ``band`` (octaves around it). An unfitted probe (:attr:`is_fitted` False) is what a model without calibration
+    carries; a checkpoint written before the probe existed loads into it unchanged."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -38,7 +50,11 @@ class ObjectScaleProbe(nn.Module):
         self.register_buffer("std", torch.ones(channels))
         self.register_buffer("weight", torch.zeros(channels))
         self.register_buffer("bias", torch.zeros(()))
+        self.register_buffer("best_log2", torch.zeros(()))
+        self.register_buffer("band", torch.tensor(DEFAULT_BAND))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # a Python flag beside the buffer: the forward branches on it without a data-dependent (untraceable) bool
+        self.is_fitted = False
 
     @staticmethod
     def _features(pooled: torch.Tensor) -> torch.Tensor:
@@ -46,14 +62,24 @@ class ObjectScaleProbe(nn.Module):
         return torch.log1p(pooled.clamp_min(0)).transpose(1, 2)
 
     @torch.no_grad()
-    def fit(self, pooled: torch.Tensor, factors: Sequence[float], ridge: float = 1.0) -> ObjectScaleProbe:
+    def fit(
+        self,
+        pooled: torch.Tensor,
+        factors: Sequence[float],
+        ridge: float = 1.0,
+        best_log2: float = 0.0,
+        band: float = DEFAULT_BAND,
+    ) -> ObjectScaleProbe:
         """Fit on pooled features ``[N, C, S]`` of images at the training scale, level ``k`` made with
-        ``factors[k]``; ``ridge`` is the penalty on standardised features. Returns ``self``."""
+        ``factors[k]``; ``ridge`` is the penalty on standardised features; ``best_log2`` and ``band`` are stored
+        for :meth:`select`. Returns ``self``."""
         n, c, s = pooled.shape
         if s != len(factors) or s < 2:
             raise UserError(f"the probe needs >= 2 levels, one factor each; got {s} levels, {len(factors)} factors")
         if c != self.weight.numel():
             raise UserError(f"the probe was built for {self.weight.numel()} channels; the features have {c}")
+        if not band > 0:
+            raise UserError(f"the probe's band must be > 0 octaves, got {band}")
         x = self._features(pooled.double()).reshape(-1, c)
         target = log2_factors(factors, x).repeat(n)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -62,39 +88,61 @@ class ObjectScaleProbe(nn.Module):
         gram[-1, -1] -= ridge  # the intercept is not penalised
         coef = torch.linalg.solve(gram, design.T @ target)
         self.mean.copy_(mean), self.std.copy_(std), self.weight.copy_(coef[:-1]), self.bias.copy_(coef[-1])
+        self.best_log2.fill_(best_log2), self.band.fill_(band)
         self.fitted.fill_(True)
+        self.is_fitted = True
         return self
+
+    def reset(self) -> ObjectScaleProbe:
+        """Forget the fit (the model goes back to its uncalibrated level choice). Returns ``self``."""
+        self.fitted.fill_(False)
+        self.is_fitted = False
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):  # noqa: ANN001
+        if prefix + "fitted" not in state_dict:
+            # weights from before the probe existed (or from a model without one): the probe loads unfitted
+            self.reset()
+            state_dict = {**state_dict, **self.state_dict(prefix=prefix)}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
+        self.is_fitted = bool(self.fitted)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """Predicted ``log2`` apparent object size per level: ``[N, C, S] -> [N, S]``."""
-        if not bool(self.fitted):
+        if not self.is_fitted:
             raise UserError("the object-scale probe is not fitted yet (fit it on images at the training scale)")
         z = (self._features(pooled) - self.mean.to(pooled.dtype)) / self.std.to(pooled.dtype)
         return z @ self.weight.to(pooled.dtype) + self.bias.to(pooled.dtype)
 
     def object_scale(self, pooled: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
-        """``log2`` of each image's object scale relative to training (``[N]``): the median over levels of
-        ``prediction - log2 factor``."""
-        return (self(pooled) - log2_factors(factors, pooled)).median(dim=1).values
+        """``log2`` of each image's object scale relative to training (``[N]``): the (lower) median over levels of
+        ``prediction - log2 factor``, taken by sorting so that ONNX export needs no median operator."""
+        per_level = self(pooled) - log2_factors(factors, pooled)
+        return per_level.sort(dim=1).values[:, (per_level.shape[1] - 1) // 2]
 
     def apparent_sizes(self, pooled: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
         """``log2`` of the object's size at every level relative to training (``[N, S]``), from the one per-image
         scale estimate: what :func:`select_levels` compares with the best-classified size."""
         return self.object_scale(pooled, factors)[:, None] + log2_factors(factors, pooled)
 
+    def select(self, level_logits: torch.Tensor, pooled: torch.Tensor, factors: Sequence[float]) -> torch.Tensor:
+        """Each image's chosen level (``[N]`` indices) by :func:`select_levels` with the stored settings."""
+        apparent = self.apparent_sizes(pooled, factors)
+        return select_levels(level_logits, apparent, self.best_log2.to(apparent.dtype), self.band.to(apparent.dtype))
+
 
 def select_levels(
     level_logits: torch.Tensor,
     apparent_log2: torch.Tensor,
-    best_log2: float,
-    band: float = 0.6,
+    best_log2: float | torch.Tensor,
+    band: float | torch.Tensor = DEFAULT_BAND,
 ) -> torch.Tensor:
-    """Each image's logits from its most confident level among those showing the object within ``band`` octaves of
-    ``best_log2`` (the apparent size the trunk classified best at the training scale); the nearest level where none
-    is inside the band. ``level_logits [N, S, K]``, ``apparent_log2 [N, S]`` -> ``[N, K]``."""
+    """Each image's most confident level among those showing the object within ``band`` octaves of ``best_log2``
+    (the apparent size the trunk classified best at the training scale); the nearest level where none is inside
+    the band. ``level_logits [N, S, K]``, ``apparent_log2 [N, S]`` -> level indices ``[N]``."""
     distance = (apparent_log2 - best_log2).abs()
     confidence = level_logits.softmax(-1).amax(-1)
     inside = distance <= band
     # confidences are > 0, so any level inside the band beats every level outside it; among those, the nearest
     score = torch.where(inside, confidence, -distance)
-    return level_logits[torch.arange(len(level_logits)), score.argmax(1)]
+    return score.argmax(1)

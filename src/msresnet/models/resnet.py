@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.errors import UserError
-from msresnet.layers import POOL_MODES, ImagePyramid, ScalePool, resize
+from msresnet.layers import POOL_MODES, ImagePyramid, ObjectScaleProbe, ScalePool, resize
 from msresnet.models._registry import make_cfg, register_model
 from msresnet.models._stems import ConvStem, LiftingStem
 
@@ -266,6 +266,9 @@ class ResNet(nn.Module):
         self.scale_pool = (
             ScalePool(pool_mode, dim=2, channels=in_chs, scale_dropout=scale_dropout) if self.has_scale_axis else None
         )
+        # level selection by estimated object scale: unfitted (the confidence rule) until calibrated after training
+        probe = self.select_by_confidence and self.pyramid is not None
+        self.scale_probe = ObjectScaleProbe(in_chs) if probe else None
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(zero_init_last)
@@ -374,14 +377,21 @@ class ResNet(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def _most_confident_level(self, pooled: torch.Tensor, pre_logits: bool) -> torch.Tensor:
-        """``scale_pool="confidence"`` at evaluation: per image, the level whose own prediction is most confident.
+        """``scale_pool="confidence"`` at evaluation: per image, the level whose own prediction is most confident;
+        once the object-scale probe is fitted (``msresnet calibrate``), the most confident among the levels that
+        show the object near the size the trunk knows best (:meth:`ObjectScaleProbe.select`).
 
         Args:
             pooled: Spatially pooled features ``[B, C, S]``.
             pre_logits: Return the chosen level's features instead of its logits.
         """
         logits = self._level_logits(pooled)  # [B, S, K]: each level classified on its own
-        best = logits.softmax(-1).amax(-1).argmax(1)  # [B]
+        n_levels = pooled.shape[2]
+        if self.scale_probe is not None and self.scale_probe.is_fitted and n_levels > 1:
+            # a small input drops the coarsest levels, so the kept ones are the first n_levels factors
+            best = self.scale_probe.select(logits, pooled, self.pyramid.scales[:n_levels])
+        else:
+            best = logits.softmax(-1).amax(-1).argmax(1)  # [B]
         rows = torch.arange(pooled.shape[0], device=pooled.device)
         return self.head_drop(pooled.transpose(1, 2)[rows, best]) if pre_logits else logits[rows, best]
 
