@@ -184,6 +184,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
         per_scale = bool(getattr(model, "has_scale_axis", False) and model.global_pool)
         val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp, per_scale=per_scale)
         val_scales = val.pop("per_scale", None)
+    probe = None if job.quick else probe_record(model, protocol, info, test_limit, val_limit, cfg.amp)
     metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
     return {
         "job": asdict(job),
@@ -193,6 +194,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
         "test": test,
         "val": val,
         "val_scales": val_scales,
+        "probe": probe,
         "train_seconds": train_seconds,
         "train_images_per_s": float(metrics["images_per_s"].median()) if "images_per_s" in metrics else None,
         "final_val_acc": float(metrics["val_acc"].iloc[-1]) if "val_acc" in metrics else None,
@@ -201,6 +203,51 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
         "git": git_revision(),
         "host": platform.node(),
     }
+
+
+def probe_record(
+    model: Any, protocol: Any, info: Any, test_limit: int | None, val_limit: int | None, amp: str | None = None
+) -> dict | None:
+    """For a pyramid model that selects a level, trained at one condition: fit its object-scale probe on the
+    validation images at the training condition (``msresnet calibrate``), measure the test sweep with it, and
+    record whether ``keep="auto"`` would keep it (validation sweep). The model is left uncalibrated."""
+    from msresnet.engine.calibrate import calibrate_model
+    from msresnet.engine.evaluate import evaluate_sweep
+
+    if getattr(model, "scale_probe", None) is None or protocol.train_condition is None:
+        return None
+    dev = next(model.parameters()).device
+    cal = calibrate_model(model, protocol, info, val_limit=val_limit, keep="always", device=dev)
+    test = evaluate_sweep(model, protocol, info=info, test_limit=test_limit, device=dev, amp=amp)
+    model.scale_probe.reset()
+    return {"calibration": cal.to_dict(), "kept": cal.improves, "test": test}
+
+
+def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_limits: dict[str, int]) -> None:
+    """Add the probe record to stored runs that lack one (their checkpoints still in ``runs``)."""
+    from msresnet.data import build_protocol
+    from msresnet.engine.checkpoint import load_model, read_checkpoint_info
+
+    for job in jobs:
+        path = RESULTS / f"{job.key}.json"
+        if not path.exists() or job.row == "oracle":
+            continue
+        record = json.loads(path.read_text())
+        run_dir = runs / job.key
+        if record.get("probe") is not None or not (run_dir / "checkpoints").is_dir():
+            continue
+        model, info = load_model(run_dir), read_checkpoint_info(run_dir)
+        protocol = build_protocol(info.protocol, **(info.protocol_params or {}))
+        limit = test_limit or record["test"].get("n_per_condition")
+        probe = probe_record(model, protocol, info, limit, val_limits[job.protocol], record["config"].get("amp"))
+        if probe is None:
+            continue
+        record["probe"] = probe
+        write_json(path, record)
+        cal = probe["calibration"]
+        before, after = record["test"]["mean"] * 100, probe["test"]["mean"] * 100
+        print(f"calibrated {job.key}: validation mean {cal['confidence_mean']:.1f} -> {cal['probe_mean']:.1f}, "
+              f"test mean {before:.1f} -> {after:.1f}", flush=True)  # fmt: skip
 
 
 def prepare(parts: set[tuple[str, str]]) -> None:
@@ -364,6 +411,17 @@ def render(
                 oracles.setdefault(d["job"]["oracle_condition"], []).append(d)
             else:
                 by_row.setdefault(d["job"]["row"], []).append(d)
+        order = []
+        for rid in [r["id"] for r in rows if r["id"] in by_row]:
+            order.append(rid)
+            calibrated = [_calibrated(d) for d in by_row[rid]]
+            if all(calibrated):
+                kept = sum(d["probe"]["kept"] for d in by_row[rid])
+                order.append(f"{rid}+probe")
+                by_row[order[-1]] = calibrated
+                label = labels.get(rid, rid)
+                labels[order[-1]] = f"{label} + `msresnet calibrate` (probe kept: {kept}/{len(calibrated)})"
+                groups[order[-1]] = groups.get(rid, "")
         first = pres[0]["test"]
         conds, cname = first["conditions"], first["condition_name"]
         recipe = next((d for d in pres if d["job"]["row"] != "oracle"), pres[0])["config"]
@@ -378,7 +436,6 @@ def render(
         head += ["test acc", "test error"] if is_scale else [_cond_label(c, cname) for c in conds]
         head += ["mean", "worst", "retention", "val (selection)", "train img/s", "seeds"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        order = [r["id"] for r in rows if r["id"] in by_row]
         curves: dict[str, list[float]] = {}
         val_score: dict[str, float] = {}
         row_stats: dict[str, dict[str, Any]] = {}
@@ -444,6 +501,18 @@ def render(
     out = DOCS / ("results.md" if suffix == "-quick" and not has_full else f"results{suffix}.md")
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def _calibrated(d: dict) -> dict | None:
+    """The run as ``msresnet calibrate`` (``keep="auto"``) leaves it: with the probe's test and validation figures
+    where validation kept it, else unchanged; None without a probe record."""
+    probe = d.get("probe")
+    if not probe or not d.get("val"):
+        return None
+    if not probe["kept"]:
+        return d
+    val = {**d["val"], "accuracy": [a / 100 for a in probe["calibration"]["probe"]]}
+    return {**d, "test": probe["test"], "val": val}
 
 
 def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: dict, cname: str) -> list[str]:
@@ -575,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-limit", type=int, default=None, help="test images per condition (default: recipe's)")
     ap.add_argument("--results-dir", default=None, help="where run records go (default: benchmarks/results/scale)")
     ap.add_argument("--render", action="store_true", help="only re-render docs/results*.md")
+    ap.add_argument("--calibrate-stored", action="store_true",
+                    help="add the object-scale probe's figures to stored runs of the plan that lack them (their "
+                         "checkpoints must still be in --runs-dir), then re-render")  # fmt: skip
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -610,6 +682,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("scale_bench: --depth8 is the full recipe with the depth-8 models; --quick already uses them")
     jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows),
                      full_model=args.full_models, depth8=args.depth8)  # fmt: skip
+    if args.calibrate_stored:
+        val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
+        calibrate_stored(jobs, Path(args.runs_dir), args.test_limit, val_limits)
+        print(render(args.quick, command, full_model=args.full_models, depth8=args.depth8))
+        return 0
     todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
     t_start = time.perf_counter()

@@ -98,3 +98,27 @@ def test_depth8_runs_the_full_budget_with_the_small_models_kept_apart(bench, tmp
         assert cfg["model"] in ("resnet8", "msresnet8")
     lite = bench.job_config(next(j for j in jobs if j.row == "msresnet_lite_avg_sd"), rows, recipes, "cpu", tmp_path)
     assert lite["model_kwargs"]["pyramid_scales"] == [1.0, 0.5, 0.25]  # the depth-8 form's quick_kwargs
+
+
+def test_probe_record_calibrates_measures_and_leaves_the_model_as_it_was(bench, tiny_fmnist_root, tmp_cache):
+    import torch
+
+    from msresnet.data import build_protocol
+
+    torch.manual_seed(0)
+    model = create_model("msresnet8", num_classes=10, in_chans=1, width=0.25).eval()
+    protocol = build_protocol("fmnist-ls", root=tiny_fmnist_root, val_size=40)
+    record = bench.probe_record(model, protocol, None, test_limit=20, val_limit=30)
+    cal = record["calibration"]
+    assert len(cal["conditions"]) == len(record["test"]["conditions"]) == 9 and cal["fit_images"] == 30
+    improves = cal["probe_mean"] > cal["confidence_mean"] and cal["probe_worst"] >= cal["confidence_worst"]
+    assert record["kept"] == improves
+    assert not model.scale_probe.is_fitted  # the stored run's own figures stay those of the uncalibrated model
+    scale = build_protocol("fmnist-scale", root=tiny_fmnist_root, train_size=100, val_size=20, test_size=150)
+    assert bench.probe_record(model, scale, None, 20, 30) is None  # no single training condition
+    assert bench.probe_record(create_model("resnet8", num_classes=10, in_chans=1), protocol, None, 20, 30) is None
+    # the rendered row: the probe's figures where validation kept it, the run's own otherwise
+    run = {"test": {"mean": 0.5}, "val": {"accuracy": [0.5] * 9}, "probe": record}
+    shown = bench._calibrated(run)
+    assert shown["test"] is (record["test"] if record["kept"] else run["test"])
+    assert bench._calibrated({**run, "probe": None}) is None

@@ -559,14 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write eval/ here instead of the run directory")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="fit a pyramid model's object-scale probe; kept if validation improves")
+    p = sub.add_parser("calibrate", help="fit a pyramid model's object-scale probe; kept where validation improves")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--band", type=_float_arg, default=0.6, metavar="OCTAVES",
                    help="levels this many octaves around the best-classified size compete (default 0.6)")  # fmt: skip
     p.add_argument("--val-limit", type=_int_arg, default=1000, metavar="N",
                    help="validation images per condition (default 1000)")  # fmt: skip
     p.add_argument("--keep", choices=["auto", "always"], default="auto",
-                   help="auto: keep the probe only if it raises the validation sweep's mean accuracy")  # fmt: skip
+                   help="auto: keep it only if the validation mean rises and the worst does not fall")  # fmt: skip
     p.add_argument("--remove", action="store_true", help="drop the probe again (back to the most confident level)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_calibrate)

@@ -75,7 +75,7 @@ class TrainConfig:
         checkpoint_every: also checkpoint ``last`` every N steps (0: at the end of every epoch only).
         nan_policy: on a non-finite loss or gradient, ``"stop"`` the run or ``"skip"`` the step.
         calibrate_probe: after training, fit the pyramid model's object-scale probe on validation images and keep
-            it in the best and last checkpoints where it raises the validation sweep's mean (``msresnet calibrate``).
+            it in the best and last checkpoints where validation improves (``msresnet calibrate``).
     """
 
     model: str = ""
