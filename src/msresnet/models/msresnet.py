@@ -17,7 +17,11 @@ Default recipe (``msresnet8/14/20/32/56``, ``msresnet20_w2``):
   budget, ``docs/results*.md``): the softmax over levels (the default before) scored 41.5% (depth 20) and 37.6%
   (depth 8), the average + scale dropout 52.2% / 51.9%, the most confident level 59.9% / 51.3%, with retention
   0.64 at depth 20 against 0.26 for the average. ``scale_pool="softmax"`` (the scale-aware activation with a
-  learnable temperature), ``"avg"``, ``"max"`` and ``"attention"`` remain available.
+  learnable temperature), ``"avg"``, ``"max"`` and ``"attention"`` remain available;
+* an object-scale probe (``model.scale_probe``, :class:`~msresnet.layers.ObjectScaleProbe`), unfitted until
+  ``msresnet calibrate`` (or ``calibrate_probe: true`` in training) fits it on validation images at the training
+  condition: it then limits the confidence vote to the levels that show the object near the size the trunk knows
+  best, where validation says this helps (``msresnet.engine.calibrate``).
 
 Every knob is a ``create_model`` keyword: ``pyramid_scales``, ``pyramid_min_size``, ``stem_basis``
 (``"dilation"``/``"hermite"``/``None``), ``stem_scales``, ``stem_pool``, ``shared_stages``, ``global_pool``,

@@ -159,7 +159,8 @@ class ResNet(nn.Module):
             trained as ``"avg"``; at evaluation every level is classified on its own and each image takes the
             logits of its most confident level (largest top softmax probability). Averaging lets a level that sees
             an object larger than anything in training outvote the one level that sees it at a familiar size;
-            selecting by confidence does not.
+            selecting by confidence does not. With a pyramid, such models carry an object-scale probe
+            (``scale_probe``) that calibration can fit to restrict the choice (``msresnet.engine.calibrate``).
         scale_dropout: Training-time scale dropout of ``scale_pool``.
         block_kwargs: Extra keyword arguments for every block.
         stem_kwargs: Extra keyword arguments for the lifting ScaleConv2d (e.g. ``sigma0``, ``order``).
