@@ -470,6 +470,14 @@ def render(
             cells += ["", "", "", "", f"{_mean([d['train_images_per_s'] or 0 for d in ds]):.0f}", str(len(ds))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if any(r.endswith("+probe") for r in order):
+            lines += [
+                "Rows `+ msresnet calibrate`: the run above them after `msresnet calibrate` (object-scale probe fitted",
+                "on validation images at the training condition, kept only where the validation sweep's mean rises and",
+                "its worst condition does not fall; otherwise the same figures). Full and `--depth8` runs record this",
+                "themselves; `--quick` runs get it from `scale_bench.py --quick --calibrate-stored`.",
+                "",
+            ]
         ms_rows = [r for r in order if groups.get(r) == "msresnet"]
         best = max(ms_rows, key=lambda r: val_score[r]) if ms_rows else None
         if best:

@@ -122,3 +122,27 @@ def test_probe_record_calibrates_measures_and_leaves_the_model_as_it_was(bench, 
     shown = bench._calibrated(run)
     assert shown["test"] is (record["test"] if record["kept"] else run["test"])
     assert bench._calibrated({**run, "probe": None}) is None
+
+
+def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(bench, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    stored = Path(bench.RESULTS) / "depth8__fmnist-res__msresnet_conf_sd__seed0.json"
+    if not stored.exists():
+        pytest.skip("the stored depth-8 fmnist-res record is not in this checkout")
+    results, docs = tmp_path / "results", tmp_path / "docs"
+    results.mkdir()
+    record = json.loads(stored.read_text())
+    n = len(record["test"]["conditions"])
+    better = {**record["test"], "accuracy": [0.99] * n, "mean": 0.99, "worst": 0.99, "retention": 1.0}
+    record["probe"] = {"kept": True, "test": better, "calibration": {"probe": [99.0] * n}}
+    (results / stored.name).write_text(json.dumps(record))
+    shutil.copy(stored.parent / "depth8__fmnist-res__resnet__seed0.json", results)
+    monkeypatch.setattr(bench, "RESULTS", results)
+    monkeypatch.setattr(bench, "DOCS", docs)
+    page = bench.render(False, "test", depth8=True).read_text()
+    calibrated = next(line for line in page.splitlines() if "+ `msresnet calibrate` (probe kept: 1/1)" in line)
+    assert "99.0" in calibrated
+    assert "Best msresnet on validation data: **" in page
+    assert "calibrate` (probe kept: 1/1)** (validation 99.0%)" in page
