@@ -201,7 +201,7 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], file: 
     """``load_state_dict`` with the mismatch turned into a one-line UserError naming both architectures."""
     own = model.state_dict()
     # an uncalibrated object-scale probe may be absent (weights written before it existed): it loads as unfitted
-    missing = [k for k in own if k not in weights and not f".{k}".count(".scale_probe.")]
+    missing = [k for k in own if k not in weights and ".scale_probe." not in f".{k}"]
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
     if missing or unexpected or shapes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,12 +100,14 @@ class ObjectScaleProbe(nn.Module):
         self.is_fitted = False
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):  # noqa: ANN001
+    def _load_from_state_dict(
+        self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         if prefix + "fitted" not in state_dict:
             # weights from before the probe existed (or from a model without one): the probe loads unfitted
             self.reset()
             state_dict = {**state_dict, **self.state_dict(prefix=prefix)}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.is_fitted = bool(self.fitted)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
