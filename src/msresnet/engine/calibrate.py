@@ -126,7 +126,7 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(-1) == labels).float().mean())
 
 
-def _iter_heads(model: nn.Module, levels: dict[Any, Levels]) -> Iterator[tuple[Any, float]]:
+def _head_accuracies(model: nn.Module, levels: dict[Any, Levels]) -> Iterator[tuple[Any, float]]:
     """Validation accuracy per condition of the model's own head on stored pooled features (eval mode)."""
     device = next(model.parameters()).device
     for condition, lv in levels.items():
@@ -170,9 +170,9 @@ def calibrate_model(
         raise UserError(f"{protocol.name}: the training images are too small for two pyramid levels; nothing to choose")
     best_log2 = best_level_log2(train.logits, train.labels, train.factors)
     model.scale_probe.reset()
-    confidence = dict(_iter_heads(model, levels))
+    confidence = dict(_head_accuracies(model, levels))
     model.scale_probe.fit(train.pooled.to(model.scale_probe.weight.device), train.factors, ridge, best_log2, band)
-    probe = dict(_iter_heads(model, levels))
+    probe = dict(_head_accuracies(model, levels))
     conditions = list(levels)
     result = Calibration(
         band=band,
