@@ -226,7 +226,7 @@ def probe_record(
 def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_limits: dict[str, int]) -> None:
     """Add the probe record to stored runs that lack one (their checkpoints still in ``runs``)."""
     from msresnet.data import build_protocol
-    from msresnet.engine.checkpoint import load_model, read_checkpoint_info
+    from msresnet.engine.checkpoint import load_model
 
     for job in jobs:
         path = RESULTS / f"{job.key}.json"
@@ -236,7 +236,8 @@ def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_li
         run_dir = runs / job.key
         if record.get("probe") is not None or not (run_dir / "checkpoints").is_dir():
             continue
-        model, info = load_model(run_dir), read_checkpoint_info(run_dir)
+        model = load_model(run_dir)
+        info = model.checkpoint_info
         protocol = build_protocol(info.protocol, **(info.protocol_params or {}))
         limit = test_limit or record["test"].get("n_per_condition")
         probe = probe_record(model, protocol, info, limit, val_limits[job.protocol], record["config"].get("amp"))

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from msresnet.engine.checkpoint import CheckpointInfo, read_checkpoint_info, resolve_checkpoint, save_weights
+from msresnet.engine.checkpoint import CheckpointInfo, resolve_checkpoint, save_weights
 from msresnet.engine.evaluate import ValidationSweep, _condition_batches
 from msresnet.errors import UserError
 from msresnet.layers import best_level_log2
@@ -58,7 +58,7 @@ def collect_levels(
 ) -> dict[Any, Levels]:
     """Every level's logits and pooled features and the labels, per condition of ``source`` (a protocol or a
     :class:`ValidationSweep`), one pass through the trunk per image; ``limit`` images per condition."""
-    _require_pyramid(model)
+    require_calibratable(model)
     out: dict[Any, Levels] = {}
     for condition, batches, _ in _condition_batches(source, info, limit, None, torch.device(device)):
         parts = [(model._pooled_features(x).float().cpu(), y, x.shape[-2:]) for x, y in batches]
@@ -113,12 +113,19 @@ class Calibration:
         return {**asdict(self), **means, "confidence_worst": min(self.confidence), "probe_worst": min(self.probe)}
 
 
-def _require_pyramid(model: nn.Module) -> None:
+def require_calibratable(model: nn.Module, protocol: Any | None = None) -> None:
+    """Raise a one-line UserError unless ``model`` carries an object-scale probe and ``protocol`` (when given)
+    trains at one condition that its sweep contains (the probe needs images at one known object size)."""
     if getattr(model, "scale_probe", None) is None:
         name = getattr(model, "_msresnet_name", None) or type(model).__name__
         raise UserError(
             f"{name} has no object-scale probe to calibrate: only pyramid models that select a level "
             "(scale_pool='confidence', e.g. msresnet20) choose between levels"
+        )
+    if protocol is not None and (protocol.train_condition is None or protocol.train_condition not in protocol.test):
+        raise UserError(
+            f"{protocol.name} has no single training condition in its sweep: the probe needs images at one known "
+            "object size (train at one scale, e.g. fmnist-ls or fmnist-res)"
         )
 
 
@@ -154,15 +161,10 @@ def calibrate_model(
         UserError: the model has no probe, or the protocol has no single training condition (a model trained on
             many object scales, ``fmnist-scale``, has no training size for the probe to measure against).
     """
-    _require_pyramid(model)
+    require_calibratable(model, protocol)
     if keep not in ("auto", "always"):
         raise UserError(f"keep must be 'auto' or 'always', got {keep!r}")
     sweep = ValidationSweep(protocol, val_limit)
-    if sweep.train_condition is None or sweep.train_condition not in sweep.test:
-        raise UserError(
-            f"{protocol.name} has no single training condition in its sweep: the probe needs images at one known "
-            "object size (train at one scale, e.g. fmnist-ls or fmnist-res)"
-        )
     model.eval()
     levels = collect_levels(model, sweep, info, device=device)
     train = levels[sweep.train_condition]
@@ -205,11 +207,11 @@ def calibrate_checkpoint(
     from msresnet.engine.checkpoint import load_model
 
     file = resolve_checkpoint(path)
-    info = read_checkpoint_info(file)
+    model = load_model(file, device=device)
+    require_calibratable(model)
+    info = model.checkpoint_info
     if not info.protocol:
         raise UserError(f"{file} does not say which protocol it was trained on; nothing to calibrate against")
-    model = load_model(file, device=device)
-    _require_pyramid(model)
     protocol = build_protocol(info.protocol, root=info.data_root, **(info.protocol_params or {}))
     result = calibrate_model(
         model, protocol, info, band=band, ridge=ridge, val_limit=val_limit, keep=keep, device=device
@@ -225,7 +227,7 @@ def remove_calibration(path: str | Path) -> Path:
 
     file = resolve_checkpoint(path)
     model = load_model(file)
-    _require_pyramid(model)
+    require_calibratable(model)
     model.scale_probe.reset()
     info = model.checkpoint_info
     info.scale_probe = None

@@ -325,10 +325,9 @@ def _train(
         cfg.model, num_classes=protocol.num_classes, in_chans=protocol.in_chans, **cfg.model_kwargs
     ).to(device)
     if cfg.calibrate_probe:
-        if getattr(model, "scale_probe", None) is None:
-            raise UserError(f"calibrate_probe: {cfg.model} has no object-scale probe (pyramid msresnet models do)")
-        if protocol.train_condition is None:
-            raise UserError(f"calibrate_probe: {protocol.name} trains on many object sizes; the probe needs one")
+        from msresnet.engine.calibrate import require_calibratable
+
+        require_calibratable(model, protocol)  # fail now, not after the training
     if cfg.channels_last:
         to_channels_last(model)
     optimizer = build_optimizer(model, cfg)
