@@ -224,9 +224,11 @@ def probe_record(
 
 
 def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_limits: dict[str, int]) -> None:
-    """Add the probe record to stored runs that lack one (their checkpoints still in ``runs``)."""
+    """Add the probe record to stored runs that lack one, or whose probe estimated object scale another way than
+    the library does now (their checkpoints still in ``runs``)."""
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model
+    from msresnet.layers.scale_probe import ESTIMATE
 
     for job in jobs:
         path = RESULTS / f"{job.key}.json"
@@ -234,7 +236,8 @@ def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_li
             continue
         record = json.loads(path.read_text())
         run_dir = runs / job.key
-        if record.get("probe") is not None or not (run_dir / "checkpoints").is_dir():
+        current = (record.get("probe") or {}).get("calibration", {}).get("estimate") == ESTIMATE
+        if current or not (run_dir / "checkpoints").is_dir():
             continue
         model = load_model(run_dir)
         info = model.checkpoint_info
@@ -654,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help="where run records go (default: benchmarks/results/scale)")
     ap.add_argument("--render", action="store_true", help="only re-render docs/results*.md")
     ap.add_argument("--calibrate-stored", action="store_true",
-                    help="add the object-scale probe's figures to stored runs of the plan that lack them (their "
-                         "checkpoints must still be in --runs-dir), then re-render")  # fmt: skip
+                    help="add the object-scale probe's figures to stored runs of the plan that lack them or were "
+                         "measured with an older probe estimate (their checkpoints must still be in --runs-dir), "
+                         "then re-render")  # fmt: skip
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -40,6 +40,54 @@ def test_probe_fitted_at_the_training_scale_estimates_other_scales_without_label
     assert probe.object_scale(pooled, FACTORS).median().item() == pytest.approx(1.0, abs=0.2)
 
 
+def _saturating_pooled(n: int, log2_scale: float) -> torch.Tensor:
+    """Like :func:`_pooled`, but a level that shows the object outside the trained sizes (``FACTORS``) looks like the
+    nearest trained size, as a trunk's features stop changing beyond what training showed it."""
+    lo = math.log2(min(FACTORS))
+    pooled = _pooled(n, torch.full((n,), log2_scale), FACTORS)
+    clamped = _pooled(n, torch.zeros(n), FACTORS)  # the same images at the training scale, level k at log2 f_k
+    for k, f in enumerate(FACTORS):
+        size = log2_scale + math.log2(f)
+        if size < lo:
+            pooled[:, :, k] = clamped[:, :, len(FACTORS) - 1]
+        elif size > 0:
+            pooled[:, :, k] = clamped[:, :, 0]
+    return pooled
+
+
+def test_refined_estimate_trusts_the_levels_that_show_the_object_inside_the_trained_sizes() -> None:
+    probe = ObjectScaleProbe(12).fit(_pooled(400, torch.zeros(400), FACTORS), FACTORS)
+    assert probe.centre_log2.item() == pytest.approx(-1.0, abs=1e-3)
+    for s in (0.25, 4.0):  # most levels show the object beyond the trained sizes and extrapolate wrongly
+        pooled = _saturating_pooled(200, math.log2(s))
+        per_level = probe(pooled) - log2_factors(FACTORS, pooled)
+        median = per_level.median(dim=1).values.mean().item()
+        assert abs(median - math.log2(s)) > 0.5, s  # what the median alone would answer
+        assert probe.object_scale(pooled, FACTORS).mean().item() == pytest.approx(math.log2(s), abs=0.15), s
+
+
+def test_fit_is_unbiased_at_the_training_scale_even_under_a_strong_ridge() -> None:
+    pooled = _pooled(300, torch.zeros(300), FACTORS)
+    probe = ObjectScaleProbe(12).fit(pooled, FACTORS, ridge=3000.0)  # predictions shrink towards the middle
+    per_level_mean = probe(pooled).mean(0)
+    torch.testing.assert_close(per_level_mean, log2_factors(FACTORS, per_level_mean), atol=0.05, rtol=0)
+
+
+def test_a_probe_fitted_before_the_refinement_keeps_its_median_estimate() -> None:
+    probe = ObjectScaleProbe(12).fit(_pooled(200, torch.zeros(200), FACTORS), FACTORS)
+    old = {k: v for k, v in probe.state_dict().items() if k != "centre_log2"}
+    legacy = ObjectScaleProbe(12)
+    legacy.load_state_dict(old)
+    assert legacy.is_fitted and not legacy.refines
+    pooled = _saturating_pooled(50, -2.0)
+    per_level = legacy(pooled) - log2_factors(FACTORS, pooled)
+    torch.testing.assert_close(legacy.object_scale(pooled, FACTORS), per_level.sort(dim=1).values[:, 2])
+    reloaded = ObjectScaleProbe(12)
+    reloaded.load_state_dict(probe.state_dict())
+    assert reloaded.refines
+    torch.testing.assert_close(reloaded.object_scale(pooled, FACTORS), probe.object_scale(pooled, FACTORS))
+
+
 def test_probe_state_round_trips_and_rejects_misuse() -> None:
     probe = ObjectScaleProbe(12)
     with pytest.raises(UserError, match="not fitted"):

@@ -33,7 +33,7 @@ from msresnet.engine.checkpoint import CheckpointInfo, resolve_checkpoint, save_
 from msresnet.engine.evaluate import ValidationSweep, _condition_batches
 from msresnet.errors import UserError
 from msresnet.layers import best_level_log2
-from msresnet.layers.scale_probe import DEFAULT_BAND
+from msresnet.layers.scale_probe import DEFAULT_BAND, ESTIMATE
 
 KeepPolicy = Literal["auto", "always"]
 
@@ -81,6 +81,7 @@ class Calibration:
         probe: validation accuracy (%) per condition with the fitted probe.
         kept: whether the model now selects levels with the probe.
         condition_name: what the conditions are (``"scale"`` or ``"size"``).
+        estimate: how the probe estimated object scale (:data:`~msresnet.layers.scale_probe.ESTIMATE`).
     """
 
     band: float
@@ -91,6 +92,7 @@ class Calibration:
     probe: list[float] = field(default_factory=list)
     kept: bool = False
     condition_name: str | None = None
+    estimate: str = ESTIMATE
 
     @property
     def confidence_mean(self) -> float:
