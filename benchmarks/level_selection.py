@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     suffix = f"__pyramid{len(args.pyramid)}" if args.pyramid else ""
     out = args.out or ROOT / "benchmarks" / "results" / "level_selection" / f"{args.run.name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"run": str(args.run), "split": "validation", "conditions": sorted(data.val)}
+    from msresnet.layers.scale_probe import ESTIMATE
+
+    # records written before the refined estimate have no "probe_estimate": theirs was the median over levels
+    record = {"run": str(args.run), "split": "validation", "conditions": sorted(data.val), "probe_estimate": ESTIMATE}
     record["accuracy"] = tables["validation"]
     if data.test:
         record["test"] = {"conditions": sorted(data.test), "accuracy": tables["test"], "limit": args.test_limit}

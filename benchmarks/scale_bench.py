@@ -325,6 +325,12 @@ def _cond_label(c: Any, name: str) -> str:
     return f"{float(c):.2f}" if name == "scale" else str(c)
 
 
+def _full_table_runs() -> int:
+    """How many runs the full table plans (every row on every protocol, seeds 0-2, oracles included)."""
+    recipes, rows = load_plan()
+    return len(make_jobs(list(PROTOCOLS), rows, recipes, [0, 1, 2], False, False, explicit_rows=False))
+
+
 def render(
     quick: bool, command: str, wall_seconds: float | None = None, full_model: bool = False, depth8: bool = False
 ) -> Path:
@@ -391,7 +397,8 @@ def render(
             "`benchmarks/speed.py` (targets below). Its absolute accuracies are far below what the full recipe",
             "reaches, and it is not the full table the targets are defined on: read it as the direction of each",
             "comparison. The full table is",
-            "`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds).",
+            f"`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds: {_full_table_runs()} runs",
+            "of the depth-20 models; not run, the README's Results section says why).",
             "",
         ]
         if _load_results(True, full_model=True):
