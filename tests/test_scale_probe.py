@@ -175,3 +175,12 @@ def test_calibration_needs_a_pyramid_model_and_one_training_condition(tiny_fmnis
     scale = build_protocol("fmnist-scale", root=tiny_fmnist_root, train_size=100, val_size=20, test_size=150)
     with pytest.raises(UserError, match="single training condition"):
         calibrate_model(_tiny_pyramid_model(), scale)
+
+
+def test_calibration_table_keeps_its_columns_aligned_for_short_condition_labels() -> None:
+    from msresnet.engine.calibrate import Calibration, format_calibration
+
+    result = Calibration(0.6, 0.5, 500, [14, 112], [82.0, 73.2], [82.4, 81.4], True, "size")
+    rows = format_calibration(result).splitlines()[:-1]  # the last line is the verdict
+    assert len({len(row) for row in rows}) == 1, rows
+    assert rows[-1].split() == ["worst", "73.2", "81.4"] and rows[-2].split() == ["mean", "77.6", "81.9"]

@@ -240,7 +240,7 @@ def remove_calibration(path: str | Path) -> Path:
 def format_calibration(result: Calibration) -> str:
     """A small table: validation accuracy per condition with each rule, the means, and the decision."""
     head = result.condition_name or "condition"
-    width = max(len(head), *(len(_label(c)) for c in result.conditions))
+    width = max(len(head), len("worst"), *(len(_label(c)) for c in result.conditions))
     lines = [f"{head:<{width}}  most confident  with probe"]
     for c, a, b in zip(result.conditions, result.confidence, result.probe, strict=True):
         lines.append(f"{_label(c):<{width}}  {a:14.1f}  {b:10.1f}")
