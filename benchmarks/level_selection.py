@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 
 from msresnet.engine.calibrate import Levels, collect_levels
+from msresnet.layers.scale_probe import ESTIMATE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     suffix = f"__pyramid{len(args.pyramid)}" if args.pyramid else ""
     out = args.out or ROOT / "benchmarks" / "results" / "level_selection" / f"{args.run.name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from msresnet.layers.scale_probe import ESTIMATE
-
     # records written before the refined estimate have no "probe_estimate": theirs was the median over levels
     record = {"run": str(args.run), "split": "validation", "conditions": sorted(data.val), "probe_estimate": ESTIMATE}
     record["accuracy"] = tables["validation"]

@@ -81,7 +81,6 @@ class Calibration:
         probe: validation accuracy (%) per condition with the fitted probe.
         kept: whether the model now selects levels with the probe.
         condition_name: what the conditions are (``"scale"`` or ``"size"``).
-        estimate: how the probe estimated object scale (:data:`~msresnet.layers.scale_probe.ESTIMATE`).
     """
 
     band: float
@@ -92,7 +91,6 @@ class Calibration:
     probe: list[float] = field(default_factory=list)
     kept: bool = False
     condition_name: str | None = None
-    estimate: str = ESTIMATE
 
     @property
     def confidence_mean(self) -> float:
@@ -110,8 +108,9 @@ class Calibration:
         return self.probe_mean > self.confidence_mean and min(self.probe) >= min(self.confidence)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able record (stored in the checkpoint's metadata)."""
-        means = {"confidence_mean": self.confidence_mean, "probe_mean": self.probe_mean}
+        """JSON-able record (stored in the checkpoint's metadata); ``estimate`` names how the probe estimated object
+        scale (:data:`~msresnet.layers.scale_probe.ESTIMATE`), so that records of another estimate can be told apart."""
+        means = {"confidence_mean": self.confidence_mean, "probe_mean": self.probe_mean, "estimate": ESTIMATE}
         return {**asdict(self), **means, "confidence_worst": min(self.confidence), "probe_worst": min(self.probe)}
 
 

@@ -102,7 +102,8 @@ class ObjectScaleProbe(nn.Module):
         if not band > 0:
             raise UserError(f"the probe's band must be > 0 octaves, got {band}")
         x = self._features(pooled.double()).reshape(-1, c)
-        target = log2_factors(factors, x).repeat(n)
+        log2_f = log2_factors(factors, x)
+        target = log2_f.repeat(n)
         mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
         design = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)
         gram = design.T @ design + ridge * torch.eye(c + 1, dtype=x.dtype)
@@ -117,7 +118,7 @@ class ObjectScaleProbe(nn.Module):
             coef[-1] = (coef[-1] - (pred.mean() - slope * target.mean())) / slope
         self.mean.copy_(mean), self.std.copy_(std), self.weight.copy_(coef[:-1]), self.bias.copy_(coef[-1])
         self.best_log2.fill_(best_log2), self.band.fill_(band)
-        self.centre_log2.fill_(float(target[: len(factors)].mean()))
+        self.centre_log2.fill_(float(log2_f.mean()))
         self.fitted.fill_(True)
         self.is_fitted = self.refines = True
         return self
