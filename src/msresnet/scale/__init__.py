@@ -1,0 +1,8 @@
+"""Scale wrappers around any trunk (``msresnet.wrap``): one concept per module, each registered by name."""
+
+from __future__ import annotations
+
+# each wrapper module registers itself on import: add `from msresnet.scale import <module>  # noqa: F401` here
+from msresnet.scale._factory import check_trunk, list_wrappers, register_wrapper, wrap
+
+__all__ = ["check_trunk", "list_wrappers", "register_wrapper", "wrap"]
