@@ -31,6 +31,7 @@ from torch import nn
 
 from msresnet.engine.checkpoint import CheckpointInfo, resolve_checkpoint, save_weights
 from msresnet.engine.evaluate import ValidationSweep, _condition_batches
+from msresnet.engine.lock import hold_checkpoint
 from msresnet.errors import UserError
 from msresnet.layers import best_level_log2
 from msresnet.layers.scale_probe import DEFAULT_BAND, ESTIMATE
@@ -208,17 +209,18 @@ def calibrate_checkpoint(
     from msresnet.engine.checkpoint import load_model
 
     file = resolve_checkpoint(path)
-    model = load_model(file, device=device)
-    require_calibratable(model)
-    info = model.checkpoint_info
-    if not info.protocol:
-        raise UserError(f"{file} does not say which protocol it was trained on; nothing to calibrate against")
-    protocol = build_protocol(info.protocol, root=info.data_root, **(info.protocol_params or {}))
-    result = calibrate_model(
-        model, protocol, info, band=band, ridge=ridge, val_limit=val_limit, keep=keep, device=device
-    )
-    info.scale_probe = result.to_dict()
-    save_weights(file, model, info)
+    with hold_checkpoint(file, "calibrate"):
+        model = load_model(file, device=device)
+        require_calibratable(model)
+        info = model.checkpoint_info
+        if not info.protocol:
+            raise UserError(f"{file} does not say which protocol it was trained on; nothing to calibrate against")
+        protocol = build_protocol(info.protocol, root=info.data_root, **(info.protocol_params or {}))
+        result = calibrate_model(
+            model, protocol, info, band=band, ridge=ridge, val_limit=val_limit, keep=keep, device=device
+        )
+        info.scale_probe = result.to_dict()
+        save_weights(file, model, info)
     return file, result
 
 
@@ -227,12 +229,13 @@ def remove_calibration(path: str | Path) -> Path:
     from msresnet.engine.checkpoint import load_model
 
     file = resolve_checkpoint(path)
-    model = load_model(file)
-    require_calibratable(model)
-    model.scale_probe.reset()
-    info = model.checkpoint_info
-    info.scale_probe = None
-    save_weights(file, model, info)
+    with hold_checkpoint(file, "calibrate --remove"):
+        model = load_model(file)
+        require_calibratable(model)
+        model.scale_probe.reset()
+        info = model.checkpoint_info
+        info.scale_probe = None
+        save_weights(file, model, info)
     return file
 
 

@@ -45,6 +45,7 @@ from msresnet.engine.checkpoint import (
 )
 from msresnet.engine.config import PROVENANCE_KEY, RESUME_INVARIANT, TrainConfig, provenance, to_yaml
 from msresnet.engine.distributed import DistContext
+from msresnet.engine.lock import hold_run
 from msresnet.engine.optim import build_optimizer, lr_at, set_lr
 from msresnet.engine.progress import StepReporter, TensorBoardLog, log, write_metrics_csv
 from msresnet.engine.signals import GracefulStop, TrainingInterrupted
@@ -270,13 +271,15 @@ def train(cfg: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochH
         The run directory.
 
     Raises:
-        UserError: bad configuration, unusable run directory, refused state file, non-finite loss
+        UserError: bad configuration, unusable run directory, another process writing it
+            (:class:`~msresnet.engine.lock.RunLocked`), refused state file, non-finite loss
             (:class:`NonFiniteError`), unwritable disk (:class:`~msresnet.engine.checkpoint.CheckpointWriteError`).
         TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint was written; ``.code`` is 130/143.
     """
     ctx = DistContext.from_env(cfg.device)
     try:
-        with _Determinism(cfg), GracefulStop() as stop:
+        # the writer lock comes first: the "already holds a run" test below is only sound under it
+        with hold_run(cfg.out, "train", ctx), _Determinism(cfg), GracefulStop() as stop:
             return _train(cfg, ctx, stop, on_step, on_epoch)
     finally:
         ctx.close()
