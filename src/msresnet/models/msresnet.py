@@ -13,10 +13,8 @@ Default recipe (``msresnet8/14/20/32/56``, ``msresnet20_w2``):
   pooled features, with scale dropout (half of the training images use a random contiguous window of levels
   only, so every level learns to decide alone); evaluated by each image's most confident level. An object twice
   the training size is recognised by the level that halves the image, and an average lets the finer levels, which
-  see an object larger than anything in training, outvote it. Measured on fmnist-ls validation data (quick
-  budget, ``docs/results*.md``): the softmax over levels (the default before) scored 41.5% (depth 20) and 37.6%
-  (depth 8), the average + scale dropout 52.2% / 51.9%, the most confident level 59.9% / 51.3%, with retention
-  0.64 at depth 20 against 0.26 for the average. ``scale_pool="softmax"`` (the scale-aware activation with a
+  see an object larger than anything in training, outvote it; the heads were compared on validation data only
+  (``docs/results.md``). ``scale_pool="softmax"`` (the scale-aware activation with a
   learnable temperature), ``"avg"``, ``"max"`` and ``"attention"`` remain available;
 * an object-scale probe (``model.scale_probe``, :class:`~msresnet.layers.ObjectScaleProbe`), unfitted until
   ``msresnet calibrate`` (or ``calibrate_probe: true`` in training) fits it on validation images at the training
@@ -40,11 +38,8 @@ Single-mechanism variants for the ablation (all depth 20, width 16/32/64):
 * ``msresnet20_hermite``  - the default recipe with the Hermite-Gaussian lifting stem instead of dilations.
 
 Cost-target candidate: ``msresnet20_lite`` - an octave pyramid ``1, 0.5, 0.25`` (1.31x FLOPs) with the 2-scale
-dilation stem meant to fill the half-octave between levels. Measured on an H200 (``benchmarks/results/
-speed_cuda*.json``) the 5-level default costs 2.4x the plain ResNet-20's training time at 64 px / batch 512 (1.98x
-FLOPs: the small levels use the hardware poorly), above the 2x budget; the lite recipe is the one that fits. The
-stem does not fill the half-octave well at the reduced budgets measured so far: on fmnist-res the depth-8 lite
-model drops to 61-62% at 21 and 42 px against 79% at 14 and 28 px (``docs/results.md``).
+dilation stem meant to fill the half-octave between levels; the 5-level default's measured cost relative to the
+plain ResNet (``benchmarks/speed.py``) and both models' accuracies are in ``docs/results.md``.
 
 Minimum input: 16 px (level 0 always runs; coarser levels appear as the input grows).
 """
