@@ -3,12 +3,13 @@
 Every run trains through the engine (``msresnet.engine.train``), evaluates the protocol's test sweep and a
 *validation* sweep (held-out training images under the same scale / size changes — the only data used to choose
 "the best msresnet"), and writes one JSON per run into ``benchmarks/results/scale/``. ``--render`` (also done at the
-end of every run) turns the JSONs into ``docs/results.md`` with tables (mean +- std over seeds), the four targets of
-the results issue with their measured values, and plots.
+end of every run) turns the JSONs into ``docs/results-<budget>.md`` with tables (mean +- std over seeds), the
+targets of the results issue with their measured values, and plots, then refreshes ``summary.csv`` and the pages
+rendered from it (``benchmarks/summarize.py --render``).
 
     python benchmarks/scale_bench.py --quick              # reduced table, < 20 min on 2 CPU cores
     python benchmarks/scale_bench.py --device cuda --jobs 8   # the full table
-    python benchmarks/scale_bench.py --render             # re-render docs/results.md from the stored JSONs
+    python benchmarks/scale_bench.py --render             # re-render docs/results-full.md from the stored JSONs
     python benchmarks/scale_bench.py --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
     python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd --seeds 0
                                                    # full budget, depth-8 models (about 1.5 h on 2 CPU cores)
@@ -334,8 +335,8 @@ def _full_table_runs() -> int:
 def render(
     quick: bool, command: str, wall_seconds: float | None = None, full_model: bool = False, depth8: bool = False
 ) -> Path:
-    """Write docs/results.md (or docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md; ``depth8``:
-    docs/results-depth8.md) from the stored JSONs."""
+    """Write docs/results-full.md (``quick``: docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md;
+    ``depth8``: docs/results-depth8.md) from the stored JSONs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -370,8 +371,7 @@ def render(
         "- recipes: `configs/bench/recipes.yaml`; rows: `configs/bench/rows.yaml`.",
         "",
     ]
-    has_full = bool(_load_results(False))
-    quick_page = "results-quick.md" if has_full else "results.md"
+    quick_page = "results-quick.md"
     if depth8:
         lines += [
             "The **full recipe with the depth-8 models** (`--depth8`): the training budgets of",
@@ -398,7 +398,7 @@ def render(
             "reaches, and it is not the full table the targets are defined on: read it as the direction of each",
             "comparison. The full table is",
             f"`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds: {_full_table_runs()} runs",
-            "of the depth-20 models; not run, the README's Results section says why).",
+            "of the depth-20 models; benchmarks/README.md says what it takes).",
             "",
         ]
         if _load_results(True, full_model=True):
@@ -516,10 +516,21 @@ def render(
             plt.close(fig)
             lines += [f"![{proto}](img/{png.name})", ""]
     lines += _targets(summary)
-    # the quick table is the results page until a full run exists
-    out = DOCS / ("results.md" if suffix == "-quick" and not has_full else f"results{suffix}.md")
+    # docs/results.md itself is the overview rendered from summary.csv (benchmarks/render_results.py)
+    out = DOCS / f"results{suffix or '-full'}.md"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def refresh_summary() -> None:
+    """Rewrite ``benchmarks/results/summary.csv`` and what is rendered from it (``docs/results.md``, its plots, the
+    README table) when the records are the published ones (not a ``--results-dir`` elsewhere)."""
+    if RESULTS.resolve() != (ROOT / "benchmarks" / "results" / "scale").resolve():
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import summarize
+
+    summarize.main(["--render"])
 
 
 def _calibrated(d: dict) -> dict | None:
@@ -687,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.render:
         print(render(args.quick, command, full_model=args.full_models, depth8=args.depth8))
+        refresh_summary()
         return 0
     recipes, all_rows = load_plan()
     rows = all_rows
@@ -706,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
         calibrate_stored(jobs, Path(args.runs_dir), args.test_limit, val_limits)
         print(render(args.quick, command, full_model=args.full_models, depth8=args.depth8))
+        refresh_summary()
         return 0
     todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
@@ -753,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t_start
     out = render(args.quick, command, wall, full_model=args.full_models, depth8=args.depth8)
     print(f"wrote {out} ({wall / 60:.1f} min)")
+    refresh_summary()
     return 0
 
 

@@ -1,0 +1,134 @@
+"""Results as data: summary.csv is built from the run records, and the README's table is rendered from it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import load_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def summarize():
+    return load_benchmark("summarize")
+
+
+@pytest.fixture(scope="module")
+def render():
+    return load_benchmark("render_results")
+
+
+def _record(protocol: str, row: str, seed: int, accuracy: list[float], *, depth8: bool = True, **job) -> dict:
+    conditions = [0.5, 0.7071, 1.0, 1.4142, 2.0]
+    model = ("resnet8" if row in ("resnet", "oracle") else "msresnet8") if depth8 else "resnet20"
+    test = {"condition_name": "scale", "conditions": conditions, "accuracy": accuracy, "n_per_condition": 100,
+            "train_condition": 1.0}  # fmt: skip
+    return {
+        "job": {
+            "protocol": protocol,
+            "row": row,
+            "seed": seed,
+            "quick": False,
+            "oracle_condition": None,
+            "full_model": False,
+            "depth8": depth8,
+            **job,
+        },  # fmt: skip
+        "config": {"model": model},
+        "test": test,
+        "val": {**test, "accuracy": [a - 0.01 for a in accuracy]},
+        "train_seconds": 10.0,
+        "train_images_per_s": 100.0 if row == "resnet" else 40.0,
+        "git": "abc1234",
+        "device": "cpu",
+        "command": "python benchmarks/scale_bench.py --depth8",
+    }
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    d = tmp_path / "scale"
+    d.mkdir()
+    recs = [_record("fmnist-ls", "resnet", s, [0.2, 0.5, 0.8 + 0.01 * s, 0.5, 0.3]) for s in range(3)]
+    recs += [_record("fmnist-ls", "msresnet_conf_sd", s, [0.7, 0.7, 0.8, 0.7, 0.6 + 0.02 * s]) for s in range(3)]
+    recs.append(_record("fmnist-ls", "oracle", 0, [0.85, 0.4, 0.2, 0.1, 0.1], oracle_condition=0.5))
+    cal = _record("fmnist-ls", "msresnet_conf_sd", 3, [0.7, 0.7, 0.8, 0.7, 0.6])
+    better = copy.deepcopy(cal["test"])
+    better["accuracy"] = [0.75, 0.7, 0.8, 0.72, 0.7]
+    cal["probe"] = {"kept": True, "test": better, "calibration": {"probe": [74.0, 69.0, 79.0, 71.0, 69.0]}}
+    recs.append(cal)
+    recs.append(_record("fmnist-ls", "resnet", 0, [0.1, 0.3, 0.6, 0.3, 0.1], quick=True))  # another budget
+    for r in recs:
+        j = r["job"]
+        key = f"{j['quick']}__{j['protocol']}__{j['row']}{j.get('oracle_condition') or ''}__seed{j['seed']}"
+        (d / f"{key}.json").write_text(json.dumps(r))
+    return d
+
+
+def test_summary_has_one_line_per_run_and_condition(summarize, records, tmp_path):
+    lines = summarize.summarize(records)
+    out = summarize.write_csv(lines, tmp_path / "summary.csv")
+    df = pd.read_csv(out)
+    assert {"protocol", "row", "model", "seed", "condition", "accuracy", "budget", "depth", "git", "command"} <= set(
+        df.columns
+    )
+    # 8 depth-8 runs + 1 quick run, 5 conditions each, + the calibrated copy of one run
+    assert len(df) == 10 * 5
+    # rows of different budgets are kept apart by name (only the full budget's rows carry no prefix)
+    ids = {"resnet", "msresnet_conf_sd", "oracle@0.5", "msresnet_conf_sd+calibrate"}
+    assert set(df.row) == {f"depth8/{i}" for i in ids} | {"quick/resnet"}
+    assert set(df[df.row == "quick/resnet"].budget) == {"quick"} and set(df.row_id) == ids
+    cal = df[df.row_id == "msresnet_conf_sd+calibrate"]
+    assert list(cal.accuracy) == [75.0, 70.0, 80.0, 72.0, 70.0] and cal.calibrated.all()
+    plain = df[df.row == "depth8/resnet"]
+    assert plain.train_cost.eq(1.0).all() and df[df.row == "depth8/msresnet_conf_sd"].train_cost.eq(2.5).all()
+    assert set(df.depth) == {8} and set(df.condition_name) == {"scale"}
+
+
+def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, records, tmp_path):
+    out = summarize.write_csv(summarize.summarize(records), tmp_path / "summary.csv")
+    df = render.load(out)
+    assert render.headline_budget(df) == "depth8"  # the most-trained budget with a plain and an msresnet row
+    block = render.headline_block(df)
+    plain = next(line for line in block.splitlines() if line.startswith("| plain ResNet |"))
+    cells = [c.strip() for c in plain.strip("|").split("|")]
+    assert cells[2] == "3" and cells[5] == "81.0"  # s=1: mean of 80, 81, 82
+    assert cells[-3] == "46.2 ± 0.2"  # per-seed means 46, 46.2, 46.4 -> mean ± std over seeds
+    assert cells[-2] == "20.0 ± 0.0" and cells[-1] == "1.0x"
+    oracle = next(line for line in block.splitlines() if line.startswith("| oracle"))
+    assert [c.strip() for c in oracle.strip("|").split("|")][3:8] == ["85.0", "", "", "", ""]
+    # replacing the block leaves the rest of the README alone and is idempotent
+    text = f"intro\n{render.BEGIN}\nold 12.3\n{render.END}\nrest\n"
+    new = render.replace_block(text, block)
+    assert new.startswith("intro\n") and new.endswith("rest\n") and "12.3" not in new
+    assert render.replace_block(new, block) == new and render.readme_block(new) == block
+
+
+def test_readme_results_table_matches_summary_csv(render):
+    """The README's table is what the renderer makes of benchmarks/results/summary.csv, figure for figure."""
+    summary = ROOT / "benchmarks" / "results" / "summary.csv"
+    readme = (ROOT / "README.md").read_text()
+    assert render.readme_block(readme) == render.headline_block(render.load(summary)), (
+        "README results table is stale: run `python benchmarks/summarize.py --render`"
+    )
+
+
+def test_summary_csv_is_up_to_date_with_the_records(summarize, tmp_path):
+    """summary.csv holds exactly what the stored run records say (no hand edits, no missing run)."""
+    fresh = summarize.write_csv(summarize.summarize(), tmp_path / "summary.csv")
+    stored = ROOT / "benchmarks" / "results" / "summary.csv"
+    assert fresh.read_text() == stored.read_text(), "summary.csv is stale: run `python benchmarks/summarize.py`"
+
+
+def test_no_hand_typed_figures_in_the_readme_outside_the_block():
+    readme = (ROOT / "README.md").read_text()
+    outside = re.sub(r"<!-- results:begin -->.*?<!-- results:end -->", "", readme, flags=re.S)
+    assert not re.findall(r"\d+(\.\d+)?\s?%", outside)
+    assert not re.findall(r"(?<![\w.])\d{1,3}\.\d(?![\dx×])", outside)
