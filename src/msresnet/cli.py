@@ -1,4 +1,4 @@
-"""The ``msresnet`` command line: models, train, evaluate, report, predict, export, demo.
+"""The ``msresnet`` command line: models, train, evaluate, report, scan, predict, export, demo.
 
 Error contract: a mistake the user can make (``UserError``, a bad option, a missing or unreadable file, an
 unwritable directory) prints one line ``msresnet: error: ...`` on stderr and exits with code 2, without a
@@ -475,6 +475,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+# ----------------------------------------------------------------------------------------------------------- scan
+
+
+def _floats(raw: str | None, what: str) -> tuple[float, ...] | None:
+    """``"0.5,1,2"`` -> floats (None when not given)."""
+    if raw is None:
+        return None
+    try:
+        return tuple(float(v) for v in raw.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{what} expects comma-separated numbers, got {raw!r}") from None
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from msresnet.scan import Preprocess, run_scan
+    from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    given = Preprocess(args.input_size, _floats(args.mean, "--mean"), _floats(args.std, "--std"), args.interpolation)
+    written = run_scan(
+        args.models, args.out, data_dir=args.data_dir, protocol=args.protocol,
+        protocol_params=_kv_pairs(args.protocol_param, "--protocol-param"), checkpoints=args.checkpoint or [],
+        wrap=args.wrap or [], given=given, image_size=args.image_size, limit=args.limit or None,
+        scales=_floats(args.scales, "--scales") or DEFAULT_SCALES,
+        resolutions=_floats(args.resolutions, "--resolutions") or DEFAULT_RESOLUTIONS,
+        batch_size=args.batch_size, device=_device(args.device),
+    )  # fmt: skip
+    print(f"wrote {written['html']}, {written['markdown']}, {written['json']} and {written['csv']}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------- export
 
 
@@ -586,6 +620,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int_arg, default=64, metavar="N")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("scan", help="scale-robustness report of any classifier (msresnet, timm:, torchvision:, .onnx)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="run dir or .safetensors checkpoint, timm:NAME, torchvision:NAME or FILE.onnx")  # fmt: skip
+    p.add_argument("--data-dir", help="labelled image folder (DIR/<class>/<image>), or the protocol's data directory")
+    p.add_argument("--protocol", "-p", help="scan this protocol's test split instead of a folder")
+    p.add_argument("--protocol-param", action="append", metavar="KEY=VALUE", help="protocol parameter (repeatable)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="where report.html, report.md, scan.json go")
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="weights (safetensors / state dict) of the timm:/torchvision: models, in order")  # fmt: skip
+    p.add_argument("--wrap", action="append", metavar="METHOD",
+                   help="also scan each torch model wrapped by msresnet.wrap(model, METHOD) (repeatable)")  # fmt: skip
+    p.add_argument("--image-size", type=_int_arg, metavar="PX",
+                   help="cut folder images to PX squares: the native condition (default: median side)")  # fmt: skip
+    p.add_argument("--input-size", type=_int_arg, metavar="PX", help="resize every image to PX x PX for the models")
+    p.add_argument("--mean", metavar="M[,M,M]", help="normalisation mean (default: each model's own)")
+    p.add_argument("--std", metavar="S[,S,S]", help="normalisation std (default: each model's own)")
+    p.add_argument("--interpolation", choices=["bilinear", "bicubic", "area", "nearest"],
+                   help="resampling of the sweeps and of --input-size (default bilinear)")  # fmt: skip
+    p.add_argument("--scales", metavar="S,S,...", help="object scales (default 2^(k/4), k=-4..4)")
+    p.add_argument("--resolutions", metavar="R,R,...", help="resolution factors (default 0.5,0.75,1,1.5,2,3,4)")
+    p.add_argument("--limit", type=_int_arg, metavar="N", help="class-stratified N images (default: all)")
+    p.add_argument("--batch-size", type=_int_arg, default=None, metavar="N", help="images per forward pass")
+    p.add_argument("--threads", type=_int_arg, default=0, metavar="N", help="CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript, verified against the eager model")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")

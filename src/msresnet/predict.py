@@ -47,6 +47,7 @@ class ImagePrediction:
     height: int
     input_size: tuple[int, int]  # (H, W) actually fed to the model
     top: list[dict[str, Any]]
+    object_scale: float | None = None  # scale-aware models: the object's size relative to the training objects
 
 
 @dataclass
@@ -229,6 +230,7 @@ def predict_files(
         raise UserError(f"--max-side {max_side} is below the model's minimum input size {min_side}")
     from msresnet.data.images import BadImageError
     from msresnet.engine.evaluate import predict_probs
+    from msresnet.scan.sources import estimate_object_scale
 
     prepared: dict[tuple[int, ...], list[tuple[int, Path, torch.Tensor, tuple[int, int]]]] = defaultdict(list)
     for order, path in enumerate(files):
@@ -254,8 +256,11 @@ def predict_files(
                 for _, path, _, _ in chunk:
                     result.failures.append(ImageFailure(str(path), "the model produced non-finite scores"))
                 continue
-            for (order, path, _, (w, h)), top in zip(chunk, _topk(probs, topk, class_names), strict=True):
-                preds.append((order, ImagePrediction(str(path), w, h, (int(shape[-2]), int(shape[-1])), top)))
+            est = estimate_object_scale(model, batch)  # None unless the model has estimate_scale
+            tops = _topk(probs, topk, class_names)
+            for i, ((order, path, _, (w, h)), top) in enumerate(zip(chunk, tops, strict=True)):
+                scale = round(float(est[i]), 4) if est is not None and i < len(est) else None
+                preds.append((order, ImagePrediction(str(path), w, h, (int(shape[-2]), int(shape[-1])), top, scale)))
     result.predictions = [p for _, p in sorted(preds, key=lambda t: t[0])]
     return result
 
@@ -267,7 +272,7 @@ def format_text(result: PredictResult) -> str:
         size = f"{p.width}x{p.height}"
         if (p.input_size[1], p.input_size[0]) != (p.width, p.height):
             size += f" -> {p.input_size[1]}x{p.input_size[0]}"
-        lines.append(f"{p.path} ({size})")
+        lines.append(f"{p.path} ({size})" + (f"  object x{p.object_scale:.2g}" if p.object_scale else ""))
         width = max(len(t["class"]) for t in p.top)
         for t in p.top:
             pct = 100.0 * t["prob"]

@@ -23,7 +23,16 @@ import yaml
 from msresnet.errors import UserError
 from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
 
-__all__ = ["RunSummary", "collect_runs", "markdown_table", "protocol_table", "write_report"]
+__all__ = [
+    "RunSummary",
+    "collect_runs",
+    "html_page",
+    "html_table",
+    "markdown_table",
+    "png_img",
+    "protocol_table",
+    "write_report",
+]
 
 
 @dataclass
@@ -178,10 +187,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def png_img(path: str | Path, alt: str) -> str:
+    """An ``<img>`` tag with the PNG embedded as base64, so the page needs no other file."""
+    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
+
+
+def html_page(title: str, body: Sequence[str]) -> str:
+    """A complete self-contained HTML document with the report style."""
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
 
 
 _CSS = """
@@ -241,12 +264,10 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         note = f"Condition: {what}; training condition: {_fmt_cond(train) if train is not None else 'n/a'}"
         note += f"; test images per condition: {n}." if n is not None else "."
         md += [f"## {protocol}", "", note, "", markdown_table(header, rows), "", f"![{protocol}]({png.name})", ""]
-        b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-        alt = html.escape(f"{protocol}: accuracy against {what}")
         body += [
             f"<h2>{html.escape(protocol)}</h2><p class='note'>{html.escape(note)}</p>",
-            _html_table(header, rows),
-            f"<img alt='{alt}' src='data:image/png;base64,{b64}'>",
+            html_table(header, rows),
+            png_img(png, f"{protocol}: accuracy against {what}"),
         ]
     if skipped:
         md += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
@@ -258,10 +279,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     md_path = out / "report.md"
     md_path.write_text("\n".join(md))
     html_path = out / "report.html"
-    html_path.write_text(
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>msresnet report</title>"
-        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
-    )
+    html_path.write_text(html_page("msresnet report", body))
     written["markdown"] = md_path
     written["html"] = html_path
     return written
