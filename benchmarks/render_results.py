@@ -45,9 +45,9 @@ HEADLINE_ROWS = {
     "msresnet_conf_sd+calibrate": "msresnet pyramid + `msresnet calibrate`",
 }
 PROTOCOL_TEXT = {
-    "fmnist-ls": "trained on objects at scale 1 in a 64-px canvas; tested with the object rescaled by s",
-    "fmnist-res": "trained on 28-px images; tested with the whole image resized to the given size (px)",
-    "fmnist-scale": "every image rescaled once by a random factor; accuracy per object-scale bin of the test set",
+    "fmnist-ls": "Trained on objects at scale 1 in a 64-px canvas; tested with the object rescaled by s",
+    "fmnist-res": "Trained on 28-px images; tested with the whole image resized to the given size (px)",
+    "fmnist-scale": "Every image rescaled once by a random factor; accuracy per object-scale bin of the test set",
 }
 
 
