@@ -1,5 +1,9 @@
 """The training loop: :func:`train` reads top to bottom — set up, resume, epochs of steps, validate, checkpoint.
 
+The pieces it strings together live beside it: :mod:`msresnet.engine.state` (the run's state as one object with
+``state_dict``/``load_state_dict``, the epoch meter, the per-step reseeding that makes ``--resume`` exact, the
+checkpoint writer) and :mod:`msresnet.engine.step` (one optimizer step and the non-finite guard).
+
 Exactness of ``--resume``: the batch order of an epoch is a function of ``(seed, epoch)``; the random state of every
 step (augmentation, dropout, the scale-invariance loss's second view) is re-seeded from ``(seed, rank, step)``;
 the learning rate is a function of the step; the optimizer and weights come from the state file. So a run resumed
@@ -9,16 +13,12 @@ on CPU with ``deterministic: true``).
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -34,69 +34,37 @@ from msresnet.engine.batches import (
     num_batches,
     train_val_splits,
 )
-from msresnet.engine.checkpoint import (
-    CheckpointInfo,
-    atomic_write_bytes,
-    load_state,
-    plain_state_dict,
-    remove_stale_temp_files,
-    save_state,
-    save_weights,
-)
+from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes, load_state, remove_stale_temp_files
 from msresnet.engine.config import PROVENANCE_KEY, RESUME_INVARIANT, TrainConfig, provenance, to_yaml
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.lock import hold_run
 from msresnet.engine.optim import build_optimizer, lr_at, set_lr
 from msresnet.engine.progress import StepReporter, TensorBoardLog, log, write_metrics_csv
 from msresnet.engine.signals import GracefulStop, TrainingInterrupted
+from msresnet.engine.state import (
+    EpochMeter,
+    StepRandomness,
+    TrainState,
+    save_checkpoint,
+    save_mid_epoch,
+    seed_everything,
+)
+from msresnet.engine.step import (
+    NonFiniteError,
+    NonFiniteGuard,
+    TrainStep,
+    autocast,
+    build_criterion,
+    to_channels_last,
+    train_batch,
+    train_step,
+)
 from msresnet.errors import UserError
 
-MAX_CONSECUTIVE_SKIPS = 50  # nan_policy="skip" still stops when the run has clearly diverged
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["NonFiniteError", "TrainStep", "train", "validate"]
 
 StepHook = Callable[[int], None]
 EpochHook = Callable[[int, dict[str, Any]], None]
-
-
-class NonFiniteError(UserError):
-    """The loss or gradient became NaN/Inf; the run stopped and the last good checkpoint was kept."""
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of all randomness in one training step (fits in 63 bits, distinct per rank and step)."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + 12_345) % (2**63 - 1)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Global generator states as plain tensors/containers (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [
-            np_state[0],
-            torch.from_numpy(np_state[1].astype(np.int64)),
-            *[int(v) for v in np_state[2:4]],
-            float(np_state[4]),
-        ],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    py = s["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 class _Determinism:
@@ -128,74 +96,6 @@ class _Determinism:
         torch.set_num_threads(self.prev[2])
 
 
-class TrainStep(nn.Module):
-    """Model + loss as one module, so one (DDP) forward call covers every pass the loss makes.
-
-    The scale-invariance loss runs the model on two views before the backward pass; DDP expects exactly one forward
-    per backward, so DDP wraps this module instead of the bare model. With ``criterion=None`` the loss is plain
-    cross-entropy with label smoothing (one forward pass).
-    """
-
-    def __init__(self, model: nn.Module, criterion: nn.Module | None, label_smoothing: float) -> None:
-        super().__init__()
-        self.model = model
-        self.criterion = criterion
-        self.label_smoothing = label_smoothing
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the loss and the clean view's (detached) logits."""
-        if self.criterion is None:
-            logits = self.model(x)
-            return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits.detach()
-        loss, parts = self.criterion(self.model, x, y)
-        return loss, parts["logits"]
-
-
-def build_criterion(cfg: TrainConfig) -> nn.Module | None:
-    """The scale-invariance loss when its weight is positive; None means plain cross-entropy (one forward pass)."""
-    if cfg.si_weight <= 0 and cfg.si_feature_weight <= 0:
-        return None
-    from msresnet.losses import ScaleInvarianceLoss
-
-    kwargs: dict[str, Any] = {
-        "weight": cfg.si_weight,
-        "feature_weight": cfg.si_feature_weight,
-        "label_smoothing": cfg.label_smoothing,
-    }
-    if cfg.si_scale_range is not None:
-        kwargs["scale_range"] = cfg.si_scale_range
-    if cfg.si_view == "degrade":
-        from msresnet.data.scaling import random_degrade
-
-        factors = tuple(cfg.degrade_aug or (0.5, 1.0))
-        # torch's global generator: the training loop reseeds it every step, so resume stays exact
-        kwargs["view_fn"] = lambda x: random_degrade(x, factors, p=1.0)
-    return ScaleInvarianceLoss(**kwargs)
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Channels-last layout for the 4-d tensors only (``model.to(memory_format=...)`` refuses the 5-d weights of
-    multi-scale layers)."""
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.ndim == 4:
-                t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return model
-
-
-def _augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Batch augmentation on images in [0, 1]: random object rescale, then random detail loss."""
-    if cfg.rescale_aug is None and cfg.degrade_aug is None:
-        return x
-    from msresnet.data import scaling
-
-    if cfg.rescale_aug is not None:
-        x = scaling.random_rescale(x, cfg.rescale_aug, generator=gen)
-    if cfg.degrade_aug is not None:
-        x = scaling.random_degrade(x, cfg.degrade_aug, p=cfg.degrade_p, generator=gen)
-    return x
-
-
 @torch.no_grad()
 def validate(
     model: nn.Module, split: TensorSplit, norm: Normalizer, batch_size: int, ctx: DistContext, amp: str | None
@@ -205,11 +105,10 @@ def validate(
     model.eval()
     index = ctx.shard_eval(len(split))
     loss_sum, correct = 0.0, 0.0
-    autocast = _autocast(norm.device, amp)
     for idx in iter_batches(index, batch_size):
         x = norm(norm.to_unit(split.images[idx]))
         y = split.labels[idx].to(norm.device)
-        with autocast:
+        with autocast(norm.device, amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -217,12 +116,6 @@ def validate(
     model.train(was_training)
     n = max(1, len(split))
     return loss_sum / n, correct / n
-
-
-def _autocast(device: torch.device, amp: str | None):
-    if amp is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def _check_resumable(cfg: TrainConfig, run: Path) -> None:
@@ -288,23 +181,150 @@ def train(cfg: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochH
 def _train(
     cfg: TrainConfig, ctx: DistContext, stop: GracefulStop, on_step: StepHook | None, on_epoch: EpochHook | None
 ) -> Path:
-    from msresnet import __version__, create_model
     from msresnet.data import build_protocol
 
-    run = Path(cfg.out)
+    run, main, device = Path(cfg.out), ctx.is_main, ctx.device
     ckdir = run / "checkpoints"
-    main = ctx.is_main
-    device = ctx.device
+    saved = _open_run_dir(cfg, run, main)  # the resume point, or None for a new run
 
-    # ---- resume point: the state file alone is a complete, consistent checkpoint (see checkpoint.py)
-    state: dict[str, Any] | None = None
+    # ---- data, model, state
+    protocol = build_protocol(cfg.protocol, root=cfg.data_root, **cfg.protocol_params)
+    train_split, val_split = train_val_splits(protocol, cfg.val_limit)
+    train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
+    norm = Normalizer(tuple(protocol.mean), tuple(protocol.std), device)
+    model = _build_model(cfg, protocol, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    state = TrainState(model, build_optimizer(model, cfg), scaler, StepRandomness(cfg.seed, ctx.rank))
+    info = _checkpoint_info(cfg, protocol)
+    if saved is not None:
+        state.load_state_dict(saved, main=main)
+        if main:
+            log(f"resuming {run} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}")
+    if main:
+        resumed_at = state.global_step if saved is not None else None
+        _write_config(cfg, run, getattr(protocol, "checksum", None), ctx.world_size, resumed_at)
+        write_metrics_csv(run / "metrics.csv", state.rows)  # after a resume: exactly the checkpoint's epochs
+
+    compiled: nn.Module = torch.compile(model) if cfg.compile else model
+    # Validation uses the un-wrapped model: DDP's forward is a collective, and shards may differ in batch count.
+    net = ctx.wrap(TrainStep(compiled, build_criterion(cfg), cfg.label_smoothing))
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = num_batches(ctx.shard_train(torch.arange(len(train_split))).numel(), cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    guard = NonFiniteGuard(cfg.nan_policy, lambda: _kept(ckdir), verbose=main)
+    tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
+    reporter = StepReporter(main, cfg.log_every)
+    if main:
+        log(
+            f"training {cfg.model} on {protocol.name}: {len(train_split)} train / {len(val_split)} val images, "
+            f"{cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} x {ctx.world_size} process(es), "
+            f"device {device}"
+        )
+    try:
+        while state.epoch < cfg.epochs:
+            order = ctx.shard_train(epoch_permutation(len(train_split), cfg.seed, state.epoch))
+            net.train()
+            reporter.start_epoch(state.epoch + 1, cfg.epochs, steps_per_epoch, state.batch_in_epoch)
+            t_start = time.perf_counter() - state.seconds_in_epoch
+            t_seen, images_seen = time.perf_counter(), 0
+            for idx in iter_batches(order, cfg.batch_size, start=state.batch_in_epoch):
+                state.rng.reseed(state.global_step)  # everything random in this step derives from (seed, rank, step)
+                set_lr(state.optimizer, lr_at(state.global_step, total_steps, steps_per_epoch, cfg))
+                x, y = train_batch(train_split, idx, norm, cfg, state.rng.augment)
+                result = train_step(net, x, y, state.optimizer, scaler, params, cfg, ctx)
+                where = f"step {state.global_step + 1} (epoch {state.epoch + 1}, batch {state.batch_in_epoch + 1})"
+                guard.check(result, where)
+                state.finish_step(result)
+                images_seen += result.images
+                now = time.perf_counter()
+                state.seconds_in_epoch = now - t_start
+                rate = images_seen * ctx.world_size / max(1e-9, now - t_seen)
+                reporter.step(state.batch_in_epoch, state.global_step, state.meter.loss, state.meter.accuracy, rate)
+                if tb is not None and state.global_step % cfg.log_every == 0:
+                    lr = state.optimizer.param_groups[0]["lr"]
+                    tb.scalars({"loss": result.loss, "lr": lr}, state.global_step, "step")
+                mid_epoch = state.batch_in_epoch < steps_per_epoch  # the epoch end checkpoints anyway
+                if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and mid_epoch:
+                    save_mid_epoch(ckdir, state, info, cfg, ctx)
+                if on_step is not None:
+                    on_step(state.global_step)
+                if ctx.any_true(stop.requested):
+                    reporter.close()
+                    save_mid_epoch(ckdir, state, info, cfg, ctx)
+                    raise _interrupted(stop, state.global_step, ckdir, main)
+
+            # ---- end of epoch: validate, log, checkpoint (best first, then last: last is the resume point)
+            seconds = time.perf_counter() - t_start
+            totals = state.meter.reduced(ctx)
+            ctx.broadcast_module(model)
+            val_loss, val_acc = validate(compiled, val_split, norm, eval_batch_size(device), ctx, cfg.amp)
+            row = _epoch_row(state, totals, val_loss, val_acc, seconds)
+            improved = state.finish_epoch(row)
+            reporter.end_epoch(row)
+            if main:
+                if improved:
+                    save_checkpoint(ckdir, "best", state, info, cfg)
+                save_checkpoint(ckdir, "last", state, info, cfg)
+                write_metrics_csv(run / "metrics.csv", state.rows)
+                if tb is not None:
+                    tb.scalars({k: v for k, v in row.items() if k != "epoch"}, state.epoch, "epoch")
+            ctx.barrier()
+            if on_epoch is not None:
+                on_epoch(state.epoch, row)
+    finally:
+        reporter.close()
+        if tb is not None:
+            tb.close()
+    if main:
+        if cfg.calibrate_probe:
+            _calibrate_checkpoints(ckdir, cfg, device)
+        log(f"done: best val_acc {state.best_acc:.4f}; run directory {run}")
+    return run
+
+
+def _epoch_row(state: TrainState, totals: EpochMeter, val_loss: float, val_acc: float, seconds: float) -> dict:
+    """The epoch's ``metrics.csv`` row (``totals``: the epoch's sums over all ranks)."""
+    return {
+        "epoch": state.epoch + 1,
+        "step": state.global_step,
+        "train_loss": totals.loss,
+        "train_acc": totals.accuracy,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "images_per_s": totals.images / max(1e-9, seconds),
+        "seconds": seconds,
+    }
+
+
+def _interrupted(stop: GracefulStop, step: int, ckdir: Path, main: bool) -> TrainingInterrupted:
+    """The exception that ends a run stopped by a signal (its checkpoint is written)."""
+    signum = stop.signum or 15
+    if main:
+        log(f"stopped by signal {signum} at step {step}; checkpoint {ckdir / 'last.state.pt'}")
+    return TrainingInterrupted(signum, str(ckdir / "last.state.pt"))
+
+
+def _kept(ckdir: Path) -> str:
+    """Which checkpoint survives a stop for non-finite values."""
+    last = ckdir / "last.safetensors"
+    return f"last good checkpoint {last}" if last.exists() else "no checkpoint was written yet"
+
+
+def _open_run_dir(cfg: TrainConfig, run: Path, main: bool) -> dict[str, Any] | None:
+    """Check the run directory against ``cfg.resume``, prepare it (rank 0) and return the state to resume from.
+
+    The state file alone is a complete, consistent checkpoint (see :mod:`msresnet.engine.checkpoint`).
+    """
+    ckdir = run / "checkpoints"
+    saved: dict[str, Any] | None = None
     if (ckdir / "last.state.pt").exists() or (ckdir / "last.safetensors").exists():
         if not cfg.resume:
             raise UserError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
         _check_resumable(cfg, run)
         if not (ckdir / "last.state.pt").exists():
             raise UserError(f"cannot resume {run}: checkpoints/last.state.pt is missing")
-        state = load_state(ckdir / "last.state.pt")
+        saved = load_state(ckdir / "last.state.pt")
     elif cfg.resume and main:
         log(f"nothing to resume in {run}: starting a new run")
     if main:
@@ -314,16 +334,17 @@ def _train(
             raise UserError(f"cannot create run directory {run}: {e.strerror or e}") from None
         remove_stale_temp_files(ckdir)
         remove_stale_temp_files(run)
-        if state is None:
+        if saved is None:
             write_metrics_csv(run / "metrics.csv", [])  # the run is visible (header only) before data loading
+    return saved
 
-    # ---- data and model
-    protocol = build_protocol(cfg.protocol, root=cfg.data_root, **cfg.protocol_params)
-    train_split, val_split = train_val_splits(protocol, cfg.val_limit)
-    train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
-    norm = Normalizer(tuple(protocol.mean), tuple(protocol.std), device)
 
-    _seed_everything(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+def _build_model(cfg: TrainConfig, protocol: Any, device: torch.device) -> nn.Module:
+    """The run's model with its initial weights, a function of ``cfg.seed`` (the same on every rank; DDP also
+    broadcasts rank 0's)."""
+    from msresnet import create_model
+
+    seed_everything(cfg.seed)
     model = create_model(
         cfg.model, num_classes=protocol.num_classes, in_chans=protocol.in_chans, **cfg.model_kwargs
     ).to(device)
@@ -331,14 +352,14 @@ def _train(
         from msresnet.engine.calibrate import require_calibratable
 
         require_calibratable(model, protocol)  # fail now, not after the training
-    if cfg.channels_last:
-        to_channels_last(model)
-    optimizer = build_optimizer(model, cfg)
-    criterion = build_criterion(cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    aug_gen = torch.Generator()
+    return to_channels_last(model) if cfg.channels_last else model
 
-    info = CheckpointInfo(
+
+def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
+    """What the run's checkpoints say about their model and data."""
+    from msresnet import __version__
+
+    return CheckpointInfo(
         model=cfg.model,
         model_kwargs=dict(cfg.model_kwargs),
         num_classes=protocol.num_classes,
@@ -354,205 +375,6 @@ def _train(
         input_size=tuple(protocol.input_size),
         msresnet_version=__version__,
     )
-
-    # ---- progress counters (restored on resume)
-    steps_per_epoch = num_batches(ctx.shard_train(torch.arange(len(train_split))).numel(), cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    epoch, batch_in_epoch, global_step = 0, 0, 0
-    rows: list[dict[str, Any]] = []
-    best_acc = -1.0
-    sums = [0.0, 0.0, 0.0]  # loss * n, correct, n of the current epoch on this rank
-    seconds_done = 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        epoch, batch_in_epoch, global_step = state["epoch"], state["batch_in_epoch"], state["global_step"]
-        rows, best_acc = list(state["rows"]), state["best_acc"]
-        sums = list(state["sums"]) if main else [0.0, 0.0, 0.0]  # saved sums are totals over ranks
-        seconds_done = state.get("seconds_in_epoch", 0.0)
-        _set_rng_state(state["rng"])
-        aug_gen.set_state(state["aug_rng"])
-        if main:
-            log(f"resuming {run} at epoch {epoch + 1}, batch {batch_in_epoch}, step {global_step}")
-    if main:
-        _write_config(cfg, run, getattr(protocol, "checksum", None), ctx.world_size, global_step if state else None)
-        write_metrics_csv(run / "metrics.csv", rows)  # after a resume: exactly the checkpoint's epochs
-
-    compiled: nn.Module = torch.compile(model) if cfg.compile else model
-    # Validation uses the un-wrapped model: DDP's forward is a collective, and shards may differ in batch count.
-    net = ctx.wrap(TrainStep(compiled, criterion, cfg.label_smoothing))
-    tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
-    reporter = StepReporter(main, cfg.log_every)
-
-    def save(kind: str, epoch_sums: list[float] | None = None) -> None:
-        """Write ``kind`` (last/best): state first, weights last, both atomic; rank 0 only."""
-        if not main:
-            return
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            # A finite loss and gradient can still overflow in the update; never replace a good checkpoint by this.
-            raise NonFiniteError(f"weights became non-finite by step {global_step}; stopped, last good checkpoint kept")
-        info.epoch, info.step = epoch, global_step
-        info.val_acc = rows[-1]["val_acc"] if rows else None
-        payload = {
-            "model": plain_state_dict(model),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "global_step": global_step,
-            "rows": rows,
-            "best_acc": best_acc,
-            "sums": epoch_sums if epoch_sums is not None else sums,
-            "seconds_in_epoch": seconds_done,
-            "rng": _rng_state(),
-            "aug_rng": aug_gen.get_state(),
-            "config": cfg.to_dict(),
-        }
-        if scaler.is_enabled():
-            payload["scaler"] = scaler.state_dict()
-        save_state(ckdir / f"{kind}.state.pt", payload)
-        save_weights(ckdir / f"{kind}.safetensors", model, info)
-
-    def mid_epoch_checkpoint() -> None:
-        ctx.broadcast_module(model)
-        # The partial-epoch sums of all ranks, so a resumed epoch reports the same train loss/accuracy.
-        save("last", ctx.all_reduce_sum(sums))
-        ctx.barrier()
-
-    if main:
-        log(
-            f"training {cfg.model} on {protocol.name}: {len(train_split)} train / {len(val_split)} val images, "
-            f"{cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} x {ctx.world_size} process(es), "
-            f"device {device}"
-        )
-    consecutive_skips = 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        while epoch < cfg.epochs:
-            order = ctx.shard_train(epoch_permutation(len(train_split), cfg.seed, epoch))
-            net.train()
-            reporter.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch, batch_in_epoch)
-            t_start = time.perf_counter() - seconds_done
-            images_seen = 0
-            t_seen = time.perf_counter()
-            for idx in iter_batches(order, cfg.batch_size, start=batch_in_epoch):
-                # Everything random in this step derives from (seed, rank, step): exact resume at any step.
-                s = step_seed(cfg.seed, ctx.rank, global_step)
-                torch.manual_seed(s)
-                aug_gen.manual_seed(s)
-                set_lr(optimizer, lr_at(global_step, total_steps, steps_per_epoch, cfg))
-
-                x = _augment(norm.to_unit(train_split.images[idx]), cfg, aug_gen)
-                x = norm(x)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = train_split.labels[idx].to(device, non_blocking=True)
-                with _autocast(device, cfg.amp):
-                    loss, logits = net(x, y)
-
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-                # One device->host copy per step for everything the loop needs to know (each copy is a GPU sync).
-                loss_v, norm_v, correct_v = torch.stack(
-                    [loss.detach().float(), grad_norm.detach().float(), (logits.argmax(1) == y).sum().float()]
-                ).tolist()
-                # A NaN loss makes NaN gradients, and DDP's all-reduce spreads them to every rank. Under fp16 the
-                # scaler itself skips inf-gradient steps (expected while it calibrates), so only the loss counts.
-                what = f"loss ({loss_v})" if not math.isfinite(loss_v) else f"gradient norm ({norm_v})"
-                bad = not math.isfinite(loss_v) or (not scaler.is_enabled() and not math.isfinite(norm_v))
-                bad = ctx.any_true(bad)
-                if bad:
-                    where = f"step {global_step + 1} (epoch {epoch + 1}, batch {batch_in_epoch + 1})"
-                    last = ckdir / "last.safetensors"
-                    kept = f"last good checkpoint {last}" if last.exists() else "no checkpoint was written yet"
-                    if cfg.nan_policy == "stop":
-                        raise NonFiniteError(
-                            f"non-finite {what} at {where}; stopped, {kept} "
-                            "(lower the learning rate or set nan_policy: skip)"
-                        )
-                    consecutive_skips += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    if main:
-                        log(f"warning: non-finite {what} at {where}: step skipped")
-                    if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-                        raise NonFiniteError(
-                            f"{consecutive_skips} consecutive non-finite steps up to {where}; stopped, {kept}"
-                        )
-                else:
-                    consecutive_skips = 0
-                    scaler.step(optimizer)
-                    scaler.update()
-                    n = y.numel()
-                    sums[0] += loss_v * n
-                    sums[1] += correct_v
-                    sums[2] += n
-                global_step += 1
-                batch_in_epoch += 1
-                images_seen += y.numel()
-                seconds_done = time.perf_counter() - t_start
-                rate = images_seen * ctx.world_size / max(1e-9, time.perf_counter() - t_seen)
-                reporter.step(batch_in_epoch, global_step, sums[0] / max(1, sums[2]), sums[1] / max(1, sums[2]), rate)
-                if tb is not None and global_step % cfg.log_every == 0:
-                    tb.scalars({"loss": loss_v, "lr": optimizer.param_groups[0]["lr"]}, global_step, "step")
-                if (
-                    cfg.checkpoint_every
-                    and global_step % cfg.checkpoint_every == 0
-                    and batch_in_epoch < steps_per_epoch  # the epoch end checkpoints anyway
-                ):
-                    mid_epoch_checkpoint()
-                if on_step is not None:
-                    on_step(global_step)
-                if ctx.any_true(stop.requested):
-                    reporter.close()
-                    mid_epoch_checkpoint()
-                    signum = stop.signum or 15
-                    if main:
-                        log(f"stopped by signal {signum} at step {global_step}; checkpoint {ckdir / 'last.state.pt'}")
-                    raise TrainingInterrupted(signum, str(ckdir / "last.state.pt"))
-
-            # ---- end of epoch: validate, log, checkpoint (best first, then last: last is the resume point)
-            seconds = time.perf_counter() - t_start
-            train_loss_sum, train_correct, train_n = ctx.all_reduce_sum(sums)
-            ctx.broadcast_module(model)
-            val_loss, val_acc = validate(compiled, val_split, norm, eval_batch_size(ctx.device), ctx, cfg.amp)
-            epoch += 1
-            row = {
-                "epoch": epoch,
-                "step": global_step,
-                "train_loss": train_loss_sum / max(1, train_n),
-                "train_acc": train_correct / max(1, train_n),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": train_n / max(1e-9, seconds),
-                "seconds": seconds,
-            }
-            rows.append(row)
-            batch_in_epoch, sums, seconds_done = 0, [0.0, 0.0, 0.0], 0.0
-            reporter.end_epoch(row)
-            if val_acc > best_acc:
-                best_acc = val_acc
-                save("best")
-            save("last")
-            if main:
-                write_metrics_csv(run / "metrics.csv", rows)
-                if tb is not None:
-                    tb.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch, "epoch")
-            ctx.barrier()
-            if on_epoch is not None:
-                on_epoch(epoch, row)
-    finally:
-        reporter.close()
-        if tb is not None:
-            tb.close()
-    if main:
-        if cfg.calibrate_probe:
-            _calibrate_checkpoints(ckdir, cfg, device)
-        log(f"done: best val_acc {best_acc:.4f}; run directory {run}")
-    return run
 
 
 def _calibrate_checkpoints(ckdir: Path, cfg: TrainConfig, device: torch.device) -> None:
