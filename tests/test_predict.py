@@ -137,7 +137,11 @@ def test_cli_predict_json_and_exit_codes(
 
     rc = main(["predict", str(checkpoint), str(d / "rgb.png"), "--device", "cpu"])
     out, err = capsys.readouterr()
-    assert rc == 0 and "rgb.png (53x37)" in out and "1. class" in out
+    # an fmnist-ls model: the image is fitted to the 28-px object and centred on the 64-px training canvas
+    assert rc == 0 and "rgb.png (53x37 -> 64x64)" in out and "1. class" in out
+    rc = main(["predict", str(checkpoint), str(d / "rgb.png"), "--device", "cpu", "--native-size"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "rgb.png (53x37)\n" in out
 
     rc = main(["predict", str(checkpoint), str(d / "empty.png"), str(d / "nope.png"), "--device", "cpu"])
     out, err = capsys.readouterr()

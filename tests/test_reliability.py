@@ -27,7 +27,7 @@ def test_evaluate_folder_with_bad_images(tmp_path: Path, tmp_cache: Path, capsys
     args = ["--protocol", "folder-res", "--data-dir", str(root), "--protocol-params", "image_size=32"]
     assert main(["train", "--model", "resnet8", *args, "--out", str(run), "--epochs", "1", "--seed", "0"]) == 0
     capsys.readouterr()
-    rc = main(["evaluate", str(run), "--data-dir", str(root)])
+    rc = main(["evaluate", str(run)])  # the run's own folder (it records its root)
     out, err = capsys.readouterr()
     assert rc == 1, "some inputs failed: the exit code must say so"
     assert (run / "eval" / "folder-res.json").exists(), "the good images are still evaluated"

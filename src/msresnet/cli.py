@@ -331,9 +331,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = _checkpoint_path(args.checkpoint)
     device = _device(args.device)
     info = read_checkpoint_info(path)
+    # --data-dir without --protocol: that labelled folder as it is (or swept), through the model's preprocessing
+    own_folder = args.data_dir is not None and not args.protocol
+    if args.sweep and not own_folder:
+        raise UserError("--sweep evaluates a labelled folder: pass --data-dir DIR (and no --protocol)")
     trained_on = _info_value(info, "protocol")
     name = args.protocol or trained_on
-    if not name:
+    if not name and not own_folder:
         raise UserError(f"{path} does not record its training protocol; pass --protocol")
     params = dict(_info_value(info, "protocol_params") or {}) if name == trained_on else {}
     params.update(_kv_pairs(args.protocol_param, "--protocol-param") or {})
@@ -354,8 +358,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # no_grad as a context, not a global switch: main() also runs in-process (tests, notebooks)
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", BadImageWarning)
-        protocol = build_protocol(name, root=root, **params)
         model = load_model(path, device=device)
+        if own_folder:
+            from msresnet.data.folder_eval import build_folder_eval
+
+            min_side = int(getattr(model, "min_input_size", 1) or 1)
+            protocol = build_folder_eval(root, model.preprocess, model.class_names, sweep=args.sweep, min_side=min_side)
+        else:
+            protocol = build_protocol(name, root=root, **params)
         result = evaluate_sweep(
             model,
             protocol,
@@ -438,6 +448,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------------- predict
 
 
+def _predict_preprocess(model: Any, native: bool) -> Any:
+    """The checkpoint's preprocessing; with ``--native-size`` its geometry is dropped (images at their own size)."""
+    import dataclasses
+
+    prep = getattr(model, "preprocess", None)
+    return dataclasses.replace(prep, policy="native", size=None, canvas=None) if prep and native else prep
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from msresnet.engine.checkpoint import load_model
     from msresnet.predict import format_text, predict_files
@@ -460,6 +478,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=device,
         batch_size=args.batch_size,
         max_side=args.max_side or None,
+        preprocess=_predict_preprocess(model, args.native_size),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -529,6 +548,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             std=_info_value(info, "std"),
             opset=args.opset,
             check=not args.no_check,
+            preprocess=getattr(model, "preprocess", None),
         )
     except ExportMismatchError as exc:
         print(f"{PROG}: export failed: {exc}", file=sys.stderr)
@@ -536,7 +556,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     for c in checks:
         h, w = c.size
         print(f"check {h}x{w}: max abs diff {c.max_abs_diff:.2e} (tolerance {c.tolerance:.1e}) ok")
-    print(f"wrote {args.out} ({args.format}; input: float32 [B, {_info_value(info, 'in_chans')}, H, W] in [0, 1])")
+    prep = getattr(model, "preprocess", None)
+    inside = f"; inside: {prep.describe()}, normalised" if prep is not None else ""
+    print(
+        f"wrote {args.out} ({args.format}; input: float32 [B, {_info_value(info, 'in_chans')}, H, W] in [0, 1]{inside})"
+    )
     return 0
 
 
@@ -581,7 +605,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--protocol", "-p", help="protocol to sweep (default: the one the checkpoint was trained on)")
     p.add_argument("--protocol-param", action="append", metavar="KEY=VALUE", help="protocol parameter (repeatable)")
-    p.add_argument("--data-dir", help="image folder for folder-* protocols / a non-default Fashion-MNIST directory")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="a labelled folder DIR/<class>/<image> to evaluate on, with the model's own preprocessing "
+        "(with --protocol: the folder-* benchmark's images / a non-default Fashion-MNIST directory)",
+    )
+    p.add_argument(
+        "--sweep",
+        choices=["scale", "resolution"],
+        help="with --data-dir: object rescale inside each image's canvas, or whole-image resize",
+    )
     p.add_argument("--test-limit", type=_int_arg, metavar="N", help="first N test images per condition")
     p.add_argument("--tta", action="store_true", help="average predictions over whole-image rescalings")
     p.add_argument("--per-scale", action="store_true",
@@ -617,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.add_argument("--tta", action="store_true", help="average predictions over whole-image rescalings")
     p.add_argument("--max-side", type=_int_arg, default=1024, metavar="PX", help="shrink larger images (0: never)")
+    p.add_argument("--native-size", action="store_true",
+                   help="feed every image at its own size instead of the checkpoint's training geometry")  # fmt: skip
     p.add_argument("--batch-size", type=_int_arg, default=64, metavar="N")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_predict)
@@ -674,12 +710,26 @@ def _user_os_error(exc: OSError) -> str | None:
     return f"{where}{exc.strerror or exc}"
 
 
+def _show_warning(default: Any) -> Any:
+    """Our own warnings about the user's data (skipped files, mixed modes, ...) as one ``msresnet: warning:`` line."""
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UserWarning) and category.__module__.startswith("msresnet"):
+            print(f"{PROG}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 partial failure, 2 user error, 130 interrupted)."""
     debug = bool(os.environ.get("MSRESNET_DEBUG"))
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            return int(args.func(args) or 0)
     except SystemExit as exc:  # --help / --version, or a command that chose its exit code
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except UserError as exc:

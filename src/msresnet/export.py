@@ -1,8 +1,9 @@
 """Export a trained classifier to ONNX or TorchScript, verified against the eager model.
 
-The exported graph **includes the normalisation**: it takes images scaled to [0, 1] (``float32 [B, C, H, W]``) and
-returns logits, so a deployment needs no copy of the training mean/std. Batch, height and width are dynamic (any
-size at or above the model's ``min_input_size``).
+The exported graph **includes the preprocessing**: it takes raw images scaled to [0, 1] (``float32 [B, C, H, W]``)
+and returns logits; the checkpoint's geometry (fit and canvas, :class:`msresnet.preprocess.Preprocess`) and its
+normalisation are inside, so a deployment needs no copy of the training mean/std or sizes. Batch, height and width
+are dynamic (any size at or above the model's ``min_input_size``).
 
 Before an export is reported as done, the file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for
 TorchScript) and run at three input sizes; its outputs must match the eager model within ``1e-3`` relative to the
@@ -22,12 +23,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from msresnet.errors import UserError
+
+if TYPE_CHECKING:
+    from msresnet.preprocess import Preprocess
 
 __all__ = [
     "CHECK_SIZES",
@@ -268,9 +273,18 @@ def export_model(
     std: Sequence[float],
     opset: int = 18,
     check: bool = True,
+    preprocess: Preprocess | None = None,
 ) -> list[ExportCheck]:
-    """Export in ``format`` (``onnx`` or ``torchscript``); see :func:`export_onnx` / :func:`export_torchscript`."""
+    """Export in ``format`` (``onnx`` or ``torchscript``); see :func:`export_onnx` / :func:`export_torchscript`.
+
+    With ``preprocess`` (the checkpoint's, ``load_model(run).preprocess``) its geometry and normalisation go into the
+    graph (``mean`` / ``std`` are then taken from it), so the file takes raw [0, 1] images of any size, exactly as
+    ``predict`` prepares them.
+    """
     model = model.float().cpu().eval()
+    if preprocess is not None:
+        model = preprocess.deployable(model).eval()
+        in_chans, mean, std = preprocess.in_chans, (0.0,) * preprocess.in_chans, (1.0,) * preprocess.in_chans
     if format == "onnx":
         return export_onnx(model, out, in_chans=in_chans, mean=mean, std=std, opset=opset, check=check)
     if format == "torchscript":

@@ -1,13 +1,16 @@
 """Classify image files of any size and mode with a trained checkpoint (``msresnet predict``).
 
-Input policy (why): every classifier ends in global pooling, so an image is fed **at its own size** rather than
-squashed to the training canvas -- resizing would itself change the object scale this library is about. Two bounds
-apply: an image smaller than the model's ``min_input_size`` is enlarged (aspect kept) until it fits, and one whose
-longer side exceeds ``max_side`` (default 1024 px) is shrunk (aspect kept, antialiased) to bound time and memory.
-The image is converted to the checkpoint's channel count (grayscale ``L`` or ``RGB``, with 16-bit, palette, RGBA
-and CMYK handled by :func:`msresnet.data.images.load_image`), scaled to [0, 1] and normalised with the checkpoint's
-mean/std. Fashion-MNIST models saw light objects on a black background; photos of dark objects on white are out of
-their distribution.
+Input policy (why): an image is prepared by the checkpoint's own :class:`~msresnet.preprocess.Preprocess`, the
+geometry the model was trained with: a model trained on a folder of same-size images (or at native size) takes each
+image **at its own size** -- every classifier ends in global pooling, and resizing would itself change the object
+scale this library is about; a model trained on fitted images (``--input-size``, ``folder-res``) gets the same fit;
+a model trained on a ``*-ls`` benchmark gets its object fitted and centred on the training canvas. At native size
+two bounds apply: an image smaller than the model's ``min_input_size`` is enlarged (aspect kept) until it fits, and
+one whose longer side exceeds ``max_side`` (default 1024 px) is shrunk (aspect kept, antialiased) to bound time and
+memory. The image is converted to the checkpoint's channel mode (16-bit, palette, RGBA and CMYK handled by
+:func:`msresnet.data.images.load_image`), scaled to [0, 1] and normalised with the checkpoint's mean/std.
+Fashion-MNIST models saw light objects on a black background; photos of dark objects on white are out of their
+distribution.
 
 Bad files never stop a run: each is reported by name with the reason and the good ones are still classified.
 :attr:`PredictResult.exit_code` is 0 when every image was classified, 1 when some failed and 2 when none could be.
@@ -20,12 +23,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from msresnet.errors import UserError
+
+if TYPE_CHECKING:
+    from msresnet.preprocess import Preprocess
 
 __all__ = [
     "ImageFailure",
@@ -35,6 +41,7 @@ __all__ = [
     "predict_files",
     "format_text",
     "prepare_image",
+    "prepare_unit",
 ]
 
 
@@ -134,16 +141,24 @@ def _fit_size(h: int, w: int, min_side: int, max_side: int | None) -> tuple[int,
     return max(min_side, round(h * scale)), max(min_side, round(w * scale))
 
 
-def prepare_image(
-    path: str | Path,
-    *,
-    in_chans: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    min_side: int = 1,
-    max_side: int | None = 1024,
+def _native_preprocess(in_chans: int | None, mean: Sequence[float] | None, std: Sequence[float] | None) -> Preprocess:
+    """A native-size :class:`Preprocess` from bare statistics (callers that pass no preprocessing object)."""
+    from msresnet.preprocess import Preprocess
+
+    if in_chans not in (1, 3):
+        raise UserError(f"predict supports checkpoints with 1 or 3 input channels, not {in_chans}")
+    if mean is None or std is None:
+        raise UserError("predict needs the checkpoint's preprocessing (or its mean and std)")
+    return Preprocess(mode="L" if in_chans == 1 else "RGB", mean=tuple(mean), std=tuple(std))
+
+
+def prepare_unit(
+    path: str | Path, preprocess: Preprocess, *, min_side: int = 1, max_side: int | None = 1024
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Load one image file and turn it into a normalised float tensor ``[1, C, H, W]``.
+    """Load one image file and apply ``preprocess``'s geometry: float ``[1, C, H, W]`` in [0, 1], not normalised.
+
+    At native size the ``min_side`` / ``max_side`` bounds of the input policy apply (antialiased bilinear resize,
+    the same op as the resolution sweeps).
 
     Returns:
         (tensor, original (width, height))
@@ -151,22 +166,42 @@ def prepare_image(
     Raises:
         BadImageError: the file is not a usable image (the reason is in the message).
     """
-    from torchvision.transforms.functional import pil_to_tensor
-
-    from msresnet.data.images import load_image
     from msresnet.data.scaling import resize_images
 
-    if in_chans not in (1, 3):
-        raise UserError(f"predict supports checkpoints with 1 or 3 input channels, not {in_chans}")
-    img = load_image(path, mode="L" if in_chans == 1 else "RGB")
+    img = preprocess.load(path)
     width, height = img.size
-    x = pil_to_tensor(img).unsqueeze(0).float().div_(255.0)
-    size = _fit_size(height, width, min_side, max_side)
-    if size != (height, width):
-        x = resize_images(x, size)  # bilinear + antialias, the same op as the resolution sweeps
-    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s, (width, height)
+    x = preprocess.to_unit(img).unsqueeze(0)
+    if preprocess.policy == "native":
+        size = _fit_size(height, width, min_side, max_side)
+        if size != (height, width):
+            x = resize_images(x, size)
+    return x, (width, height)
+
+
+def prepare_image(
+    path: str | Path,
+    *,
+    in_chans: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    min_side: int = 1,
+    max_side: int | None = 1024,
+    preprocess: Preprocess | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Load one image file and turn it into a normalised float tensor ``[1, C, H, W]``.
+
+    ``preprocess`` (the checkpoint's, ``load_model(run).preprocess``) gives the geometry and statistics; without
+    it the image is used at native size with ``in_chans`` / ``mean`` / ``std``.
+
+    Returns:
+        (tensor, original (width, height))
+
+    Raises:
+        BadImageError: the file is not a usable image (the reason is in the message).
+    """
+    prep = preprocess or _native_preprocess(in_chans, mean, std)
+    x, wh = prepare_unit(path, prep, min_side=min_side, max_side=max_side)
+    return prep.normalize(x), wh
 
 
 def _topk(probs: torch.Tensor, k: int, class_names: Sequence[str]) -> list[list[dict[str, Any]]]:
@@ -192,15 +227,16 @@ def predict_files(
     model: nn.Module,
     inputs: Iterable[str | Path],
     *,
-    in_chans: int,
-    mean: Sequence[float],
-    std: Sequence[float],
+    in_chans: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     class_names: Sequence[str],
     topk: int = 5,
     tta: bool = False,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
     max_side: int | None = 1024,
+    preprocess: Preprocess | None = None,
 ) -> PredictResult:
     """Classify image files and directories of images.
 
@@ -210,13 +246,16 @@ def predict_files(
     Args:
         model: a classifier in eval mode (normalised input, logits out).
         inputs: files and directories (expanded by :func:`expand_inputs`).
-        in_chans, mean, std, class_names: from the checkpoint.
+        in_chans, mean, std, class_names: from the checkpoint (``in_chans`` / ``mean`` / ``std`` only without
+            ``preprocess``).
         topk: classes reported per image.
         tta: average the softmax over whole-image rescalings by ``2**-0.5, 1, 2**0.5``, as ``evaluate --tta``
             does (:func:`msresnet.engine.evaluate.predict_probs`).
         device: where the model runs.
         batch_size: images per forward pass.
-        max_side: longest side fed to the model (larger images are shrunk); None keeps every image as is.
+        max_side: longest side fed to the model at native size (larger images are shrunk); None keeps every image
+            as is.
+        preprocess: the checkpoint's preprocessing (``load_model(run).preprocess``); without it, native size.
 
     Returns:
         The predictions (input order) and failures.
@@ -232,10 +271,11 @@ def predict_files(
     from msresnet.engine.evaluate import predict_probs
     from msresnet.scan.sources import estimate_object_scale
 
+    prep = preprocess or _native_preprocess(in_chans, mean, std)
     prepared: dict[tuple[int, ...], list[tuple[int, Path, torch.Tensor, tuple[int, int]]]] = defaultdict(list)
     for order, path in enumerate(files):
         try:
-            x, wh = prepare_image(path, in_chans=in_chans, mean=mean, std=std, min_side=min_side, max_side=max_side)
+            x, wh = prepare_image(path, min_side=min_side, max_side=max_side, preprocess=prep)
         except BadImageError as exc:
             result.failures.append(ImageFailure(str(path), getattr(exc, "reason", None) or str(exc)))
             continue

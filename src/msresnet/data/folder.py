@@ -80,7 +80,7 @@ def _fit(im: Image.Image, size: int | None) -> np.ndarray:
 
 def load_folder_tensors(
     samples: Sequence[tuple[str, int]],
-    size: int,
+    size: int | None,
     *,
     mode: str = "RGB",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -89,7 +89,8 @@ def load_folder_tensors(
     class_names: Sequence[str] | None = None,
     num_threads: int | None = None,
 ) -> ImageTensorDataset:
-    """Decode images into one uint8 tensor ``[N, C, size, size]`` (shorter side to ``size``, centre crop).
+    """Decode images into one uint8 tensor ``[N, C, size, size]`` (shorter side to ``size``, centre crop; ``None``:
+    every image at its own size, which must then be the same for all).
 
     Decoding runs in a small thread pool (PIL releases the GIL while decoding); bad files are skipped with a
     :class:`BadImageWarning`, or raise :class:`BadImageError` when ``strict``.

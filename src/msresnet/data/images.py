@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from msresnet.errors import UserError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "BadImageError", "load_image", "to_8bit"]
+__all__ = ["DEFAULT_MAX_PIXELS", "BadImageError", "convert_mode", "load_image", "to_8bit"]
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpx: well above any camera image, far below a decompression bomb's size
 
@@ -79,6 +79,13 @@ def _convert(im: Image.Image, mode: str, background: tuple[int, int, int]) -> Im
     elif im.mode not in ("L", "RGB"):  # CMYK, YCbCr, LAB, HSV, ...
         im = im.convert("RGB")
     return im if im.mode == mode else im.convert(mode)
+
+
+def convert_mode(im: Image.Image, mode: str, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """An already opened image in 8-bit ``"L"`` or ``"RGB"``, converted as :func:`load_image` converts files."""
+    if mode not in ("L", "RGB"):
+        raise UserError(f"image mode must be 'L' or 'RGB', not {mode!r}")
+    return _convert(im, mode, background)
 
 
 def load_image(

@@ -23,6 +23,9 @@ ordered mapping from test condition to dataset). Protocols (see ``docs`` / DESIG
     the same two sweeps on any ImageFolder tree (``root``; ``root/train`` + ``root/test`` when present, otherwise a
     stratified ``test_fraction`` split), images cut to ``image_size`` squares (shorter side, centre crop). folder-res
     decodes the test images at the largest size and shrinks them (antialiased), so larger test sizes hold real detail.
+    These are benchmarks (they change the images' geometry); to train on a folder as it is, use ``folder``.
+``folder``
+    a user's ImageFolder as it is (:mod:`msresnet.data.imagefolder`): the default of ``train --data-dir``.
 
 Generated uint8 arrays are cached in ``<cache>/protocols/<name>-<hash>-v<VERSION>/`` keyed by the resolved parameters,
 a fingerprint of the source files and :data:`PROTOCOL_VERSION` (bump it when generation changes).
@@ -47,6 +50,7 @@ from msresnet.data._store import LazyConditionMap, PartStore
 from msresnet.data.datasets import ImageTensorDataset, stratified_split
 from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
 from msresnet.data.idx import IDX_DATASETS, find_idx_files, load_idx_arrays
+from msresnet.data.imagefolder import FOLDER_PARAMS, build_plain_folder
 from msresnet.data.images import DEFAULT_MAX_PIXELS
 from msresnet.data.scaling import rescale_in_canvas, resize_images, sample_scales
 from msresnet.errors import UserError
@@ -470,6 +474,7 @@ _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dic
         "val_size": Param.int_(5000, lo=0),
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
     }, "train at 28x28, test with the whole image resized to 14..112 px"),
+    "folder": (build_plain_folder, FOLDER_PARAMS, "an ImageFolder as it is: its own splits, channels and size"),
     "folder-ls": (_build_folder_ls, {
         **_FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True),
         "scales": Param.floats(LS_SCALES, positive=True), "train_scales": Param.range_(None),
@@ -517,7 +522,7 @@ def build_protocol(name: str, root: str | os.PathLike | None = None, **params: A
     """
     builder, spec, _ = _registry_entry(name)
     params = {k: v for k, v in params.items() if v is not None}
-    if name.startswith("folder-"):
+    if name.startswith("folder"):
         if root is not None:
             params["root"] = root
         if "root" not in params:

@@ -64,6 +64,8 @@ class CheckpointInfo:
         val_acc: validation accuracy of these weights (None before the first validation).
         msresnet_version: library version that wrote the file.
         scale_probe: the calibration record of the object-scale probe (``msresnet calibrate``), None before.
+        preprocess: the raw-image preprocessing (:meth:`msresnet.preprocess.Preprocess.to_dict`); None in older
+            checkpoints, whose preprocessing is derived from the protocol.
         path: where the checkpoint was read from (not stored).
     """
 
@@ -85,6 +87,7 @@ class CheckpointInfo:
     val_acc: float | None = None
     msresnet_version: str = ""
     scale_probe: dict | None = None
+    preprocess: dict | None = None
     path: Path | None = None
 
     def to_json(self) -> str:
@@ -230,7 +233,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", model: str 
         model: expected model name; a checkpoint of another architecture is then refused by name.
 
     Returns:
-        The model, with ``model.checkpoint_info`` (a :class:`CheckpointInfo`) attached.
+        The model, with ``model.checkpoint_info`` (a :class:`CheckpointInfo`), ``model.preprocess`` (the
+        :class:`~msresnet.preprocess.Preprocess` turning a raw image into its input; None for a model that takes
+        neither 1 nor 3 channels) and ``model.class_names`` attached.
 
     Raises:
         UserError: missing/unreadable file, unknown model, or weights that do not fit the architecture.
@@ -252,7 +257,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", model: str 
     net._msresnet_name = name
     load_weights_into(net, weights, file, expected=info.model)
     net.checkpoint_info = info
+    _attach_preprocess(net, info)
     return net.to(device).eval()
+
+
+def _attach_preprocess(net: nn.Module, info: CheckpointInfo) -> None:
+    """``net.preprocess`` and ``net.class_names`` (also ``pretrained_cfg["label_names"]`` where timm has one)."""
+    from msresnet.preprocess import preprocess_from_info
+
+    try:
+        net.preprocess = preprocess_from_info(info)
+    except UserError:
+        net.preprocess = None
+    net.class_names = list(info.class_names)
+    cfg = getattr(net, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        cfg["label_names"] = list(info.class_names)
 
 
 # --------------------------------------------------------------------------------------------------- training state

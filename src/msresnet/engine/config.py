@@ -35,9 +35,14 @@ class TrainConfig:
     Attributes:
         model: registered model name (``msresnet.list_models()``).
         model_kwargs: extra keyword arguments for ``msresnet.create_model``.
-        protocol: benchmark protocol name (``msresnet.data.list_protocols()``).
+        protocol: benchmark protocol name (``msresnet.data.list_protocols()``); default ``folder`` (the images of
+            ``data_root`` as they are) when ``data_root`` is given, else ``fmnist-ls``.
         protocol_params: protocol parameters (e.g. ``{"realization": 0}``).
-        data_root: dataset directory (folder protocols, or a non-default Fashion-MNIST location).
+        data_root: an ImageFolder to train on (``DIR/train`` [+ ``val``, ``test``] or ``DIR/<class>/``), or a
+            non-default Fashion-MNIST location with an ``fmnist-*`` protocol.
+        input_size: image folders: fit every image to this square size (shorter side, centre crop); default: the
+            images' own size when they share one, else their median shorter side.
+        mode: image folders: ``"L"`` (grayscale) or ``"RGB"``; default: from the images.
         out: run directory.
         resume: continue the run in ``out`` from its last good checkpoint.
         epochs: number of passes over the training images.
@@ -80,9 +85,11 @@ class TrainConfig:
 
     model: str = ""
     model_kwargs: dict = field(default_factory=dict)
-    protocol: str = "fmnist-ls"
+    protocol: str = ""
     protocol_params: dict = field(default_factory=dict)
     data_root: str | None = None
+    input_size: int | None = None
+    mode: Literal["L", "RGB"] | None = None
     out: str = ""
     resume: bool = False
     epochs: int = 10
@@ -118,6 +125,10 @@ class TrainConfig:
     nan_policy: Literal["stop", "skip"] = "stop"
     calibrate_probe: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.protocol:  # a folder of images trains as it is; no folder means the default benchmark
+            self.protocol = "folder" if self.data_root else "fmnist-ls"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (tuples become lists)."""
         d = dataclasses.asdict(self)
@@ -130,6 +141,8 @@ RESUME_INVARIANT = (
     "model_kwargs",
     "protocol",
     "protocol_params",
+    "input_size",
+    "mode",
     "train_limit",
     "limit_mode",
     "batch_size",
@@ -141,6 +154,7 @@ RESUME_INVARIANT = (
 _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, ">= 1"),
     "train_limit": (lambda v: v >= 1, ">= 1"),
+    "input_size": (lambda v: v >= 4, ">= 4"),
     "val_limit": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "lr": (lambda v: v > 0, "> 0"),
@@ -240,6 +254,28 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
     if cfg.device != "auto" and not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     return cfg
+
+
+# --input-size / --mode as each folder protocol names them
+_FOLDER_OPTIONS = {"folder": "input_size", "folder-ls": "image_size", "folder-res": "image_size"}
+
+
+def protocol_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.protocol_params`` with ``input_size`` / ``mode`` under the protocol's own parameter names.
+
+    Raises:
+        UserError: ``input_size`` or ``mode`` with a protocol that is not built from an image folder.
+    """
+    kw = dict(cfg.protocol_params)
+    if cfg.input_size is None and cfg.mode is None:
+        return kw
+    if cfg.protocol not in _FOLDER_OPTIONS:
+        raise UserError(f"--input-size / --mode apply to image folders (--data-dir), not to protocol {cfg.protocol!r}")
+    if cfg.input_size is not None:
+        kw[_FOLDER_OPTIONS[cfg.protocol]] = cfg.input_size
+    if cfg.mode is not None:
+        kw["mode"] = cfg.mode
+    return kw
 
 
 def load_train_config(yaml_path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -99,7 +99,8 @@ def _condition_batches(
     """Per test condition: ``(condition, batches of (normalised images on device, labels), number of images)``.
 
     Inputs are normalised with the model's own training statistics from ``info`` (they have its channel count),
-    falling back to the protocol's; ``test_limit`` takes the same class-stratified subset at every condition.
+    falling back to the protocol's; ``test_limit`` takes the same class-stratified subset at every condition (of
+    every same-size group, for a condition made of ``groups``).
     """
     batch_size = batch_size or eval_batch_size(device)
     in_chans = int(_info_get(info, "in_chans", protocol.in_chans))
@@ -114,8 +115,11 @@ def _condition_batches(
             yield norm(match_channels(split.images[idx].to(device).float().div_(255), in_chans)), split.labels[idx]
 
     for condition, dataset in protocol.test.items():
-        split = limit_split(TensorSplit.of(dataset), test_limit, "stratified")
-        yield condition, batches(split), len(split)
+        # a condition of several same-size groups (a folder of mixed sizes at native size): batches of each group
+        splits = [
+            limit_split(TensorSplit.of(d), test_limit, "stratified") for d in getattr(dataset, "groups", [dataset])
+        ]
+        yield condition, (b for split in splits for b in batches(split)), sum(len(s) for s in splits)
 
 
 class ValidationSweep:

@@ -35,7 +35,7 @@ from msresnet.engine.batches import (
     train_val_splits,
 )
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes, load_state, remove_stale_temp_files
-from msresnet.engine.config import PROVENANCE_KEY, RESUME_INVARIANT, TrainConfig, provenance, to_yaml
+from msresnet.engine.config import PROVENANCE_KEY, RESUME_INVARIANT, TrainConfig, protocol_kwargs, provenance, to_yaml
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.lock import hold_run
 from msresnet.engine.optim import build_optimizer, lr_at, set_lr
@@ -188,7 +188,9 @@ def _train(
     saved = _open_run_dir(cfg, run, main)  # the resume point, or None for a new run
 
     # ---- data, model, state
-    protocol = build_protocol(cfg.protocol, root=cfg.data_root, **cfg.protocol_params)
+    protocol = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))
+    if main and getattr(protocol, "summary", None):
+        log(protocol.summary)
     train_split, val_split = train_val_splits(protocol, cfg.val_limit)
     train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
     norm = Normalizer(tuple(protocol.mean), tuple(protocol.std), device)
@@ -358,6 +360,7 @@ def _build_model(cfg: TrainConfig, protocol: Any, device: torch.device) -> nn.Mo
 def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
     """What the run's checkpoints say about their model and data."""
     from msresnet import __version__
+    from msresnet.preprocess import preprocess_for_protocol
 
     return CheckpointInfo(
         model=cfg.model,
@@ -374,6 +377,7 @@ def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
         condition_name=protocol.condition_name,
         input_size=tuple(protocol.input_size),
         msresnet_version=__version__,
+        preprocess=preprocess_for_protocol(protocol, protocol.mean, protocol.std).to_dict(),
     )
 
 
