@@ -35,3 +35,13 @@ def test_version_is_defined_once():
     assert not re.search(r'^version\s*=\s*"', pyproject, re.M), "pyproject.toml reads the version from msresnet"
     assert 'version = {attr = "msresnet.__version__"}' in pyproject
     assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+|rc\d+)?", msresnet.__version__)
+
+
+def test_relative_links_in_the_documents_resolve():
+    docs = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").glob("*.md")]
+    broken = []
+    for md in docs:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", md.read_text()):
+            if "://" not in target and not (md.parent / target).exists():
+                broken.append(f"{md.relative_to(ROOT)} -> {target}")
+    assert not broken, f"broken links: {broken}"
