@@ -62,7 +62,9 @@ def test_forward_any_size_channels_batch(name: str) -> None:
 @pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_parameter(name: str) -> None:
     model = _small(name, num_classes=4, in_chans=1).train()
-    model(torch.randn(2, 1, 32, 32)).logsumexp(1).mean().backward()
+    loss = model(torch.randn(2, 1, 32, 32)).logsumexp(1).mean()
+    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None  # what TrainStep adds
+    (loss if aux is None else loss + aux).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from msresnet.engine.batches import Normalizer, TensorSplit, eval_batch_size, iter_batches, limit_split
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
+from msresnet.engine.scale_error import ScaleErrors, true_log2_scales
 
 TTA_FACTORS = (2**-0.5, 1.0, 2**0.5)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
@@ -95,8 +96,10 @@ def _condition_batches(
     test_limit: int | None,
     batch_size: int | None,
     device: torch.device,
-) -> Iterator[tuple[Any, Iterator[tuple[torch.Tensor, torch.Tensor]], int]]:
-    """Per test condition: ``(condition, batches of (normalised images on device, labels), number of images)``.
+    with_truth: bool = False,
+) -> Iterator[tuple[Any, ...]]:
+    """Per test condition: ``(condition, batches of (normalised images on device, labels), number of images)``,
+    with ``with_truth`` also each image's true log2 object scale (or None; :mod:`msresnet.engine.scale_error`).
 
     Inputs are normalised with the model's own training statistics from ``info`` (they have its channel count),
     falling back to the protocol's; ``test_limit`` takes the same class-stratified subset at every condition (of
@@ -116,10 +119,13 @@ def _condition_batches(
 
     for condition, dataset in protocol.test.items():
         # a condition of several same-size groups (a folder of mixed sizes at native size): batches of each group
-        splits = [
-            limit_split(TensorSplit.of(d), test_limit, "stratified") for d in getattr(dataset, "groups", [dataset])
-        ]
-        yield condition, (b for split in splits for b in batches(split)), sum(len(s) for s in splits)
+        groups = getattr(dataset, "groups", [dataset])
+        splits = [limit_split(TensorSplit.of(d), test_limit, "stratified") for d in groups]
+        out = (condition, (b for split in splits for b in batches(split)), sum(len(s) for s in splits))
+        if with_truth:
+            truths = [true_log2_scales(protocol, condition, d, test_limit) for d in groups]
+            out += (None if any(t is None for t in truths) else torch.cat(truths),)
+        yield out
 
 
 class ValidationSweep:
@@ -193,7 +199,9 @@ def evaluate_sweep(
         ``protocol``, ``protocol_params``, ``condition_name``, ``conditions`` (list), ``accuracy`` (fractions, one
         per condition), ``mean``, ``worst``, ``worst_condition``, ``retention`` (or None), ``train_condition``,
         ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``; with ``per_scale``
-        also ``per_scale`` (an :func:`evaluate_scales` result).
+        also ``per_scale`` (an :func:`evaluate_scales` result); for a model with ``estimate_scale`` also
+        ``scale_error`` (the estimate's error per condition in octaves,
+        :class:`~msresnet.engine.scale_error.ScaleErrors`; None where the protocol has no true scale per image).
 
     Raises:
         UserError: ``per_scale`` for a model without a scale axis.
@@ -207,9 +215,15 @@ def evaluate_sweep(
     pyramid = getattr(model, "pyramid", None)
     t0 = time.perf_counter()
     conditions, accuracy, counts, level_accuracy, level_scales = [], [], [], [], []
-    for condition, batches, n in _condition_batches(protocol, info, test_limit, batch_size, device):
-        correct, level_hits, kept = 0, None, None
+    estimate = getattr(model, "estimate_scale", None)  # scale-aware models: the estimate's error per condition
+    scale_errors = ScaleErrors() if callable(estimate) else None
+    for condition, batches, n, truth in _condition_batches(protocol, info, test_limit, batch_size, device, True):
+        correct, level_hits, kept, seen = 0, None, None, 0
         for x, labels in batches:
+            if scale_errors is not None and truth is not None:
+                with torch.no_grad(), _autocast(device, amp):
+                    scale_errors.add(condition, estimate(x), truth[seen : seen + len(labels)])
+            seen += len(labels)
             levels = None
             if per_scale and not tta:  # both from one pass through the trunk
                 with torch.no_grad(), _autocast(device, amp):
@@ -255,6 +269,11 @@ def evaluate_sweep(
         "checkpoint": str(_info_get(info, "path", "") or "") or None,
         "seconds": time.perf_counter() - t0,
     }
+    if scale_errors is not None:
+        summary = scale_errors.summary()
+        if summary is not None:
+            summary["conditions"] = [_plain(c) for c in summary["conditions"]]
+        result["scale_error"] = summary
     if per_scale:
         result["per_scale"] = {
             "conditions": [_plain(c) for c in conditions],

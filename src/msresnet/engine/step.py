@@ -47,9 +47,13 @@ class TrainStep(nn.Module):
         """Returns the loss and the clean view's (detached) logits."""
         if self.criterion is None:
             logits = self.model(x)
-            return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits.detach()
-        loss, parts = self.criterion(self.model, x, y)
-        return loss, parts["logits"]
+            loss, logits = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits.detach()
+        else:
+            loss, parts = self.criterion(self.model, x, y)
+            logits = parts["logits"]
+        aux = getattr(self.model, "auxiliary_loss", None)  # a model's own training loss (a scale estimator's)
+        extra = aux() if callable(aux) else None
+        return (loss if extra is None else loss + extra), logits
 
 
 def build_criterion(cfg: TrainConfig) -> nn.Module | None:

@@ -6,7 +6,7 @@ the models into timm's registry (see :mod:`msresnet.models._timm`).
 
 from __future__ import annotations
 
-from msresnet.models import msresnet, res2net, resnet, scale_channel, sesn  # noqa: F401  (registers the models)
+from msresnet.models import canonical, msresnet, res2net, resnet, scale_channel, sesn  # noqa: F401  (registers)
 from msresnet.models._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from msresnet.models._timm import register_timm_models
 from msresnet.models.resnet import ResNet

@@ -36,6 +36,8 @@ def _cfg_for(name: str) -> dict[str, Any]:
     from msresnet use the small-image stem (the ImageNet-stem names are timm's own and skipped), so the generic cfg
     is theirs; ``tests/test_models.py`` checks it equals each model's own ``pretrained_cfg``.
     """
+    if name.endswith("_canonical"):  # a scale wrapper keeps its trunk under `trunk.`
+        return make_cfg(architecture=name, first_conv="trunk.stem.conv", classifier="trunk.fc")
     return make_cfg(architecture=name)
 
 

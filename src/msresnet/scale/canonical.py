@@ -1,0 +1,232 @@
+"""Scale canonicalisation (``wrap(trunk, method="canonical")``): estimate each image's object scale, resample the
+image once so that its object lands at the training objects' size, classify once.
+
+Inference: the :class:`~msresnet.scale.estimator.ScaleEstimator` reads a coarse view of every image and says how
+large its object is relative to the frame (log2 ``e``); one batched, antialiased zoom
+(:func:`~msresnet.scale.resample.zoom`) with a span of ``2**e / target`` per image maps each image into a fixed
+canvas (the training images' size once the model has been trained, else the input's own size), and the trunk
+runs once on the result. A 4x range of object sizes therefore costs about one trunk pass plus the estimator.
+
+Training (``model.train()``): the wrapper makes its own training views from single-scale images, with torch's
+global generator (which the training loop reseeds every step, so resuming stays exact):
+
+* the estimator sees each image zoomed by a random factor ``2**U(estimator_range)`` into its coarse view and learns
+  the factor (:meth:`auxiliary_loss`);
+* the trunk sees what canonicalisation hands it at test time: an image first shrunk inside its canvas by
+  ``2**U(detail_range)`` (the detail a small test object has; with probability ``sharp_p`` not at all, the detail of
+  a large one) and then zoomed so that its object has a size in ``[target**2, 1]`` of the training size — the
+  sizes an estimate within ``tolerance`` octaves produces. Training objects are never enlarged beyond their own
+  size: every view of the trunk is a shrink, or an enlargement back after a shrink.
+
+Canonicalisation zooms about the image centre: it suits objects near the centre (it does not localise them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from msresnet.errors import UserError
+from msresnet.scale._factory import register_wrapper
+from msresnet.scale.estimator import ScaleEstimator
+from msresnet.scale.resample import image_size, zoom
+
+__all__ = ["CANVASES", "CanonicalClassifier"]
+
+CANVASES = ("train", "input")
+
+
+def _range(name: str, r: Sequence[float], hi_max: float | None = None) -> tuple[float, float]:
+    lo, hi = float(r[0]), float(r[1])
+    if not lo <= hi or (hi_max is not None and hi > hi_max):
+        top = f" and hi <= {hi_max}" if hi_max is not None else ""
+        raise UserError(f"{name} must be (lo, hi) octaves with lo <= hi{top}, got {tuple(r)}")
+    return lo, hi
+
+
+def _exp2(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(x * math.log(2.0))  # torch.exp2 has no ONNX export
+
+
+def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
+    # drawn on the CPU: the same numbers on every device for a given seed
+    return (lo + (hi - lo) * torch.rand(n, dtype=torch.float32)).to(device)
+
+
+@register_wrapper("canonical")
+class CanonicalClassifier(nn.Module):
+    """Estimate, resample once, classify once (see the module docstring); keeps timm's classifier contract.
+
+    Args:
+        trunk: any classifier with timm's contract (``forward_features`` -> ``[B, C, H, W]``); global max pooling
+            suits it best (a small object does not dilute a max).
+        view_size: side of the estimator's coarse view.
+        estimator_range: log2 zoom factors the estimator is trained on (wider than the scales it must serve).
+        detail_range: log2 shrink factors whose lost detail the trunk is trained with (``hi <= 0``).
+        sharp_p: fraction of the trunk's training images kept at full detail.
+        tolerance: octaves of estimator error the trunk is trained to absorb; the canonical object size is
+            ``2**-tolerance`` of the training size.
+        canvas: ``"train"``: resample into the training images' size once the model has been trained (so a model
+            trained at 28 px sees 28 px whatever the input's resolution), ``"input"``: the input's own size.
+        search: 0, or the octave step of a local search: the trunk also classifies the zooms ``2**+-search``
+            around the estimate and each image keeps its most confident one (3 trunk passes).
+        estimator_weight: weight of the estimator's loss in :meth:`auxiliary_loss`.
+        estimator_width: channels of the estimator's first stage.
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        view_size: int = 32,
+        estimator_range: Sequence[float] = (-2.5, 1.25),
+        detail_range: Sequence[float] = (-2.0, 0.0),
+        sharp_p: float = 0.5,
+        tolerance: float = 0.25,
+        canvas: str = "train",
+        search: float = 0.0,
+        estimator_weight: float = 1.0,
+        estimator_width: int = 16,
+    ) -> None:
+        super().__init__()
+        if canvas not in CANVASES:
+            raise UserError(f"canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
+        if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0:
+            raise UserError("sharp_p must be in [0, 1]; tolerance, search and estimator_weight must be >= 0")
+        self.trunk = trunk
+        self.estimator_range = _range("estimator_range", estimator_range)
+        self.detail_range = _range("detail_range", detail_range, hi_max=0.0)
+        lo, hi = self.estimator_range
+        in_chans = self._in_chans(trunk)
+        self.estimator = ScaleEstimator(in_chans, view_size, (min(-0.5, lo - 0.5), max(0.5, hi + 0.5)),
+                                        width=estimator_width)  # fmt: skip
+        self.sharp_p, self.tolerance, self.canvas, self.search = float(sharp_p), float(tolerance), canvas, search
+        self.estimator_weight = float(estimator_weight)
+        # (H, W) of the training images, recorded by training forwards; zeros until then
+        self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
+        self._aux: torch.Tensor | None = None
+        self.num_features = int(trunk.num_features)
+        self.head_hidden_size = getattr(trunk, "head_hidden_size", self.num_features)
+        self.min_input_size = int(getattr(trunk, "min_input_size", 8) or 8)
+        self.pretrained_cfg = self.default_cfg = self._cfg(trunk)
+        if hasattr(trunk, "feature_info"):
+            self.feature_info = [{**f, "module": f"trunk.{f['module']}"} for f in trunk.feature_info]
+
+    @staticmethod
+    def _in_chans(trunk: nn.Module) -> int:
+        n = getattr(trunk, "in_chans", None)
+        if n is None:  # timm models do not keep it: their first convolution says
+            conv = next((m for m in trunk.modules() if isinstance(m, nn.Conv2d)), None)
+            n = conv.in_channels if conv is not None else 3
+        return int(n)
+
+    @staticmethod
+    def _cfg(trunk: nn.Module) -> dict[str, Any]:
+        cfg = dict(getattr(trunk, "pretrained_cfg", None) or {})
+        for key in ("first_conv", "classifier"):
+            if isinstance(cfg.get(key), str):
+                cfg[key] = f"trunk.{cfg[key]}"
+        return cfg
+
+    # ------------------------------------------------------------------------------------------- timm contract
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.trunk, "num_classes", 0))
+
+    def get_classifier(self) -> nn.Module:
+        """The trunk's classifier."""
+        return self.trunk.get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the trunk's classifier (``num_classes=0``: none) and optionally its pooling."""
+        if global_pool is None:
+            self.trunk.reset_classifier(num_classes)
+        else:
+            self.trunk.reset_classifier(num_classes, global_pool=global_pool)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """The trunk's gradient checkpointing, where it has one."""
+        self.trunk.set_grad_checkpointing(enable)
+
+    # --------------------------------------------------------------------------------------------- estimate
+    def log2_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The estimator's log2 object size relative to the frame, compared with training images ``[B]``."""
+        return self.estimator(x)
+
+    def estimate_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's object size relative to the training objects', in pixels ``[B]`` (2.0: twice as large).
+
+        For a model trained at another image size than ``x``'s, the frame-relative estimate is converted to pixels
+        with the ratio of the two sizes.
+        """
+        rel = _exp2(self.log2_scale(x))
+        if int(self.train_canvas.prod()) > 0:
+            ratio = (image_size(x).prod() / self.train_canvas.to(torch.float32).prod()).sqrt()
+            rel = rel * ratio
+        return rel
+
+    def _out_size(self) -> tuple[int, int] | None:
+        if self.canvas == "train" and int(self.train_canvas.prod()) > 0:
+            h, w = self.train_canvas.tolist()
+            return int(h), int(w)
+        return None
+
+    def canonicalise(self, x: torch.Tensor, log2_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` resampled so that each object has the canonical size (``log2_scale``: else estimated)."""
+        e = self.log2_scale(x) if log2_scale is None else log2_scale
+        return zoom(x, _exp2(e + self.tolerance), self._out_size())
+
+    # --------------------------------------------------------------------------------------------- training
+    def _training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's training view of ``x``; also sets the estimator's loss (see the module docstring)."""
+        b, dev = x.shape[0], x.device
+        with torch.no_grad():
+            self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
+        g = _uniform(b, *self.estimator_range, dev)
+        est_logits = self.estimator.logits(self.estimator.view(x, _exp2(-g)))
+        self._aux = self.estimator.loss(est_logits, g) * self.estimator_weight
+        f = _uniform(b, *self.detail_range, dev)
+        f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
+        d = _uniform(b, -2.0 * self.tolerance, 0.0, dev)  # log2 of the object size the trunk finally sees
+        shrunk = zoom(x, _exp2(-f))
+        return zoom(shrunk, _exp2(f - d))
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The estimator's loss of the last training-mode forward (None before one); the training loop adds it."""
+        return self._aux
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's unpooled features ``[B, C, H, W]`` of the canonicalised images (training: of the training
+        view, see the module docstring)."""
+        if self.training:
+            return self.trunk.forward_features(self._training_input(x))
+        e = self.log2_scale(x)
+        if not self.search:
+            return self.trunk.forward_features(self.canonicalise(x, e))
+        b = x.shape[0]
+        views = torch.cat([self.canonicalise(x, e + d) for d in (0.0, -self.search, self.search)])
+        feats = self.trunk.forward_features(views)
+        conf = self.trunk.forward_head(feats).float().softmax(-1).amax(-1).view(3, b)
+        best = conf.argmax(0)  # [B]
+        return feats.view(3, b, *feats.shape[1:])[best, torch.arange(b, device=x.device)]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The trunk's head (pooling, classifier)."""
+        return self.trunk.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` (pooled features when the trunk has no classifier)."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The trunk's ``forward_intermediates`` on the canonicalised images (timm's feature-extraction API)."""
+        return self.trunk.forward_intermediates(self.canonicalise(x), *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        lo, hi = self.estimator_range
+        return (f"canvas={self.canvas!r}, tolerance={self.tolerance}, estimator_range=({lo}, {hi}), "
+                f"search={self.search}, target={math.pow(2, -self.tolerance):.3f}")  # fmt: skip

@@ -1,0 +1,105 @@
+"""One batched, antialiased zoom about the image centre with a factor per image: the canonicaliser's resampler.
+
+``zoom(x, span, size)`` resamples every image ``b`` of ``x`` into an output canvas of ``size`` pixels showing the
+central window of the input that is ``span[b]`` times the input's extent (``span`` 1: the whole input; 0.5: its
+central half, enlarged; 2: the input shrunk to half inside the canvas, the rest filled by replicating the input's
+border). The zoom is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
+``span * sqrt(H_in W_in / (H_out W_out))``.
+
+Antialiasing is mipmapping: a cheap pyramid of 2x2 average pools of the input, sampled bilinearly by
+``grid_sample`` at the level of detail that matches each image's pixel step, linearly blended between the two
+nearest levels. Everything is tensor arithmetic on the input's shape, so the module traces to ONNX (GridSample,
+AveragePool) with dynamic batch, height and width; eager calls skip the levels no image needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LEVELS", "image_size", "pixel_step", "zoom"]
+
+LEVELS = 4
+"""Mip levels (full, 1/2, 1/4, 1/8): shrinking beyond 8x by one call is filtered as if by 8x."""
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def image_size(x: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` of ``x`` as a float tensor (a traced shape under ONNX export, so sizes stay dynamic)."""
+    return torch._shape_as_tensor(x)[-2:].to(torch.float32)
+
+
+def pixel_step(span: torch.Tensor, size_in: torch.Tensor, size_out: torch.Tensor) -> torch.Tensor:
+    """Input pixels per output pixel ``[B]`` for a zoom of ``span`` from ``size_in`` to ``size_out`` (H, W)."""
+    return span * (size_in.prod() / size_out.prod()).sqrt()
+
+
+def _axis(n: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """Pixel-centre coordinates in [-1, 1] (``align_corners=False``) of an axis of ``n`` pixels."""
+    if isinstance(n, int):
+        idx = torch.arange(n, dtype=like.dtype, device=like.device)
+        return (2 * idx + 1) / n - 1
+    # a dynamic length: a cumulative sum of ones along the input's own axis traces to ONNX without a Range op
+    ones = torch.ones_like(like)
+    idx = ones.cumsum(0) - 1
+    return (2 * idx + 1) / n.to(like.dtype) - 1
+
+
+def zoom(
+    x: torch.Tensor,
+    span: torch.Tensor,
+    size: Sequence[int] | None = None,
+    *,
+    levels: int = LEVELS,
+) -> torch.Tensor:
+    """Resample each image of ``x`` ``[B, C, H, W]`` by its own ``span[b]`` into a ``size`` canvas (see module).
+
+    Args:
+        x: images (any normalisation; the canvas outside the input replicates its border pixels).
+        span: ``[B]`` positive, the input extent shown by the canvas (> 1 shrinks the content, < 1 enlarges it).
+        size: output ``(H, W)``; ``None``: the input's own size (dynamic under ONNX export).
+        levels: mip levels used for antialiasing when shrinking.
+
+    Returns:
+        ``[B, C, H_out, W_out]``.
+    """
+    size_in = image_size(x)
+    if size is None:
+        ys, xs = _axis(size_in[0], x[0, 0, :, 0]), _axis(size_in[1], x[0, 0, 0, :])
+        size_out = size_in
+    else:
+        h_out, w_out = int(size[0]), int(size[1])
+        ys, xs = _axis(h_out, x), _axis(w_out, x)
+        size_out = torch.tensor([h_out, w_out], dtype=torch.float32, device=x.device)
+    span = span.to(x.dtype).reshape(-1)
+    step = pixel_step(span, size_in, size_out)  # [B]
+    # normalised input coordinate of each output pixel: u_in = u_out * step * n_out / n_in, per axis
+    sy = (step * size_out[0] / size_in[0]).view(-1, 1, 1)
+    sx = (step * size_out[1] / size_in[1]).view(-1, 1, 1)
+    gy = ys.view(1, -1, 1) * sy
+    gx = xs.view(1, 1, -1) * sx
+    grid = torch.stack([gx.expand(-1, gy.shape[1], -1), gy.expand(-1, -1, gx.shape[2])], dim=-1)
+    lod = torch.log2(step.clamp_min(1.0)).clamp(max=float(levels - 1))  # [B] level of detail
+    first, n_levels = 0, levels
+    if not _tracing() and lod.numel():  # eager: sample only the levels some image needs
+        lo, hi = torch.stack([lod.min(), lod.max()]).tolist()
+        first, n_levels = int(math.floor(lo)), min(levels, int(math.ceil(hi)) + 1)
+    out = None
+    level = x
+    for k in range(n_levels):
+        if k:
+            level = F.avg_pool2d(level, 2, ceil_mode=True, count_include_pad=False)
+        if k < first:
+            continue
+        sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if first == n_levels - 1:  # every image at this one level (e.g. a 2x shrink): no blending
+            return sampled
+        w = (1.0 - (lod - k).abs()).clamp_min(0.0).view(-1, 1, 1, 1)
+        out = sampled * w if out is None else out + sampled * w
+    return out
