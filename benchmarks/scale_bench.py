@@ -118,7 +118,8 @@ def relative_cost(cfg: dict[str, Any]) -> float:
     factor, x 2 with the scale-invariance loss (a second view)."""
     pixels = 64 * 64 if cfg["protocol"] == "fmnist-ls" else 28 * 28
     model = cfg["model"]
-    factor = 8.0 if "sesn" in model else 4.0 if "scalechannel" in model else 3.0 if "msresnet" in model else 1.0
+    factors = {"sesn": 8.0, "scalechannel": 4.0, "canonical": 1.2, "msresnet": 3.0}  # first match counts
+    factor = next((f for key, f in factors.items() if key in model), 1.0)
     loss = 2.0 if cfg.get("si_weight") else 1.0
     return float(cfg.get("train_limit") or 50_000) * cfg["epochs"] * pixels * factor * loss
 
@@ -144,7 +145,8 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
         row = next(r for r in rows if r["id"] == job.row)
         model = row.get("quick_model", row["model"]) if job.small_model else row["model"]
         quick_kwargs = row.get("quick_kwargs", {}) if job.small_model else {}
-        cfg["model_kwargs"] = {**row.get("model_kwargs", {}), **quick_kwargs}
+        row_kwargs = (recipe.get("row_kwargs") or {}).get(job.row, {})  # the row's options on this protocol
+        cfg["model_kwargs"] = {**row.get("model_kwargs", {}), **quick_kwargs, **row_kwargs}
         if row.get("rescale_aug"):
             cfg["rescale_aug"] = list(recipe["rescale_aug"])
         overrides = dict(row.get("overrides", {}))

@@ -100,8 +100,9 @@ def test_shapes_at_many_sizes(shape: tuple[int, ...]) -> None:
     assert model.forward_features(x).ndim == 4
 
 
-def test_gradients_reach_trunk_and_estimator() -> None:
-    model = _canonical().train()
+@pytest.mark.parametrize("trunk_view", ["true", "estimated"])
+def test_gradients_reach_trunk_and_estimator(trunk_view: str) -> None:
+    model = _canonical(trunk_view=trunk_view).train()
     logits = model(torch.randn(4, 1, 32, 32))
     aux = model.auxiliary_loss()
     assert aux is not None and aux.ndim == 0
@@ -172,7 +173,9 @@ def test_train_canvas_is_recorded_and_used() -> None:
 
 
 def test_bad_options_are_user_errors() -> None:
-    for kw in ({"canvas": "fixed"}, {"detail_range": (-1.0, 0.5)}, {"tolerance": -1.0}, {"estimator_range": (1, 0)}):
+    bad = ({"canvas": "fixed"}, {"detail_range": (-1.0, 0.5)}, {"tolerance": -1.0}, {"estimator_range": (1, 0)},
+           {"trunk_view": "oracle"})  # fmt: skip
+    for kw in bad:
         with pytest.raises(UserError):
             _canonical(**kw)
 

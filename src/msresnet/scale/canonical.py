@@ -15,8 +15,11 @@ global generator (which the training loop reseeds every step, so resuming stays 
 * the trunk sees what canonicalisation hands it at test time: an image first shrunk inside its canvas by
   ``2**U(detail_range)`` (the detail a small test object has; with probability ``sharp_p`` not at all, the detail of
   a large one) and then zoomed so that its object has a size in ``[target**2, 1]`` of the training size — the
-  sizes an estimate within ``tolerance`` octaves produces. Training objects are never enlarged beyond their own
-  size: every view of the trunk is a shrink, or an enlargement back after a shrink.
+  sizes an estimate within ``tolerance`` octaves produces. With ``trunk_view="true"`` the zoom back uses the known
+  shrink, so training objects are never enlarged beyond their own size (every view of the trunk is a shrink, or an
+  enlargement back after a shrink): the rule of single-scale training data. With ``"estimated"`` it uses the
+  estimator's (detached) estimate of the shrunk image, which brings training objects of varied sizes (a training
+  set that already spans a range of scales) to the canonical size as test images will be.
 
 Canonicalisation zooms about the image centre: it suits objects near the centre (it does not localise them).
 """
@@ -38,6 +41,7 @@ from msresnet.scale.resample import image_size, zoom
 __all__ = ["CANVASES", "CanonicalClassifier"]
 
 CANVASES = ("train", "input")
+TRUNK_VIEWS = ("true", "estimated")
 
 
 def _range(name: str, r: Sequence[float], hi_max: float | None = None) -> tuple[float, float]:
@@ -74,6 +78,8 @@ class CanonicalClassifier(nn.Module):
             trained at 28 px sees 28 px whatever the input's resolution), ``"input"``: the input's own size.
         search: 0, or the octave step of a local search: the trunk also classifies the zooms ``2**+-search``
             around the estimate and each image keeps its most confident one (3 trunk passes).
+        trunk_view: how the trunk's training views are zoomed back after the shrink: by the known factor
+            (``"true"``) or by the estimate (``"estimated"``), see the module docstring.
         estimator_weight: weight of the estimator's loss in :meth:`auxiliary_loss`.
         estimator_width: channels of the estimator's first stage.
     """
@@ -88,12 +94,15 @@ class CanonicalClassifier(nn.Module):
         tolerance: float = 0.25,
         canvas: str = "train",
         search: float = 0.0,
+        trunk_view: str = "true",
         estimator_weight: float = 1.0,
-        estimator_width: int = 16,
+        estimator_width: int = 12,
     ) -> None:
         super().__init__()
         if canvas not in CANVASES:
             raise UserError(f"canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
+        if trunk_view not in TRUNK_VIEWS:
+            raise UserError(f"trunk_view must be one of {', '.join(TRUNK_VIEWS)}, got {trunk_view!r}")
         if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0:
             raise UserError("sharp_p must be in [0, 1]; tolerance, search and estimator_weight must be >= 0")
         self.trunk = trunk
@@ -104,7 +113,7 @@ class CanonicalClassifier(nn.Module):
         self.estimator = ScaleEstimator(in_chans, view_size, (min(-0.5, lo - 0.5), max(0.5, hi + 0.5)),
                                         width=estimator_width)  # fmt: skip
         self.sharp_p, self.tolerance, self.canvas, self.search = float(sharp_p), float(tolerance), canvas, search
-        self.estimator_weight = float(estimator_weight)
+        self.estimator_weight, self.trunk_view = float(estimator_weight), trunk_view
         # (H, W) of the training images, recorded by training forwards; zeros until then
         self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
         self._aux: torch.Tensor | None = None
@@ -190,9 +199,12 @@ class CanonicalClassifier(nn.Module):
         self._aux = self.estimator.loss(est_logits, g) * self.estimator_weight
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
-        d = _uniform(b, -2.0 * self.tolerance, 0.0, dev)  # log2 of the object size the trunk finally sees
         shrunk = zoom(x, _exp2(-f))
-        return zoom(shrunk, _exp2(f - d))
+        if self.trunk_view == "estimated":
+            with torch.no_grad():
+                f = self.estimator(shrunk)
+        # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size
+        return zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)))
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """The estimator's loss of the last training-mode forward (None before one); the training loop adds it."""
