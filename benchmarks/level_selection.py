@@ -73,7 +73,7 @@ def collect(
 
     model = load_model(run_dir)
     info = read_checkpoint_info(run_dir)
-    if getattr(model, "pyramid", None) is None or not model.global_pool:
+    if getattr(model, "pyramid", None) is None:
         raise SystemExit(f"{run_dir}: not a pyramid model with a pooled head (nothing to select between)")
     if pyramid:
         model.pyramid = ImagePyramid(pyramid, model.pyramid.min_size, model.pyramid.crop_upscaled)

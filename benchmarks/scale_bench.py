@@ -183,8 +183,8 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     val = val_scales = None
     if job.row != "oracle" and protocol.val is not None:
         val_sweep = ValidationSweep(protocol, val_limit)
-        # models with a scale axis: which pyramid level / scale recognises the object at each condition
-        per_scale = bool(getattr(model, "has_scale_axis", False) and model.global_pool)
+        # pyramid models: which level recognises the object at each condition
+        per_scale = callable(getattr(model, "forward_with_scales", None))
         val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp, per_scale=per_scale)
         val_scales = val.pop("per_scale", None)
     probe = None if job.quick else probe_record(model, protocol, info, test_limit, val_limit, cfg.amp)

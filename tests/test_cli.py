@@ -112,8 +112,8 @@ def test_calibrate_fits_the_probe_that_the_model_then_uses(
     assert model.scale_probe.is_fitted and model.checkpoint_info.scale_probe["kept"]
     x = torch.randn(4, 1, 64, 64)
     with torch.no_grad():
-        pooled = model._pooled_features(x)
-        levels = model._level_logits(pooled)
+        pooled = model.pool_levels(x)[0]
+        levels = model.level_logits(pooled)
         pick = model.scale_probe.select(levels, pooled, model.pyramid.kept_scales((64, 64)))
         torch.testing.assert_close(model(x), levels[torch.arange(4), pick])
     capsys.readouterr()

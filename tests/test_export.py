@@ -1,4 +1,4 @@
-"""export: ONNX (dynamic batch/height/width, normalisation inside) and TorchScript, verified against eager."""
+"""export: ONNX and torch.export (dynamic batch/height/width, normalisation inside), verified against eager."""
 
 from __future__ import annotations
 
@@ -51,13 +51,23 @@ def test_onnx_export_of_confidence_level_selection(tmp_path: Path) -> None:
     assert len(checks) == 3 and all(c.ok for c in checks)
 
 
-def test_torchscript_export(tmp_path: Path) -> None:
-    model = _model(_smallest("msresnet"))
-    out = tmp_path / "m.pt"
-    checks = export_model(model, out, format="torchscript", in_chans=1, mean=MEAN, std=STD)
-    assert all(c.ok for c in checks)
-    loaded = torch.jit.load(str(out))
-    assert loaded(torch.rand(1, 1, 70, 90)).shape == (1, 10)
+@pytest.mark.parametrize("prefix", ["resnet", pytest.param("msresnet", marks=pytest.mark.slow)])
+def test_pt2_export_dynamic_sizes(prefix: str, tmp_path: Path) -> None:
+    model = _model(_smallest(prefix))
+    out = tmp_path / "m.pt2"
+    checks = export_model(model, out, format="pt2", in_chans=1, mean=MEAN, std=STD)
+    assert len(checks) == 3 and all(c.ok for c in checks)
+    loaded = torch.export.load(str(out)).module()
+    x = torch.rand(1, 1, 70, 90)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model((x - MEAN[0]) / STD[0]), rtol=1e-3, atol=1e-3)
+
+
+def test_torchscript_is_replaced(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--format pt2"):
+        export_model(
+            _model(_smallest("resnet")), tmp_path / "m.pt", format="torchscript", in_chans=1, mean=MEAN, std=STD
+        )
 
 
 def test_mismatch_removes_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -165,7 +165,7 @@ def test_registry_errors() -> None:
         msresnet.create_model("resnet8", pyramid_scale=(1, 0.5))
     with pytest.raises(UserError, match="pretrained"):
         msresnet.create_model("resnet8", pretrained=True)
-    with pytest.raises(UserError, match="unknown scale_pool 'median'"):
+    with pytest.raises(UserError, match=r"unknown level head \(scale_pool\) 'median'"):
         msresnet.create_model("msresnet8", scale_pool="median")
     with pytest.raises(UserError, match="in_chans"):
         msresnet.create_model("resnet8", in_chans=0)
@@ -180,9 +180,9 @@ def test_registry_errors() -> None:
 def test_msresnet_pyramid_adapts_to_input_size() -> None:
     model = _small("msresnet8", num_classes=2, in_chans=1).eval()
     with torch.no_grad():
-        assert model.forward_features(torch.randn(1, 1, 64, 64)).shape[2] == 5  # 64, 45, 32, 23, 16 px
-        assert model.forward_features(torch.randn(1, 1, 28, 28)).shape[2] == 4  # the 7-px level is dropped
-        assert model.forward_features(torch.randn(1, 1, 16, 16)).shape[2] == 3
+        assert model.pool_levels(torch.randn(1, 1, 64, 64))[0].shape[2] == 5  # 64, 45, 32, 23, 16 px
+        assert model.pool_levels(torch.randn(1, 1, 28, 28))[0].shape[2] == 4  # the 7-px level is dropped
+        assert model.pool_levels(torch.randn(1, 1, 16, 16))[0].shape[2] == 3
 
 
 def test_msresnet_knobs_build_and_run() -> None:
@@ -216,8 +216,7 @@ def test_forward_scales_one_decision_per_level() -> None:
         coarse = model.forward_scales(x)[:, 2]
         model.pyramid.scales = [0.5]
         torch.testing.assert_close(model(x), coarse, rtol=1e-4, atol=1e-5)
-    with pytest.raises(UserError, match="scale axis"):
-        _small("resnet8").forward_scales(torch.randn(1, 3, 32, 32))
+    assert not hasattr(_small("resnet8"), "forward_scales")  # a plain trunk has no levels to diagnose
 
 
 def test_confidence_scale_pool_takes_the_most_confident_level() -> None:
@@ -225,7 +224,7 @@ def test_confidence_scale_pool_takes_the_most_confident_level() -> None:
     model = _small("msresnet8", num_classes=5, in_chans=1, scale_pool="confidence", scale_dropout=0.5)
     avg = _small("msresnet8", num_classes=5, in_chans=1, scale_pool="avg", scale_dropout=0.5)
     # same parameters: only the evaluation rule differs (the avg head has no object-scale probe to load)
-    avg.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("scale_probe.")})
+    avg.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.probe.")})
     x = torch.randn(6, 1, 40, 40)
     model.train(), avg.train()
     torch.manual_seed(1)

@@ -130,13 +130,13 @@ def test_a_fitted_probe_chooses_the_models_level_for_every_input_size(side: int)
     model = _tiny_pyramid_model()
     x = torch.randn(6, 1, side, side)
     with torch.no_grad():
-        pooled = model._pooled_features(x)
-        levels = model._level_logits(pooled)
+        pooled = model.pool_levels(x)[0]
+        levels = model.level_logits(pooled)
         factors = model.pyramid.kept_scales((side, side))
         assert pooled.shape[2] == len(factors) >= 2
         most_confident = levels[torch.arange(6), levels.softmax(-1).amax(-1).argmax(1)]
         torch.testing.assert_close(model(x), most_confident)  # unfitted: the confidence rule
-        fit_on = model._pooled_features(torch.randn(32, 1, 64, 64))
+        fit_on = model.pool_levels(torch.randn(32, 1, 64, 64))[0]
         model.scale_probe.fit(fit_on, model.pyramid.kept_scales((64, 64)), best_log2=-0.5, band=0.3)
         pick = model.scale_probe.select(levels, pooled, factors)
         torch.testing.assert_close(model(x), levels[torch.arange(6), pick])
@@ -149,17 +149,17 @@ def test_probe_state_travels_with_the_weights_and_old_weights_load_unfitted() ->
 
     model = _tiny_pyramid_model()
     fitted = _tiny_pyramid_model()
-    fitted.scale_probe.fit(fitted._pooled_features(torch.randn(16, 1, 64, 64)).detach(), fitted.pyramid.scales)
+    fitted.scale_probe.fit(fitted.pool_levels(torch.randn(16, 1, 64, 64))[0].detach(), fitted.pyramid.scales)
     model.load_state_dict(fitted.state_dict())
     assert model.scale_probe.is_fitted
     x = torch.randn(3, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), fitted(x))
-    # weights written before the probe existed: no scale_probe.* tensors; they load, and the probe is unfitted
-    old = {k: v for k, v in fitted.state_dict().items() if not k.startswith("scale_probe.")}
+    # weights written before the probe existed: no head.probe.* tensors; they load, and the probe is unfitted
+    old = {k: v for k, v in fitted.state_dict().items() if not k.startswith("head.probe.")}
     load_weights_into(model, old, Path("old.safetensors"), expected="")
     assert not model.scale_probe.is_fitted
-    model.scale_probe.fit(fitted._pooled_features(torch.randn(16, 1, 64, 64)).detach(), fitted.pyramid.scales)
+    model.scale_probe.fit(fitted.pool_levels(torch.randn(16, 1, 64, 64))[0].detach(), fitted.pyramid.scales)
     assert not model.scale_probe.reset().is_fitted
 
 

@@ -683,9 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("export", help="export to ONNX or TorchScript, verified against the eager model")
+    p = sub.add_parser("export", help="export to ONNX or torch.export (.pt2), verified against the eager model")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--format", "-f", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", "-f", choices=["onnx", "pt2"], default="onnx")
     p.add_argument("--out", "-o", required=True, metavar="FILE")
     p.add_argument("--opset", type=_int_arg, default=18, metavar="N", help="ONNX opset version")
     p.add_argument("--no-check", action="store_true", help="skip the parity check (not recommended)")

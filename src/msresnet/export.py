@@ -1,12 +1,12 @@
-"""Export a trained classifier to ONNX or TorchScript, verified against the eager model.
+"""Export a trained classifier to ONNX or a ``torch.export`` program (``.pt2``), verified against the eager model.
 
 The exported graph **includes the preprocessing**: it takes raw images scaled to [0, 1] (``float32 [B, C, H, W]``)
 and returns logits; the checkpoint's geometry (fit and canvas, :class:`msresnet.preprocess.Preprocess`) and its
 normalisation are inside, so a deployment needs no copy of the training mean/std or sizes. Batch, height and width
 are dynamic (any size at or above the model's ``min_input_size``).
 
-Before an export is reported as done, the file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for
-TorchScript) and run at three input sizes; its outputs must match the eager model within ``1e-3`` relative to the
+Before an export is reported as done, the file is loaded back (onnxruntime for ONNX, ``torch.export.load`` for
+``.pt2``) and run at three input sizes; its outputs must match the eager model within ``1e-3`` relative to the
 logits' magnitude (``max|a - b| <= 1e-3 * max(1, max|eager|)``). A mismatch raises :class:`ExportMismatchError`
 and the file is removed, so a bad export never looks like a good one.
 
@@ -41,7 +41,7 @@ __all__ = [
     "NormalizedClassifier",
     "export_model",
     "export_onnx",
-    "export_torchscript",
+    "export_pt2",
 ]
 
 #: (H, W) sizes at which an export is compared with the eager model: square, non-square, larger than training.
@@ -225,7 +225,7 @@ def export_onnx(
     return _finish(path, checks, "ONNX")
 
 
-def export_torchscript(
+def export_pt2(
     model: nn.Module,
     out: str | Path,
     *,
@@ -234,33 +234,37 @@ def export_torchscript(
     std: Sequence[float],
     check: bool = True,
 ) -> list[ExportCheck]:
-    """Export to TorchScript (scripted when the model allows it, else traced) and verify it at three sizes.
+    """Export with ``torch.export`` to a ``.pt2`` program (``torch.export.save``), batch, height and width left
+    dynamic where the model allows (``Dim.AUTO``), then load it back (``torch.export.load``) and verify it at
+    :data:`CHECK_SIZES`. A size the program cannot take (a shape it specialised on) fails the check like a wrong
+    output does."""
+    from torch.export import Dim
 
-    Tracing records tensor-size arithmetic symbolically, so traced models also take any input size; the parity
-    check confirms it for the model at hand.
-    """
     path = _prepare_out(out)
     min_side = int(getattr(model, "min_input_size", 1) or 1)
     wrapped = NormalizedClassifier(model, mean, std).eval()
     h0 = max(64, min_side)
+    dims = {"x": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            module = torch.jit.script(wrapped)
-        except Exception:  # noqa: BLE001 - scripting fails on many valid Python models; tracing is the fallback
-            module = torch.jit.trace(wrapped, torch.rand(2, in_chans, h0, h0), check_trace=False)
+        program = torch.export.export(wrapped, (torch.rand(2, in_chans, h0, h0),), dynamic_shapes=dims)
     tmp = path.with_name(path.name + ".tmp")
-    module.save(str(tmp))
+    torch.export.save(program, str(tmp))
     os.replace(tmp, path)
     if not check:
         return []
-    loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    loaded = torch.export.load(str(path)).module()
     sizes = _check_sizes(min_side)
     checks = []
     with torch.no_grad():
         for size, x in zip(sizes, _inputs(in_chans, sizes), strict=True):
-            checks.append(_compare(wrapped(x), loaded(x), size))
-    return _finish(path, checks, "TorchScript")
+            try:
+                got = loaded(x)
+            except (RuntimeError, AssertionError, ValueError):  # the program's shape guards refuse this size
+                checks.append(ExportCheck(size, float("inf"), 0.0))
+                continue
+            checks.append(_compare(wrapped(x), got, size))
+    return _finish(path, checks, "torch.export")
 
 
 def export_model(
@@ -275,7 +279,7 @@ def export_model(
     check: bool = True,
     preprocess: Preprocess | None = None,
 ) -> list[ExportCheck]:
-    """Export in ``format`` (``onnx`` or ``torchscript``); see :func:`export_onnx` / :func:`export_torchscript`.
+    """Export in ``format`` (``onnx`` or ``pt2``); see :func:`export_onnx` / :func:`export_pt2`.
 
     With ``preprocess`` (the checkpoint's, ``load_model(run).preprocess``) its geometry and normalisation go into the
     graph (``mean`` / ``std`` are then taken from it), so the file takes raw [0, 1] images of any size, exactly as
@@ -287,6 +291,8 @@ def export_model(
         in_chans, mean, std = preprocess.in_chans, (0.0,) * preprocess.in_chans, (1.0,) * preprocess.in_chans
     if format == "onnx":
         return export_onnx(model, out, in_chans=in_chans, mean=mean, std=std, opset=opset, check=check)
+    if format == "pt2":
+        return export_pt2(model, out, in_chans=in_chans, mean=mean, std=std, check=check)
     if format == "torchscript":
-        return export_torchscript(model, out, in_chans=in_chans, mean=mean, std=std, check=check)
-    raise UserError(f"unknown export format {format!r}; choose onnx or torchscript")
+        raise UserError("TorchScript export was replaced by torch.export (deprecated in torch): use --format pt2")
+    raise UserError(f"unknown export format {format!r}; choose onnx or pt2")

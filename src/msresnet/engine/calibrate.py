@@ -61,10 +61,10 @@ def collect_levels(
     require_calibratable(model)
     out: dict[Any, Levels] = {}
     for condition, batches, _ in _condition_batches(source, info, limit, None, torch.device(device)):
-        parts = [(model._pooled_features(x).float().cpu(), y, x.shape[-2:]) for x, y in batches]
+        parts = [(model.pool_levels(x)[0].float().cpu(), y, x.shape[-2:]) for x, y in batches]
         pooled, labels = torch.cat([p for p, _, _ in parts]), torch.cat([y for _, y, _ in parts])
         factors = model.pyramid.kept_scales(parts[0][2])
-        out[condition] = Levels(model._level_logits(pooled.to(device)).float().cpu(), pooled, labels, factors)
+        out[condition] = Levels(model.level_logits(pooled.to(device)).float().cpu(), pooled, labels, factors)
     return out
 
 
@@ -138,7 +138,7 @@ def _head_accuracies(model: nn.Module, levels: dict[Any, Levels]) -> Iterator[tu
     """Validation accuracy per condition of the model's own head on stored pooled features (eval mode)."""
     device = next(model.parameters()).device
     for condition, lv in levels.items():
-        yield condition, _accuracy(model._head_pooled(lv.pooled.to(device)).float().cpu(), lv.labels)
+        yield condition, _accuracy(model.logits_from_levels(lv.pooled.to(device), lv.factors).float().cpu(), lv.labels)
 
 
 @torch.no_grad()

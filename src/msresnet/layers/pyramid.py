@@ -7,6 +7,7 @@ level is the image as a lower-resolution camera would have seen it, not an alias
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,10 +19,18 @@ from msresnet.errors import UserError
 __all__ = ["resize", "scaled_size", "center_crop", "ImagePyramid"]
 
 
+def _sym_round(v: torch.SymFloat) -> torch.SymInt:
+    """Python's ``round`` (half to even) of a symbolic size in operations a ``torch.export`` program can store."""
+    r = math.trunc(v + 0.5)
+    return torch.sym_ite((r - v == 0.5) & (r % 2 == 1), r - 1, r)
+
+
 def scaled_size(size: Sequence[int], factor: float) -> tuple[int, int]:
     """``(H, W)`` multiplied by ``factor`` and rounded, at least 1 pixel."""
     if isinstance(size[0], torch.Tensor):  # traced for ONNX export: keep the arithmetic in the graph (dynamic H, W)
         return tuple(torch.clamp(torch.round(s * factor), min=1).long() for s in size[:2])  # type: ignore[return-value]
+    if isinstance(size[0], torch.SymInt):  # torch.export with dynamic sizes
+        return tuple(torch.sym_max(1, _sym_round(s * factor)) for s in size[:2])  # type: ignore[return-value]
     return max(1, round(size[0] * factor)), max(1, round(size[1] * factor))
 
 

@@ -117,19 +117,14 @@ class ScaleConv2d(nn.Module):
 
     def _windows(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, S, H, W] -> [B, S, C * scale_size, H, W]``: each scale with its coarser neighbours."""
-        b, c, s, h, w = x.shape
         j = self.scale_size
         if j > 1:
             x = F.pad(x, (0, 0, 0, 0, 0, j - 1))
         win = x.unfold(2, j, 1)  # [B, C, S, H, W, J]
-        return win.permute(0, 2, 1, 5, 3, 4).reshape(b, s, c * j, h, w)
+        return win.permute(0, 2, 1, 5, 3, 4).flatten(2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the convolution at every scale; returns ``[B, C', S, H', W']``."""
-        if self.lifting and x.dim() != 4:
-            raise ValueError(f"lifting ScaleConv2d expects [B, C, H, W], got {tuple(x.shape)}")
-        if not self.lifting and (x.dim() != 5 or x.shape[2] != self.num_scales):
-            raise ValueError(f"ScaleConv2d expects [B, C, {self.num_scales}, H, W], got {tuple(x.shape)}")
         out = self._forward_hermite(x) if self.basis_name == "hermite" else self._forward_dilation(x)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1, 1)
@@ -137,17 +132,16 @@ class ScaleConv2d(nn.Module):
 
     def _forward_hermite(self, x: torch.Tensor) -> torch.Tensor:
         kernels = self.effective_kernels()  # [S, C', C*J, k, k]
-        s, o, cj, k, _ = kernels.shape
+        # sizes from the configuration, not from traced shapes (fx and torch.export see plain integers)
+        s, o, k = self.num_scales, self.out_channels, self.kernel_size
         pad = k // 2
         if self.lifting:
             # output channel layout (C', S) so the result reshapes to [B, C', S, H, W] without a copy
-            weight = kernels.transpose(0, 1).reshape(o * s, cj, k, k)
-            y = F.conv2d(x, weight, stride=self.stride, padding=pad)
-            return y.view(y.shape[0], o, s, y.shape[-2], y.shape[-1])
-        b = x.shape[0]
-        inp = self._windows(x).reshape(b, s * cj, x.shape[-2], x.shape[-1])
-        y = F.conv2d(inp, kernels.reshape(s * o, cj, k, k), stride=self.stride, padding=pad, groups=s)
-        return y.view(b, s, o, y.shape[-2], y.shape[-1]).transpose(1, 2)
+            y = F.conv2d(x, kernels.transpose(0, 1).flatten(0, 1), stride=self.stride, padding=pad)
+            return y.unflatten(1, (o, s))
+        inp = self._windows(x).flatten(1, 2)
+        y = F.conv2d(inp, kernels.flatten(0, 1), stride=self.stride, padding=pad, groups=s)
+        return y.unflatten(1, (s, o)).transpose(1, 2)
 
     def _forward_dilation(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight

@@ -19,9 +19,28 @@ from torch import nn
 
 from msresnet.errors import UserError
 
-__all__ = ["ScalePool", "POOL_MODES"]
+__all__ = ["ScalePool", "POOL_MODES", "scale_keep_mask"]
 
 POOL_MODES = ("max", "avg", "softmax", "attention")
+
+
+def scale_keep_mask(x: torch.Tensor, dim: int, p: float) -> torch.Tensor | None:
+    """Scale dropout: a boolean mask of the scales each sample keeps along ``dim`` (shape ``[B, 1.., S, 1..]``),
+    or None when nothing is dropped. With probability ``p`` a sample keeps only a random contiguous window of
+    scales; the others keep every scale. Call it in training only."""
+    s = x.shape[dim]
+    if not (p > 0 and s > 1):
+        return None
+    b = x.shape[0]
+    dev = x.device
+    length = torch.randint(1, s + 1, (b,), device=dev)
+    start = (torch.rand(b, device=dev) * (s - length + 1)).floor().long()
+    idx = torch.arange(s, device=dev)
+    keep = (idx[None] >= start[:, None]) & (idx[None] < (start + length)[:, None])
+    keep |= (torch.rand(b, device=dev) >= p)[:, None]  # most samples keep every scale
+    shape = [b] + [1] * (x.dim() - 1)
+    shape[dim] = s
+    return keep.view(shape)
 
 
 class ScalePool(nn.Module):
@@ -35,6 +54,8 @@ class ScalePool(nn.Module):
         channels: Number of channels (required for ``"attention"``).
         reduction: Attention MLP bottleneck ratio.
         scale_dropout: Probability that a training sample keeps only a random contiguous window of scales.
+        num_scales: The size of the scale axis when the caller knows it (a lifting stem does): the choice of the
+            two-scale form is then made once, here, rather than on the traced input shape (fx, ``torch.export``).
     """
 
     def __init__(
@@ -46,13 +67,14 @@ class ScalePool(nn.Module):
         channels: int | None = None,
         reduction: int = 4,
         scale_dropout: float = 0.0,
+        num_scales: int | None = None,
     ) -> None:
         super().__init__()
         if mode not in POOL_MODES:
             raise UserError(f"unknown scale pool {mode!r}; choose one of {', '.join(POOL_MODES)}")
         if not 0.0 <= scale_dropout <= 1.0:
             raise UserError(f"scale_dropout must be in [0, 1], got {scale_dropout}")
-        self.mode, self.dim, self.scale_dropout = mode, dim, scale_dropout
+        self.mode, self.dim, self.scale_dropout, self.num_scales = mode, dim, scale_dropout, num_scales
         if mode == "softmax":
             b = torch.tensor(float(beta))
             self.beta = nn.Parameter(b) if learn_beta else nn.Buffer(b)
@@ -65,25 +87,9 @@ class ScalePool(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode}, dim={self.dim}, scale_dropout={self.scale_dropout}"
 
-    def _keep_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Boolean ``[B, 1, S, 1...]`` mask of kept scales, or None (no dropout this call)."""
-        s = x.shape[self.dim]
-        if not (self.training and self.scale_dropout > 0 and s > 1):
-            return None
-        b = x.shape[0]
-        dev = x.device
-        length = torch.randint(1, s + 1, (b,), device=dev)
-        start = (torch.rand(b, device=dev) * (s - length + 1)).floor().long()
-        idx = torch.arange(s, device=dev)
-        keep = (idx[None] >= start[:, None]) & (idx[None] < (start + length)[:, None])
-        keep |= (torch.rand(b, device=dev) >= self.scale_dropout)[:, None]  # most samples keep every scale
-        shape = [b] + [1] * (x.dim() - 1)
-        shape[self.dim] = s
-        return keep.view(shape)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool ``x`` over ``self.dim``."""
-        mask = self._keep_mask(x)
+        mask = scale_keep_mask(x, self.dim, self.scale_dropout) if self.training else None
         d = self.dim
         if self.mode == "max":
             return (x if mask is None else x.masked_fill(~mask, float("-inf"))).amax(d)
@@ -92,10 +98,11 @@ class ScalePool(nn.Module):
                 return x.mean(d)
             m = mask.to(x.dtype)
             return (x * m).sum(d) / m.sum(d)
-        if self.mode == "softmax" and mask is None and x.shape[d] == 2:
+        two = x.shape[d] == 2 if self.num_scales is None else self.num_scales == 2
+        if self.mode == "softmax" and mask is None and two:
             # two scales (the lifting stem's hot path): the softmax over two is the sigmoid of their difference,
             # the same value in a third of the memory traffic
-            x0, x1 = x.unbind(d)
+            x0, x1 = x.select(d, 0), x.select(d, 1)  # not unbind: fx cannot unpack a traced value
             diff = x0 - x1
             return torch.addcmul(x1, torch.sigmoid(self.beta * diff), diff)
         if self.mode == "softmax":

@@ -1,4 +1,4 @@
-"""Model zoo: plain ResNets, multi-scale ResNets, scale-channel, SESN-style and Res2Net-style networks.
+"""Model zoo: plain ResNet trunks, multi-scale ResNets, scale-channel, SESN-style and Res2Net-style networks.
 
 Every model is registered by name; build one with :func:`create_model`. Importing this package also registers
 the models into timm's registry (see :mod:`msresnet.models._timm`).

@@ -16,22 +16,47 @@ from torch import nn
 
 from msresnet.errors import UserError
 
-__all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "is_model", "make_cfg"]
+__all__ = [
+    "WRAPPED_CFG",
+    "create_model",
+    "entry_cfg",
+    "is_model",
+    "list_models",
+    "make_cfg",
+    "model_entrypoint",
+    "register_model",
+]
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+_CFGS: dict[str, dict[str, Any]] = {}
+
+WRAPPED_CFG = {"first_conv": "trunk.stem.conv", "classifier": "trunk.fc"}
+"""The ``pretrained_cfg`` names of a scale wrapper around one of the project's trunks (stored as ``trunk``)."""
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn`` under ``fn.__name__``.
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, cfg: dict[str, Any] | None = None
+) -> Callable[..., nn.Module]:
+    """Decorator (``@register_model`` or ``@register_model(cfg=...)``): register ``fn`` under ``fn.__name__``;
+    ``cfg`` holds the ``pretrained_cfg`` entries that differ from :func:`make_cfg`'s defaults (what timm's registry
+    is told without building the model, see :func:`entry_cfg`).
 
     Raises:
         ValueError: the name is already registered (two models must never silently shadow each other).
     """
+    if fn is None:
+        return lambda f: register_model(f, cfg=cfg)  # type: ignore[return-value]
     name = fn.__name__
     if name in _ENTRYPOINTS:
         raise ValueError(f"model {name!r} is already registered (by {_ENTRYPOINTS[name].__module__})")
     _ENTRYPOINTS[name] = fn
+    _CFGS[name] = dict(cfg or {})
     return fn
+
+
+def entry_cfg(name: str) -> dict[str, Any]:
+    """The ``pretrained_cfg`` entries ``name`` was registered with (beyond :func:`make_cfg`'s defaults)."""
+    return dict(_CFGS.get(name, {}))
 
 
 def is_model(name: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from msresnet.models._registry import create_model, list_models, make_cfg
+from msresnet.models._registry import create_model, entry_cfg, list_models, make_cfg
 
 __all__ = ["register_timm_models", "SKIPPED", "REGISTERED"]
 
@@ -34,11 +34,10 @@ def _cfg_for(name: str) -> dict[str, Any]:
 
     Static rather than read from a built model: building every model at import costs seconds. All models timm gets
     from msresnet use the small-image stem (the ImageNet-stem names are timm's own and skipped), so the generic cfg
-    is theirs; ``tests/test_models.py`` checks it equals each model's own ``pretrained_cfg``.
+    is theirs, with the entries each model was registered with (a scale wrapper's layer names start with
+    ``trunk.``); ``tests/test_models.py`` checks it equals each model's own ``pretrained_cfg``.
     """
-    if name.endswith("_canonical"):  # a scale wrapper keeps its trunk under `trunk.`
-        return make_cfg(architecture=name, first_conv="trunk.stem.conv", classifier="trunk.fc")
-    return make_cfg(architecture=name)
+    return make_cfg(architecture=name, **entry_cfg(name))
 
 
 def _make_entry(name: str) -> Callable[..., nn.Module]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from msresnet.models._registry import create_model, register_model
+from msresnet.models._registry import WRAPPED_CFG, create_model, register_model
 from msresnet.scale import wrap
 from msresnet.scale.canonical import CanonicalClassifier
 
@@ -33,13 +33,13 @@ def build_canonical(name: str, trunk: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-@register_model
+@register_model(cfg=WRAPPED_CFG)
 def msresnet8_canonical(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Scale canonicalisation around a ResNet-8 with global max pooling (estimate, resample once, classify once)."""
     return build_canonical("msresnet8_canonical", "resnet8", **kwargs)
 
 
-@register_model
+@register_model(cfg=WRAPPED_CFG)
 def msresnet20_canonical(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Scale canonicalisation around a ResNet-20 with global max pooling (estimate, resample once, classify once)."""
     return build_canonical("msresnet20_canonical", "resnet20", **kwargs)

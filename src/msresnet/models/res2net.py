@@ -1,4 +1,4 @@
-"""``res2net_*``: Res2Net-style hierarchical multi-scale blocks (Gao et al., 2019) in the generic ResNet.
+"""``res2net_*``: Res2Net-style hierarchical multi-scale blocks (Gao et al., 2019) in the plain ResNet trunk.
 
 The block reduces with a 1x1 convolution, splits the channels into ``scale`` groups and runs cascaded 3x3
 convolutions: group ``i`` sees group ``i``'s input plus group ``i-1``'s output, so its receptive field grows with
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.models._registry import register_model
-from msresnet.models.resnet import ARCHS, ResNet, _shortcut, build_resnet, conv_at
+from msresnet.models.blocks import conv_at, shortcut
+from msresnet.models.resnet import ARCHS, ResNet, build_trunk
 
 __all__ = ["Res2NetBlock"]
 
@@ -25,7 +26,6 @@ class Res2NetBlock(nn.Module):
     """1x1 -> hierarchical split 3x3 convolutions -> 1x1, with a residual connection (expansion 1)."""
 
     expansion = 1
-    scale_axis = False
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, scale: int = 4) -> None:
         super().__init__()
@@ -41,7 +41,7 @@ class Res2NetBlock(nn.Module):
         self.pool = nn.AvgPool2d(3, stride, 1) if stride > 1 else None
         self.conv3 = nn.Conv2d(planes, planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
-        self.downsample = _shortcut(in_chs, planes, stride)
+        self.downsample = shortcut(in_chs, planes, stride)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
@@ -65,7 +65,6 @@ for _depth, _blocks in (("8", (1, 1, 1)), ("20", (3, 3, 3))):
         "block": Res2NetBlock,
         "depths": _blocks,
         "widths": (16, 32, 64),
-        "stem_type": "cifar",
         "channel_multiple": 4,
     }
 
@@ -73,10 +72,10 @@ for _depth, _blocks in (("8", (1, 1, 1)), ("20", (3, 3, 3))):
 @register_model
 def res2net_resnet8(pretrained: bool = False, **kwargs: Any) -> ResNet:
     """Res2Net-style ResNet-8 (scale 4, widths 16/32/64)."""
-    return build_resnet("res2net_resnet8", ARCHS["res2net_resnet8"], None, **kwargs)
+    return build_trunk("res2net_resnet8", ARCHS["res2net_resnet8"], **kwargs)
 
 
 @register_model
 def res2net_resnet20(pretrained: bool = False, **kwargs: Any) -> ResNet:
     """Res2Net-style ResNet-20 (scale 4, widths 16/32/64)."""
-    return build_resnet("res2net_resnet20", ARCHS["res2net_resnet20"], None, **kwargs)
+    return build_trunk("res2net_resnet20", ARCHS["res2net_resnet20"], **kwargs)

@@ -1,10 +1,11 @@
-"""``sesn_*``: SESN-style scale-equivariant ResNets (Sosnovik, Szmaja & Smeulders, 2020).
+"""``sesn_*``: SESN-style scale-equivariant ResNets (Sosnovik, Szmaja & Smeulders, 2020): a trunk family of its own.
 
 A Hermite-Gaussian lifting convolution maps the image to ``S`` scales; every block then uses scale-to-scale
 :class:`~msresnet.layers.ScaleConv2d` convolutions (same learned coefficients at every scale, ``scale_size``
-neighbouring scales mixed), BatchNorm per channel over all scales, and the scale axis is carried to the head,
-where each scale is pooled over space and the scales are max-pooled. Every convolution runs at ``S`` scales with
-kernels of the coarsest scale's size, so these networks cost roughly ``S * (k/3)**2`` times a plain ResNet: they are
+neighbouring scales mixed) and BatchNorm per channel over all scales, so the scale axis ``[B, C, S, H, W]`` lives
+inside the trunk. At the end of the trunk it is pooled per position (``scale_pool``, max by default: SESN's scale
+projection), so the trunk presents 4-D ``forward_features`` like any other; the head pools space (average) and
+classifies. Every convolution runs at ``S`` scales with kernels of the coarsest scale's size, so these networks are
 the faithful, expensive baseline. Minimum input: 16 px.
 """
 
@@ -16,11 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msresnet.layers import ScaleConv2d
+from msresnet.layers import ScaleConv2d, ScalePool
 from msresnet.models._registry import register_model
-from msresnet.models.resnet import ResNet, _per_scale, build_resnet
+from msresnet.models._stems import LiftingStem
+from msresnet.models.resnet import ResNet, build_trunk
 
-__all__ = ["SESNBasicBlock", "build_sesn"]
+__all__ = ["SESNBasicBlock", "SESNResNet", "build_sesn", "per_scale"]
+
+
+def per_scale(fn: Any, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 4-D op to every scale of ``[B, C, S, H, W]`` in one call (scales folded into the batch)."""
+    y = fn(x.transpose(1, 2).flatten(0, 1))
+    return y.unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
 
 
 class ScaleShortcut(nn.Module):
@@ -36,14 +44,13 @@ class ScaleShortcut(nn.Module):
         self.bn = nn.BatchNorm3d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(_per_scale(self.conv, x))
+        return self.bn(per_scale(self.conv, x))
 
 
 class SESNBasicBlock(nn.Module):
     """Basic residual block on ``[B, C, S, H, W]`` with two scale-to-scale Hermite convolutions."""
 
     expansion = 1
-    scale_axis = True
 
     def __init__(
         self,
@@ -73,6 +80,22 @@ class SESNBasicBlock(nn.Module):
         return F.relu(out + short, inplace=True)
 
 
+class SESNResNet(ResNet):
+    """ResNet whose stem lifts to ``S`` scales and whose blocks carry the scale axis; ``scale_pool`` (a
+    :class:`ScalePool` mode) pools it per position after the last stage. Other arguments as :class:`ResNet`."""
+
+    def __init__(self, *args: Any, scale_pool: str = "max", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scale_pool = ScalePool(scale_pool, dim=2, channels=self.num_features)
+
+    def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages[i](x)
+        return self.scale_pool(x) if i == len(self.stages) - 1 else x
+
+    def _nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(2) if x.dim() == 5 else x  # intermediate maps: the per-position max over scales
+
+
 _DEPTHS = {"resnet8": (1, 1, 1), "resnet20": (3, 3, 3)}
 
 
@@ -85,7 +108,7 @@ def build_sesn(
     sigma0: float = 0.6,
     step: float = 2**0.5,
     **kwargs: Any,
-) -> ResNet:
+) -> SESNResNet:
     """A SESN-style CIFAR ResNet.
 
     Args:
@@ -96,34 +119,24 @@ def build_sesn(
         kernel_size: Kernel size of the block convolutions (coarse Hermite kernels are truncated to it).
         sigma0: Finest Gaussian scale of the basis.
         step: Ratio between neighbouring scales.
-        **kwargs: ResNet options (``width``, ``scale_pool``, ``global_pool`` ...).
+        **kwargs: :class:`SESNResNet` options (``width``, ``scale_pool``, ``global_pool`` ...).
     """
-    basis_kwargs = {"sigma0": sigma0, "step": step}
-    arch = {"block": SESNBasicBlock, "depths": depths, "widths": (16, 32, 64), "stem_type": "cifar"}
+    basis = {"sigma0": sigma0, "step": step}
+    arch = {"block": SESNBasicBlock, "depths": depths, "widths": (16, 32, 64), "stem": LiftingStem}
     defaults = {
-        "stem_basis": "hermite",
-        "stem_scales": num_scales,
-        "stem_kwargs": basis_kwargs,
-        "shared_stages": len(depths),
-        "scale_pool": "max",
-        "global_pool": "avg",
-        "block_kwargs": {
-            "num_scales": num_scales,
-            "scale_size": scale_size,
-            "kernel_size": kernel_size,
-            **basis_kwargs,
-        },
+        "stem_kwargs": {"basis": "hermite", "num_scales": num_scales, "pool": None, **basis},
+        "block_kwargs": {"num_scales": num_scales, "scale_size": scale_size, "kernel_size": kernel_size, **basis},
     }
-    return build_resnet(name, arch, defaults, **kwargs)
+    return build_trunk(name, arch, SESNResNet, **{**defaults, **kwargs})
 
 
 @register_model
-def sesn_resnet8(pretrained: bool = False, **kwargs: Any) -> ResNet:
+def sesn_resnet8(pretrained: bool = False, **kwargs: Any) -> SESNResNet:
     """SESN-style ResNet-8: 3 scales (sigma 0.6 ... 1.2), Hermite convolutions in every layer."""
     return build_sesn("sesn_resnet8", _DEPTHS["resnet8"], **kwargs)
 
 
 @register_model
-def sesn_resnet20(pretrained: bool = False, **kwargs: Any) -> ResNet:
+def sesn_resnet20(pretrained: bool = False, **kwargs: Any) -> SESNResNet:
     """SESN-style ResNet-20: 3 scales (sigma 0.6 ... 1.2), Hermite convolutions in every layer."""
     return build_sesn("sesn_resnet20", _DEPTHS["resnet20"], **kwargs)
