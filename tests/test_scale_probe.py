@@ -184,3 +184,15 @@ def test_calibration_table_keeps_its_columns_aligned_for_short_condition_labels(
     rows = format_calibration(result).splitlines()[:-1]  # the last line is the verdict
     assert len({len(row) for row in rows}) == 1, rows
     assert rows[-1].split() == ["worst", "73.2", "81.4"] and rows[-2].split() == ["mean", "77.6", "81.9"]
+
+
+def test_estimate_scale_exists_once_the_probe_is_fitted() -> None:
+    model = _tiny_pyramid_model()
+    assert not hasattr(model, "estimate_scale")  # unfitted: nothing to estimate with (scan / predict skip it)
+    with torch.no_grad():
+        model.scale_probe.fit(model.pool_levels(torch.randn(16, 1, 64, 64))[0], model.pyramid.kept_scales((64, 64)))
+        est = model.estimate_scale(torch.randn(3, 1, 64, 64))
+    assert est.shape == (3,) and bool((est > 0).all())
+    import msresnet
+
+    assert not hasattr(msresnet.create_model("resnet8"), "estimate_scale")

@@ -153,3 +153,37 @@ def test_wrappers_torch_export(name: str) -> None:
     program = torch.export.export(model, (x,)).module()
     with torch.no_grad():
         torch.testing.assert_close(program(x), model(x))
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("head", ["avg", "max", "softmax", "attention", "confidence"])
+def test_pyramid_features_pool_to_the_output_for_every_head(head: str, pool: str) -> None:
+    """The pyramid's 4-D map, through the trunk's own head, gives exactly the pyramid's output."""
+    trunk = _tiny("resnet8", num_classes=4, global_pool=pool)
+    model = msresnet.wrap(trunk, method="pyramid", head=head, scale_dropout=0.0).eval()
+    x = torch.randn(3, 1, 45, 37)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (3, model.num_features, 12, 10)
+        torch.testing.assert_close(model.forward_head(feats), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), model.head(*_levels(model, x)))
+
+
+def _levels(model: PyramidClassifier, x: torch.Tensor) -> tuple:
+    pooled, factors, _ = model.pool_levels(x)
+    return pooled, model.level_logits, factors
+
+
+def test_wrap_a_timm_classifier() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    base = timm.create_model("resnet18", num_classes=3, in_chans=1, pretrained=False)
+    model = msresnet.wrap(base, method="pyramid").eval()
+    assert model.trunk is base  # shared, not copied
+    state = model.state_dict()
+    assert model.pretrained_cfg["classifier"] + ".weight" in state
+    assert model.pretrained_cfg["first_conv"] + ".weight" in state
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x), rtol=1e-4, atol=1e-5)
+        assert model.forward_scales(x).shape == (2, 5, 3)

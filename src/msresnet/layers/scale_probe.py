@@ -13,12 +13,11 @@ shrunk further, a large one not shrunk enough) extrapolates. So the fit is first
 of prediction on truth at the training scale is folded into the weights), the median over the levels gives a first
 estimate, and :data:`REFINE_STEPS` refinements then average the levels' estimates with Gaussian weights
 (:data:`REFINE_SIGMA` octaves) on how far each level's apparent size lies from the middle of the trained sizes: the
-levels that show *this* object where the probe is reliable decide. On validation sweeps of seven trained runs this
-removed the median's bias (at s = 0.5 from +0.13..+0.40 to about 0 octaves) and raised the probe rule's accuracy
-at the worst condition by 1.6 points on average (up to 12 on a briefly trained trunk). :func:`select_levels` then
-answers with the most confident level among those that show the object within ``band`` octaves of the size the
-trunk classified best at the training scale - where the plain "most confident level" trusts levels that show an
-object larger than anything in training, and is often confidently wrong there.
+levels that show *this* object where the probe is reliable decide (what this changed on validation sweeps:
+``docs/results.md``). :func:`select_levels` then answers with the most confident level among those that show the
+object within ``band`` octaves of the size the trunk classified best at the training scale - where the plain "most
+confident level" trusts levels that show an object larger than anything in training, and is often confidently
+wrong there.
 """
 
 from __future__ import annotations
