@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 # each wrapper module registers itself on import: add `from msresnet.scale import <module>  # noqa: F401` here
-from msresnet.scale import canonical  # noqa: F401
-from msresnet.scale import pyramid  # noqa: F401
+from msresnet.scale import (
+    canonical,  # noqa: F401
+    pyramid,  # noqa: F401
+)
 from msresnet.scale._factory import check_trunk, list_wrappers, register_wrapper, wrap
 
 __all__ = ["check_trunk", "list_wrappers", "register_wrapper", "wrap"]
