@@ -256,3 +256,15 @@ def test_predict_prints_object_scale(tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = predict_files(model, [img], in_chans=1, mean=(0.0,), std=(1.0,), class_names=CLASSES, topk=2)
     assert result.to_json()["results"][0]["object_scale"] == pytest.approx(1.8)
     assert "object x1.8" in format_text(result)
+
+
+def test_scan_protocol_test_split(tmp_path: Path, capsys) -> None:
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is not installed")
+    out = tmp_path / "scan"
+    rc, _, err = _scan(capsys, "timm:test_resnet", "--protocol", "fmnist-ls", "--protocol-param", "limit=30",
+                       "--out", str(out), *QUICK)  # fmt: skip
+    assert rc == 0, err
+    d = json.loads((out / "scan.json").read_text())
+    assert d["data"]["native_size"] == [64, 64] and d["data"]["images"] == 30 and len(d["data"]["classes"]) == 10
+    assert "fmnist-ls" in d["data"]["source"]
