@@ -171,6 +171,7 @@ def run_sweeps(
     ]
     n = len(data.labels)
     n_batches = -(-n // batch_size)
+    native_px = data.size[0] * data.size[1]
     t0 = time.perf_counter()
     with _progress(n_batches * len(conditions), progress and sys.stderr.isatty()) as bar:
         task = bar.add_task("scan", total=n_batches * len(conditions), what=f"{len(models)} model(s)")
@@ -179,12 +180,15 @@ def run_sweeps(
             labels = data.labels[start : start + batch_size]
             for ci, cond in enumerate(conditions):
                 x = cond.apply(x0, interpolation)
-                true_scale = cond.factor
+                # large conditions go through in smaller pieces: peak memory stays that of ~4x the native size
+                step = max(1, min(len(x), batch_size * 4 * native_px // (x.shape[-2] * x.shape[-1])))
                 for m in models:
                     t1 = time.perf_counter()
-                    probs, est = m.predict(x if m.kind != "onnx" else x.cpu())
+                    for i in range(0, len(x), step):
+                        xi = x[i : i + step]
+                        probs, est = m.predict(xi if m.kind != "onnx" else xi.cpu())
+                        tallies[m.label][ci].add(probs.cpu(), labels[i : i + step], est, cond.factor)
                     model_seconds[m.label] += time.perf_counter() - t1
-                    tallies[m.label][ci].add(probs.cpu(), labels, est, true_scale)
                 bar.update(task, advance=1, what=f"{cond.sweep} {cond.label}")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for m in models:
