@@ -81,6 +81,8 @@ class TrainConfig:
         nan_policy: on a non-finite loss or gradient, ``"stop"`` the run or ``"skip"`` the step.
         calibrate_probe: after training, fit the pyramid model's object-scale probe on validation images and keep
             it in the best and last checkpoints where validation improves (``msresnet calibrate``).
+        dist_timeout: under torchrun, seconds a rank waits for the others in one collective before it gives up, so
+            a rank that hangs ends the whole job in bounded time (one that dies is noticed at once).
     """
 
     model: str = ""
@@ -124,6 +126,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     nan_policy: Literal["stop", "skip"] = "stop"
     calibrate_probe: bool = False
+    dist_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.protocol:  # a folder of images trains as it is; no folder means the default benchmark
@@ -173,6 +176,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "num_workers": (lambda v: v >= 0, ">= 0"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0"),
+    "dist_timeout": (lambda v: v > 0, "> 0"),
 }
 
 _TYPES = typing.get_type_hints(TrainConfig)

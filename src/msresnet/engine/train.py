@@ -168,12 +168,16 @@ def train(cfg: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochH
             (:class:`~msresnet.engine.lock.RunLocked`), refused state file, non-finite loss
             (:class:`NonFiniteError`), unwritable disk (:class:`~msresnet.engine.checkpoint.CheckpointWriteError`).
         TrainingInterrupted: SIGINT/SIGTERM arrived; a checkpoint was written; ``.code`` is 130/143.
+        PeerLost: under torchrun, another rank died or stopped answering for ``cfg.dist_timeout`` seconds.
     """
-    ctx = DistContext.from_env(cfg.device)
+    ctx = DistContext.from_env(cfg.device, cfg.dist_timeout)
     try:
         # the writer lock comes first: the "already holds a run" test below is only sound under it
         with hold_run(cfg.out, "train", ctx), _Determinism(cfg), GracefulStop() as stop:
             return _train(cfg, ctx, stop, on_step, on_epoch)
+    except RuntimeError as e:  # under torchrun: another rank died or hung (one line, not a hang or a traceback)
+        ctx.raise_if_peer_failure(e, cfg.out)
+        raise
     finally:
         ctx.close()
 
@@ -186,6 +190,8 @@ def _train(
     run, main, device = Path(cfg.out), ctx.is_main, ctx.device
     ckdir = run / "checkpoints"
     saved = _open_run_dir(cfg, run, main)  # the resume point, or None for a new run
+    if saved is not None:
+        ctx.check_resume_world_size(run)
 
     # ---- data, model, state
     protocol = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))
