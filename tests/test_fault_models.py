@@ -4,7 +4,8 @@
   models: the pyramid ``msresnet8``, the canonical models and a timm trunk inside each registered scale wrapper
   (those present when the suite runs).
 * A model file that is not one (a text file named ``.onnx``, a foreign state dict, weights of another
-  architecture) and a ``timm:`` name that does not exist are each one line and exit 2 where the project loads them.
+  architecture) and a ``timm:`` name that does not exist are each one line and exit 2 where the project loads them
+  (evaluate, predict, export, scan, train).
 * (slow) a chaos loop: SIGKILL at random moments, each resume point checked against the uninterrupted run.
 """
 
@@ -153,6 +154,21 @@ def test_unknown_timm_name_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "timm:no_such_network" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "timm-name", "other-arch"])
+def test_scan_bad_model_is_one_line(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = _bad_files(tmp_path / "files")
+    source = {
+        "onnx": [str(files["onnx"])],
+        "timm-name": ["timm:no_such_network"],
+        "other-arch": ["timm:test_resnet", "--checkpoint", str(files["foreign"])],  # resnet20 weights
+    }[kind]
+    argv = ["scan", *source, "--protocol", "fmnist-ls", "--limit", "20", "--out", str(tmp_path / "scan")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (source[-1] if kind != "timm-name" else "no_such_network") in err
 
 
 # --------------------------------------------------------------------------------------------------- chaos
