@@ -138,6 +138,8 @@ def test_mixed_sizes_are_fitted_and_stated(tmp_path: Path, tmp_cache: Path, caps
     as_float = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255
     pil, tensor = prep.to_unit(im), prep.to_unit(as_float)
     assert pil.shape == tensor.shape == (3, 16, 16) and (pil - tensor).abs().mean() < 0.05
+    # the fit is inside the ONNX graph: any image size in, verified against the eager model at three sizes
+    assert main(["export", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
 
 
 def test_benchmark_protocols_record_their_geometry(tmp_path: Path, tmp_cache: Path, tiny_fmnist_root: Path) -> None:
@@ -225,8 +227,10 @@ def test_bad_files_in_an_evaluated_folder_are_named(trained: dict[str, Path], tm
     assert json.loads((tmp_path / "eval" / "t.json").read_text())["n_per_condition"] == 6
 
 
-def test_nothing_to_train_on_is_exit_2(tmp_path: Path, tmp_cache: Path, capsys) -> None:
+def test_nothing_to_train_on_is_exit_2(tmp_path: Path, tmp_cache: Path, tiny_fmnist_root: Path, capsys) -> None:
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     rc, _ = _train(tmp_path, tmp_path / "empty")
     err = capsys.readouterr().err
     assert rc == 2 and "no image files" in err
+    rc, _ = _train(tmp_path, tiny_fmnist_root, name="idx")
+    assert rc == 2 and "pass --protocol fmnist-ls" in capsys.readouterr().err

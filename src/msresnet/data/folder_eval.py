@@ -133,6 +133,8 @@ def build_folder_eval(
     """
     if sweep is not None and sweep not in SWEEPS:
         raise UserError(f"--sweep must be one of {', '.join(SWEEPS)}, not {sweep!r}")
+    if preprocess is None:
+        raise UserError("this model takes neither 1 nor 3 channels: its images cannot be prepared from files")
     root = Path(root).expanduser()
     names = list(class_names)
     if not names:

@@ -111,6 +111,9 @@ def _scan_known(folder: Path, classes: list[str], role: str, train_dir: Path) ->
 def plain_splits(p: dict[str, Any]) -> tuple[dict[str, Files], list[str], dict[str, str]]:
     """File lists of train / val / test, the class names and where each split came from (for the log)."""
     root = Path(p["root"])
+    if any(root.glob("*-idx?-ubyte*")):
+        raise UserError(f"{root} holds IDX files, not class folders: pass --protocol fmnist-ls (or another fmnist-* "
+                        "protocol) to train on them")  # fmt: skip
     g = torch.Generator().manual_seed(p["seed"])
     where: dict[str, str] = {}
     lonely: set[str] = set()
