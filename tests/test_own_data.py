@@ -218,13 +218,13 @@ def test_mixed_modes_one_image_classes_and_bad_files_are_named(tmp_path: Path, t
 
 
 def test_bad_files_in_an_evaluated_folder_are_named(trained: dict[str, Path], tmp_path: Path, capsys) -> None:
-    test = write_folder(tmp_path / "t", 2)
+    test = write_folder(tmp_path / "t-0.5x", 2)  # a dotted name keeps its eval file name
     (test / "bag" / "empty.png").write_bytes(b"")
     (test / "coat" / "notes.png").write_text("not an image")
     rc = main(["evaluate", str(trained["run"]), "--data-dir", str(test), "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "empty.png" in err and "notes.png" in err and "Traceback" not in err
-    assert json.loads((tmp_path / "eval" / "t.json").read_text())["n_per_condition"] == 6
+    assert json.loads((tmp_path / "eval" / "t-0.5x.json").read_text())["n_per_condition"] == 6
 
 
 def test_nothing_to_train_on_is_exit_2(tmp_path: Path, tmp_cache: Path, tiny_fmnist_root: Path, capsys) -> None:

@@ -343,7 +343,8 @@ def write_eval(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
 
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
     base = out / str(result["protocol"])
-    json_path, csv_path = base.with_suffix(".json"), base.with_suffix(".csv")
+    # appended, not with_suffix: a folder named "test-0.5x" must not become "test-0.json"
+    json_path, csv_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
     atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
     buf = io.StringIO()
     buf.write(f"{result['condition_name']},accuracy\n")
@@ -355,5 +356,5 @@ def write_eval(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
         from msresnet.report.plots import plot_sweep
     except ImportError:  # plotting is optional for library use; the CLI always has it
         return written
-    written.append(Path(plot_sweep(result, base.with_suffix(".png"))))
+    written.append(Path(plot_sweep(result, base.with_name(base.name + ".png"))))
     return written
