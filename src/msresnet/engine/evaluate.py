@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,18 @@ from torch import nn
 from msresnet.engine.batches import Normalizer, TensorSplit, eval_batch_size, iter_batches, limit_split
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
 from msresnet.engine.scale_error import ScaleErrors, true_log2_scales
+from msresnet.records import ScaleResult, SweepResult, scale_labels
+
+__all__ = [
+    "TTA_FACTORS",
+    "ValidationSweep",
+    "evaluate_scales",
+    "evaluate_sweep",
+    "match_channels",
+    "predict_probs",
+    "scale_labels",
+    "write_eval",
+]
 
 TTA_FACTORS = (2**-0.5, 1.0, 2**0.5)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
@@ -196,6 +207,7 @@ def evaluate_sweep(
             :func:`evaluate_scales`), from the same forward pass unless ``tta``.
 
     Returns:
+        The JSON form of a :class:`~msresnet.records.SweepResult` (``SweepResult.from_dict`` reads it back):
         ``protocol``, ``protocol_params``, ``condition_name``, ``conditions`` (list), ``accuracy`` (fractions, one
         per condition), ``mean``, ``worst``, ``worst_condition``, ``retention`` (or None), ``train_condition``,
         ``accuracy_at_train`` (or None), ``n_per_condition``, ``tta``, ``model``, ``seconds``; with ``per_scale``
@@ -244,43 +256,26 @@ def evaluate_sweep(
         counts.append(n)
         level_accuracy.append([int(c) / max(1, n) for c in level_hits] if level_hits is not None else [])
         level_scales.append(kept)
-    train_condition = getattr(protocol, "train_condition", None)
-    acc_train = None
-    for c, a in zip(conditions, accuracy, strict=True):
-        if train_condition is not None and math.isclose(float(c), float(train_condition)):
-            acc_train = a
-    worst_i = min(range(len(accuracy)), key=accuracy.__getitem__)
-    worst = accuracy[worst_i]
-    result = {
-        "protocol": protocol.name,
-        "protocol_params": dict(getattr(protocol, "params", {}) or {}),
-        "condition_name": getattr(protocol, "condition_name", "condition"),
-        "conditions": [_plain(c) for c in conditions],
-        "accuracy": accuracy,
-        "mean": sum(accuracy) / len(accuracy),
-        "worst": worst,
-        "worst_condition": _plain(conditions[worst_i]),
-        "retention": (worst / acc_train) if acc_train else None,
-        "train_condition": _plain(train_condition),
-        "accuracy_at_train": acc_train,
-        "n_per_condition": counts[0] if len(set(counts)) == 1 else counts,
-        "tta": bool(tta),
-        "model": _info_get(info, "model", type(model).__name__),
-        "checkpoint": str(_info_get(info, "path", "") or "") or None,
-        "seconds": time.perf_counter() - t0,
-    }
-    if scale_errors is not None:
-        summary = scale_errors.summary()
-        if summary is not None:
-            summary["conditions"] = [_plain(c) for c in summary["conditions"]]
-        result["scale_error"] = summary
-    if per_scale:
-        result["per_scale"] = {
-            "conditions": [_plain(c) for c in conditions],
-            "accuracy": level_accuracy,
-            "scales": level_scales,
-        }
-    return result
+    summary = scale_errors.summary() if scale_errors is not None else None
+    if summary is not None:
+        summary["conditions"] = [_plain(c) for c in summary["conditions"]]
+    per = ScaleResult([_plain(c) for c in conditions], level_accuracy, level_scales) if per_scale else None
+    result = SweepResult.from_accuracy(
+        protocol.name,
+        [_plain(c) for c in conditions],
+        accuracy,
+        _plain(getattr(protocol, "train_condition", None)),
+        protocol_params=dict(getattr(protocol, "params", {}) or {}),
+        condition_name=getattr(protocol, "condition_name", "condition"),
+        n_per_condition=counts[0] if len(set(counts)) == 1 else counts,
+        tta=bool(tta),
+        model=_info_get(info, "model", type(model).__name__),
+        checkpoint=str(_info_get(info, "path", "") or "") or None,
+        seconds=time.perf_counter() - t0,
+        per_scale=per,
+        scale_error=summary,
+    )
+    return result.to_dict()
 
 
 @torch.no_grad()
@@ -308,14 +303,6 @@ def evaluate_scales(
         model, protocol, info=info, test_limit=test_limit, batch_size=batch_size, device=device, per_scale=True
     )
     return result["per_scale"]
-
-
-def scale_labels(per_scale: dict[str, Any]) -> list[str]:
-    """Column names for an :func:`evaluate_scales` result: ``"x0.5"`` per pyramid factor (from the condition that
-    kept the most levels), ``"scale i"`` for models without a pyramid."""
-    n = max((len(a) for a in per_scale["accuracy"]), default=0)
-    factors = next((f for f in per_scale["scales"] if f and len(f) == n), None)
-    return [f"x{f:.2g}" for f in factors] if factors else [f"scale {i}" for i in range(n)]
 
 
 def _plain(v: Any) -> Any:

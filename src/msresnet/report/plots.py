@@ -18,7 +18,11 @@ matplotlib.use("Agg")  # files only: never open a window, work on machines witho
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-__all__ = ["accuracy_percent", "condition_label", "plot_comparison", "plot_sweep"]
+from msresnet.records import ScaleResult, SweepResult  # noqa: E402
+
+Result = SweepResult | Mapping[str, Any]  # a record, or its JSON form (``evaluate_sweep``'s return value)
+
+__all__ = ["as_record", "accuracy_percent", "condition_label", "plot_comparison", "plot_sweep"]
 
 
 def accuracy_percent(values: list[float]) -> list[float]:
@@ -31,9 +35,14 @@ def accuracy_percent(values: list[float]) -> list[float]:
     return vals if any(v > 1.0 for v in vals) else [100.0 * v for v in vals]
 
 
-def condition_label(result: Mapping[str, Any]) -> str:
+def as_record(result: Result) -> SweepResult:
+    """``result`` as a :class:`~msresnet.records.SweepResult` (a dict is read with ``SweepResult.from_dict``)."""
+    return result if isinstance(result, SweepResult) else SweepResult.from_dict(result)
+
+
+def condition_label(result: Result) -> str:
     """Axis label for the result's condition: object scale or image size in pixels."""
-    name = str(result.get("condition_name", "condition"))
+    name = str(as_record(result).condition_name)
     return "image size (px)" if name == "size" else f"object {name}" if name == "scale" else name
 
 
@@ -50,16 +59,16 @@ def _format_tick(x: float) -> str:
     return f"{x:g}" if abs(x - round(x)) < 1e-9 or x >= 10 else f"{x:.3g}"
 
 
-def _draw(ax: Any, result: Mapping[str, Any], label: str | None, *, mark_train: bool) -> list[float] | None:
+def _draw(ax: Any, result: SweepResult, label: str | None, *, mark_train: bool) -> list[float] | None:
     """Draw one sweep on ``ax``; returns the numeric x values (None for a categorical axis)."""
-    conditions = list(result["conditions"])
-    acc = accuracy_percent(list(result["accuracy"]))
+    conditions = list(result.conditions)
+    acc = accuracy_percent(list(result.accuracy))
     xs = _numeric(conditions)
     if xs is None:
         ax.plot([str(c) for c in conditions], acc, marker="o", label=label)
         return None
     ax.plot(xs, acc, marker="o", label=label)
-    train = result.get("train_condition")
+    train = result.train_condition
     if mark_train and train is not None and _numeric([train]) is not None:
         ax.axvline(float(train), color="0.5", linestyle="--", linewidth=1)
         ax.annotate(
@@ -68,7 +77,7 @@ def _draw(ax: Any, result: Mapping[str, Any], label: str | None, *, mark_train: 
     return xs
 
 
-def _finish(ax: Any, xs_all: list[float], result: Mapping[str, Any], title: str) -> None:
+def _finish(ax: Any, xs_all: list[float], result: SweepResult, title: str) -> None:
     if xs_all:
         ax.set_xscale("log", base=2)
         ticks = sorted(set(xs_all))
@@ -91,7 +100,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_sweep(result: Mapping[str, Any], path: str | Path, *, title: str | None = None) -> Path:
+def plot_sweep(result: Result, path: str | Path, *, title: str | None = None) -> Path:
     """Plot one evaluation sweep (accuracy per condition) and mark the training condition.
 
     Args:
@@ -104,27 +113,26 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path, *, title: str | None
     Returns:
         The written path.
     """
+    result = as_record(result)
     fig, ax = plt.subplots(figsize=(6, 4))
-    per_scale = result.get("per_scale")
+    per_scale = result.per_scale
     xs = _draw(ax, result, "pooled" if per_scale else None, mark_train=True)
     if per_scale and xs is not None:
         _draw_levels(ax, xs, per_scale)
-    _finish(ax, xs or [], result, title or str(result.get("protocol", "")))
+    _finish(ax, xs or [], result, title or result.protocol)
     return _save(fig, path)
 
 
-def _draw_levels(ax: Any, xs: list[float], per_scale: Mapping[str, Any]) -> None:
+def _draw_levels(ax: Any, xs: list[float], per_scale: ScaleResult) -> None:
     """Thin dashed lines: each pyramid level alone (an ``evaluate_scales`` result), where the input keeps it."""
-    from msresnet.engine.evaluate import scale_labels
-
-    for i, name in enumerate(scale_labels(per_scale)):
-        pts = [(x, a[i] * 100) for x, a in zip(xs, per_scale["accuracy"], strict=True) if i < len(a)]
+    for i, name in enumerate(per_scale.labels()):
+        pts = [(x, a[i] * 100) for x, a in zip(xs, per_scale.accuracy, strict=True) if i < len(a)]
         label = f"level {name} alone" if name.startswith("x") else f"{name} alone"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--", lw=1, marker=".", label=label)
     ax.legend(fontsize=7)
 
 
-def plot_comparison(results: Mapping[str, Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
+def plot_comparison(results: Mapping[str, Result], path: str | Path, *, title: str | None = None) -> Path:
     """Overlay several sweeps of the same protocol, one line per label.
 
     Args:
@@ -137,12 +145,13 @@ def plot_comparison(results: Mapping[str, Mapping[str, Any]], path: str | Path, 
     """
     if not results:
         raise ValueError("plot_comparison needs at least one result")
+    records = {label: as_record(r) for label, r in results.items()}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs_all: list[float] = []
-    first = next(iter(results.values()))
-    for i, (label, result) in enumerate(results.items()):
+    first = next(iter(records.values()))
+    for i, (label, result) in enumerate(records.items()):
         xs = _draw(ax, result, label, mark_train=(i == 0))
         xs_all.extend(xs or [])
     ax.legend(fontsize=8)
-    _finish(ax, xs_all, first, title or str(first.get("protocol", "")))
+    _finish(ax, xs_all, first, title or first.protocol)
     return _save(fig, path)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from msresnet.errors import UserError
+from msresnet.records import SweepResult
 from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
 
 __all__ = [
@@ -43,7 +44,7 @@ class RunSummary:
     label: str
     model: str
     params: int | None
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> evaluate_sweep result
+    evals: dict[str, SweepResult] = field(default_factory=dict)  # protocol -> its sweep
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list
     runs: list[RunSummary] = []
     skipped: list[str] = []
     for path, label in zip(paths, _unique_labels(paths), strict=True):
-        evals: dict[str, dict[str, Any]] = {}
+        evals: dict[str, SweepResult] = {}
         for f in sorted((path / "eval").glob("*.json")):
             try:
                 data = json.loads(f.read_text())
@@ -119,7 +120,12 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list
                 skipped.append(f"{label}: unreadable {f.name} ({exc.__class__.__name__})")
                 continue
             if isinstance(data, dict) and "conditions" in data and "accuracy" in data:
-                evals[str(data.get("protocol", f.stem))] = data
+                try:
+                    result = SweepResult.from_dict({"protocol": f.stem, **data})
+                except (KeyError, TypeError, ValueError) as exc:
+                    skipped.append(f"{label}: malformed {f.name} ({exc.__class__.__name__})")
+                    continue
+                evals[result.protocol] = result
         if not evals:
             skipped.append(f"{label}: no evaluation yet (run `msresnet evaluate {path}`)")
             continue
@@ -159,22 +165,22 @@ def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str]
     """Header and rows of one protocol's table (conditions in the order of the first run, then any extra)."""
     conditions: list[Any] = []
     for run in runs:
-        for c in run.evals[protocol]["conditions"]:
+        for c in run.evals[protocol].conditions:
             if _fmt_cond(c) not in [_fmt_cond(x) for x in conditions]:
                 conditions.append(c)
     first = next(r.evals[protocol] for r in runs)
-    unit = "s=" if first.get("condition_name") == "scale" else "" if first.get("condition_name") == "size" else ""
-    suffix = "px" if first.get("condition_name") == "size" else ""
+    unit = "s=" if first.condition_name == "scale" else ""
+    suffix = "px" if first.condition_name == "size" else ""
     header = ["run", "model", "params", *[f"{unit}{_fmt_cond(c)}{suffix}" for c in conditions]]
     header += ["mean", "worst", "retention"]
     rows = []
     for run in runs:
         res = run.evals[protocol]
-        by_cond = {_fmt_cond(c): a for c, a in zip(res["conditions"], res["accuracy"], strict=False)}
+        by_cond = {_fmt_cond(c): a for c, a in zip(res.conditions, res.accuracy, strict=False)}
         cells = [_fmt_acc(by_cond.get(_fmt_cond(c))) for c in conditions]
         rows.append(
             [run.label, run.model, _fmt_params(run.params), *cells]
-            + [_fmt_acc(res.get("mean")), _fmt_acc(res.get("worst")), _ratio(res.get("retention"))]
+            + [_fmt_acc(res.mean), _fmt_acc(res.worst), _ratio(res.retention)]
         )
     return header, rows
 
@@ -259,8 +265,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{protocol}.png", title=protocol)
         written[protocol] = png
         what = condition_label(first)
-        train = first.get("train_condition")
-        n = first.get("n_per_condition")
+        train = first.train_condition
+        n = first.n_per_condition
         note = f"Condition: {what}; training condition: {_fmt_cond(train) if train is not None else 'n/a'}"
         note += f"; test images per condition: {n}." if n is not None else "."
         md += [f"## {protocol}", "", note, "", markdown_table(header, rows), "", f"![{protocol}]({png.name})", ""]
