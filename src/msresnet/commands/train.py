@@ -1,0 +1,42 @@
+"""``msresnet train``: the run's configuration from a recipe and options, checked before any data is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from msresnet.engine.config import TrainConfig, load_train_config
+from msresnet.errors import UserError
+
+__all__ = ["precheck", "train_config"]
+
+
+def train_config(config: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration of a ``train`` command: the recipe file (if any) with the options on top.
+
+    ``train --out RUN --resume`` without ``--config`` picks up the run's own ``config.yaml``.
+
+    Raises:
+        UserError: the recipe file does not exist, or the configuration is invalid.
+    """
+    if config is not None and not Path(config).is_file():
+        raise UserError(f"config file not found: {config}")
+    if config is None and overrides.get("resume") and overrides.get("out"):
+        saved = Path(overrides["out"]) / "config.yaml"
+        config = saved if saved.is_file() else None
+    return load_train_config(config, overrides)
+
+
+def precheck(cfg: TrainConfig) -> None:
+    """Fail in milliseconds on a wrong model name, protocol name or data directory, before any data is built."""
+    import msresnet
+    from msresnet.data import build_protocol, list_protocols
+
+    if cfg.model not in msresnet.list_models():
+        msresnet.create_model(cfg.model)  # raises the UserError with a close-match suggestion
+        raise UserError(f"unknown model {cfg.model!r} (see 'msresnet models')")
+    if cfg.protocol not in list_protocols():
+        build_protocol(cfg.protocol)  # raises the UserError with a close-match suggestion
+        raise UserError(f"unknown protocol {cfg.protocol!r}; known: {', '.join(list_protocols())}")
+    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
+        raise UserError(f"data directory not found: {cfg.data_root}")
