@@ -166,11 +166,11 @@ class SweepResult:
         kw = _kwargs(cls, data)
         per_scale = kw.pop("per_scale", None)
         conditions, accuracy = list(data["conditions"]), [float(a) for a in data["accuracy"]]
-        if len(conditions) != len(accuracy) or not accuracy:
+        if len(conditions) != len(accuracy):
             raise ValueError(f"{len(conditions)} conditions but {len(accuracy)} accuracies")
         kw.update(protocol=str(data.get("protocol", "")), conditions=conditions, accuracy=accuracy)
-        kw.setdefault("mean", sum(accuracy) / len(accuracy))
-        kw.setdefault("worst", min(accuracy))
+        kw.setdefault("mean", sum(accuracy) / len(accuracy) if accuracy else math.nan)
+        kw.setdefault("worst", min(accuracy, default=math.nan))
         kw["protocol_params"] = dict(kw.get("protocol_params") or {})
         return cls(**kw, per_scale=ScaleResult.from_dict(per_scale) if per_scale else None)
 
