@@ -6,8 +6,9 @@ A checkpoint is a pair in ``RUN/checkpoints/``:
   rebuild the model and its preprocessing without the run directory. safetensors cannot hold code, so loading
   weights from strangers is safe.
 * ``NAME.state.pt`` — everything needed to continue training exactly: the weights again, optimizer, epoch/step,
-  the metrics so far and every random generator's state. Saved with ``torch.save`` of plain tensors and containers
-  and loaded only with ``torch.load(weights_only=True)``, which refuses any pickled object that is not one of those.
+  the metrics so far and the seed every step's randomness derives from (:mod:`msresnet.engine.state`). Saved
+  with ``torch.save`` of plain tensors and containers and loaded only with ``torch.load(weights_only=True)``,
+  which refuses any pickled object that is not one of those.
 
 Both files are written atomically (temp file in the same directory, fsync, ``os.replace``), the state first and the
 weights last. Resuming reads only the state file, which is complete on its own, so a kill at any moment leaves
