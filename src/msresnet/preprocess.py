@@ -194,7 +194,7 @@ class Preprocess:
             return pil_to_tensor(self.geometry(img)).float().div_(255)
         if not isinstance(img, torch.Tensor) or not img.is_floating_point() or img.ndim not in (3, 4):
             raise UserError("preprocess takes a PIL image, a uint8 [C, H, W] or a float [(B,) C, H, W] tensor")
-        from msresnet.engine.evaluate import match_channels
+        from msresnet.data.scaling import match_channels
 
         x = img.unsqueeze(0) if img.ndim == 3 else img
         x = self.geometry_tensor(match_channels(x.float(), self.in_chans))

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from msresnet.data._params import Param
+from msresnet.data._protocol import Protocol, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset
 from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
@@ -223,8 +224,6 @@ def _describe(facts: dict[str, Any], where: dict[str, str], n: dict[str, int], c
 
 def build_plain_folder(_root: str | None, p: dict[str, Any]):
     """The ``folder`` protocol for the resolved parameters ``p`` (see the module docstring)."""
-    from msresnet.data.protocols import Protocol, _store_dir
-
     splits, classes, where = plain_splits(p)
     if not splits["test"]:
         raise UserError(f"{p['root']}: too few images for a test split; add DIR/test or more images per class")
@@ -243,7 +242,7 @@ def build_plain_folder(_root: str | None, p: dict[str, Any]):
         return ds
 
     fingerprint = folder_fingerprint([*splits["train"], *splits["val"], *splits["test"]])
-    store = PartStore(_store_dir("folder", p, fingerprint), {k: (lambda k=k: load(k)) for k in splits}, classes)
+    store = PartStore(store_dir("folder", p, fingerprint), {k: (lambda k=k: load(k)) for k in splits}, classes)
     in_chans = 1 if p["mode"] == "L" else 3
     input_size = (size, size) if size else (facts["native"][1], facts["native"][0])
     protocol = Protocol("folder", p, "scale", 1.0, len(classes), in_chans, classes, input_size, store, [1.0],

@@ -34,19 +34,18 @@ a fingerprint of the source files and :data:`PROTOCOL_VERSION` (bump it when gen
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from msresnet.data._cache import cache_dir, file_md5, stable_hash
+from msresnet.data._cache import file_md5, stable_hash
 from msresnet.data._params import Param, resolve_params
-from msresnet.data._store import LazyConditionMap, PartStore
+from msresnet.data._protocol import PROTOCOL_VERSION, Protocol, store_dir
+from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset, stratified_split
 from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
 from msresnet.data.idx import IDX_DATASETS, find_idx_files, load_idx_arrays
@@ -57,98 +56,9 @@ from msresnet.errors import UserError
 
 __all__ = ["PROTOCOL_VERSION", "Protocol", "build_protocol", "list_protocols"]
 
-PROTOCOL_VERSION = 1
 LS_SCALES = [2 ** (k / 4) for k in range(-4, 5)]
 RES_SIZES = [14, 21, 28, 42, 56, 84, 112]
 _CHUNK = 4096  # images per interpolation call: bounds peak memory, keeps each call large enough to be efficient
-
-
-@dataclass
-class Protocol:
-    """A named, parameterised benchmark: train / val / test datasets and the facts that identify them.
-
-    ``train``, ``val`` and each test condition are generated on first access and cached on disk. Attributes follow
-    the shared interface: ``name``, ``params`` (fully resolved, JSON-able), ``checksum``, ``train``, ``val``, ``test``
-    (ordered ``condition -> dataset``), ``train_condition``, ``condition_name`` (``"scale"`` or ``"size"``),
-    ``num_classes``, ``in_chans``, ``class_names``, ``mean``, ``std``, ``input_size``.
-    """
-
-    name: str
-    params: dict[str, Any]
-    condition_name: str
-    train_condition: float | int | None
-    num_classes: int
-    in_chans: int
-    class_names: list[str]
-    input_size: tuple[int, int]
-    store: PartStore = field(repr=False)
-    test_keys: list[Any] = field(repr=False)
-    test_loader: Callable[[Any], ImageTensorDataset] = field(repr=False)
-    root: str | None = None
-    has_val: bool = True
-    _test: LazyConditionMap | None = field(default=None, init=False, repr=False)
-
-    @property
-    def cache_path(self) -> Path:
-        """Folder holding this protocol's generated arrays."""
-        return self.store.directory
-
-    @property
-    def train(self) -> ImageTensorDataset:
-        """Training images (uint8 ``[N, C, H, W]``)."""
-        return self.store.get("train")
-
-    @property
-    def val(self) -> ImageTensorDataset | None:
-        """Held-out validation images from the training distribution (choose models on these, never on test)."""
-        return self.store.get("val") if self.has_val else None
-
-    @property
-    def test(self) -> LazyConditionMap:
-        """Ordered ``condition -> dataset``; each condition is generated (or loaded) on first access."""
-        if self._test is None:
-            self._test = LazyConditionMap(self.test_keys, self.test_loader)
-        return self._test
-
-    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        meta = self.store.read_meta()
-        if "mean" not in meta or meta.get("train_checksum") != self.store.checksum("train"):
-            mean, std = self.train.channel_stats()
-            self.store.write_meta(mean=mean, std=std, train_checksum=self.store.checksum("train"))
-            return mean, std
-        return tuple(meta["mean"]), tuple(meta["std"])
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        """Per-channel mean of the training images in [0, 1]."""
-        return self._stats()[0]
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        """Per-channel standard deviation of the training images in [0, 1]."""
-        return self._stats()[1]
-
-    @property
-    def part_checksums(self) -> dict[str, str]:
-        """SHA-256 of every generated part (generates the parts not yet cached)."""
-        return {part: self.store.checksum(part) for part in self.store.generators}
-
-    @property
-    def checksum(self) -> str:
-        """One SHA-256 over the protocol name, version and every part's checksum: equal checksums = equal data."""
-        h = hashlib.sha256(f"{self.name}|v{PROTOCOL_VERSION}".encode())
-        for part, digest in self.part_checksums.items():
-            h.update(f"|{part}:{digest}".encode())
-        return h.hexdigest()
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-able summary (no data is generated)."""
-        return {
-            "name": self.name, "params": self.params, "condition_name": self.condition_name,
-            "conditions": list(self.test_keys), "train_condition": self.train_condition,
-            "num_classes": self.num_classes, "in_chans": self.in_chans, "input_size": list(self.input_size),
-            "cache_path": str(self.cache_path),
-        }  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
@@ -168,11 +78,6 @@ def _map_u8(images: torch.Tensor, fn: Callable[[torch.Tensor, slice], torch.Tens
 
 def _scale_key(s: float) -> float:
     return round(float(s), 4)
-
-
-def _store_dir(name: str, params: dict[str, Any], source: str) -> Path:
-    key = stable_hash({"params": params, "source": source, "version": PROTOCOL_VERSION})
-    return cache_dir() / "protocols" / f"{name}-{key}-v{PROTOCOL_VERSION}"
 
 
 def _idx_source(dataset: str, root: str | None) -> tuple[dict[str, Path], str]:
@@ -245,7 +150,7 @@ def _build_fmnist_ls(root: str | None, p: dict[str, Any]) -> Protocol:
     gens = {"train": train_part(0), "val": train_part(1)}
     for k in keys:
         gens[f"test-{k:g}"] = lambda k=k: place(_limit(data["test"], p["limit"]), exact[k])
-    store = PartStore(_store_dir("fmnist-ls", p, fingerprint), gens, names)
+    store = PartStore(store_dir("fmnist-ls", p, fingerprint), gens, names)
     if p["train_scales"] is None:
         train_condition = 1.0 if 1.0 in keys else None
     else:  # the test scale nearest (in octaves) to the centre of the training range
@@ -284,7 +189,7 @@ def _build_fmnist_scale(root: str | None, p: dict[str, Any]) -> Protocol:
 
         return make
 
-    store = PartStore(_store_dir("fmnist-scale", p, fingerprint), {n: part(n) for n in ("train", "val", "test")}, names)
+    store = PartStore(store_dir("fmnist-scale", p, fingerprint), {n: part(n) for n in ("train", "val", "test")}, names)
     bins = p["test_bins"]
     if bins > p["test_size"]:
         raise UserError(f"test_bins={bins} is more than test_size={p['test_size']}")
@@ -338,7 +243,7 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
 
     sizes = p["sizes"]
     gens = {"train": split(0), "val": split(1), **{f"test-{s}": test_at(s) for s in sizes}}
-    store = PartStore(_store_dir("fmnist-res", p, fingerprint), gens, names)
+    store = PartStore(store_dir("fmnist-res", p, fingerprint), gens, names)
     t = p["train_size"]
     return Protocol("fmnist-res", p, "size", t if t in sizes else None, len(names), 1, names, (t, t), store,
                     sizes, lambda s: store.get(f"test-{s}"), root=root)  # fmt: skip
@@ -409,7 +314,7 @@ def _build_folder_ls(root: str | None, p: dict[str, Any]) -> Protocol:
     gens = {"train": lambda: place(splits["train"], "train"), "val": lambda: place(splits["val"], "train")}
     for k in keys:
         gens[f"test-{k:g}"] = lambda k=k: place(splits["test"], exact[k])
-    store = PartStore(_store_dir("folder-ls", p, fingerprint), gens, classes)
+    store = PartStore(store_dir("folder-ls", p, fingerprint), gens, classes)
     in_chans = 1 if p["mode"] == "L" else 3
     train_condition = 1.0 if p["train_scales"] is None and 1.0 in keys else None
     return Protocol("folder-ls", p, "scale", train_condition, len(classes), in_chans, classes,
@@ -434,7 +339,7 @@ def _build_folder_res(root: str | None, p: dict[str, Any]) -> Protocol:
     gens = {"train": lambda: _folder_loader(p, splits["train"], size, classes),
             "val": lambda: _folder_loader(p, splits["val"], size, classes),
             **{f"test-{s}": lambda s=s: test_at(s) for s in sizes}}  # fmt: skip
-    store = PartStore(_store_dir("folder-res", p, fingerprint), gens, classes)
+    store = PartStore(store_dir("folder-res", p, fingerprint), gens, classes)
     in_chans = 1 if p["mode"] == "L" else 3
     return Protocol("folder-res", p, "size", size if size in sizes else None, len(classes),
                     in_chans, classes, (size, size), store, sizes, lambda s: store.get(f"test-{s}"), root=p["root"],

@@ -283,3 +283,19 @@ class RandomDegrade(_BatchOpTransform):
 
     def _op(self, x: torch.Tensor) -> torch.Tensor:
         return random_degrade(x, self.factor_range, self.p, mode=self.mode)
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
+
+
+def match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt images to the model's channel count: grey -> RGB by repetition, RGB -> grey by luma."""
+    c = x.shape[1]
+    if c == in_chans:
+        return x
+    if c == 1:
+        return x.expand(-1, in_chans, -1, -1)
+    if c == 3 and in_chans == 1:
+        w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    raise UserError(f"images have {c} channels but the model expects {in_chans}")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from msresnet.data.scaling import match_channels
 from msresnet.engine.batches import Normalizer, TensorSplit, eval_batch_size, iter_batches, limit_split
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
 from msresnet.engine.scale_error import ScaleErrors, true_log2_scales
@@ -43,28 +44,12 @@ __all__ = [
 ]
 
 TTA_FACTORS = (2**-0.5, 1.0, 2**0.5)
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
 
 
 def _info_get(info: CheckpointInfo | dict | None, key: str, default: Any = None) -> Any:
     if info is None:
         return default
     return info.get(key, default) if isinstance(info, dict) else getattr(info, key, default)
-
-
-def match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Adapt images to the model's channel count: grey -> RGB by repetition, RGB -> grey by luma."""
-    c = x.shape[1]
-    if c == in_chans:
-        return x
-    if c == 1:
-        return x.expand(-1, in_chans, -1, -1)
-    if c == 3 and in_chans == 1:
-        w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
-    from msresnet.errors import UserError
-
-    raise UserError(f"images have {c} channels but the model expects {in_chans}")
 
 
 @torch.no_grad()
