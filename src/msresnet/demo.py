@@ -152,7 +152,9 @@ def plan_for_budget(
     """
     _check_budget(budget_minutes)
     costs = costs or REFERENCE_COSTS
-    fallback = max(REFERENCE_COSTS.values(), key=lambda c: c.train_s)
+    # a model without reference costs (the demo switched to another one): the dearest known costs, and no probe to
+    # fit unless a measurement says it has one
+    fallback = ModelCost(max(c.train_s for c in costs.values()), max(c.eval_s for c in costs.values()))
     model_costs = {m: costs.get(m, fallback) for m in DEMO_MODELS}
     ratio = budget_minutes / DEFAULT_BUDGET_MIN
     n_test = int(min(TEST_SPLIT, max(100, round(_BASE_TEST_LIMIT * ratio / 100) * 100)))
