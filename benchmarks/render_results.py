@@ -43,6 +43,8 @@ HEADLINE_ROWS = {
     "resnet_aug": "plain ResNet + random rescale",
     "msresnet_conf_sd": "msresnet pyramid (most confident level)",
     "msresnet_conf_sd+calibrate": "msresnet pyramid + `msresnet calibrate`",
+    "canonical": "msresnet canonical (estimate, resample once, classify)",
+    "canonical_search": "msresnet canonical + local search",
 }
 PROTOCOL_TEXT = {
     "fmnist-ls": "Trained on objects at scale 1 in a 64-px canvas; tested with the object rescaled by s",
@@ -324,6 +326,7 @@ def results_page(df: pd.DataFrame) -> str:
             lines += [f"### {proto}, {BUDGET_TEXT[b]}", "", f"Test images per condition: {', '.join(map(str, n))}.", ""]
             lines += stats_table(stats, conds, name)
             lines.append("")
+            lines += estimator_table(d, conds, name)
             if b == budget:
                 lines += [f"![{proto}](img/results-{proto}.png)", ""]
     lines += timing_table(runs)
@@ -338,6 +341,25 @@ def results_page(df: pd.DataFrame) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def estimator_table(d: pd.DataFrame, conds: list[float], name: str) -> list[str]:
+    """For scale-aware rows that recorded it: the object-scale estimate's median |error| (octaves) per condition,
+    median over seeds, with the 90th percentile beside it."""
+    e = d.dropna(subset=["scale_error_median"])
+    if e.empty:
+        return []
+    cname = "s=" if name == "scale" else ""
+    head = ["row", "seeds", *[f"{cname}{_cond_label(c, name)}" for c in conds]]
+    lines = ["Object-scale estimate: median / 90th percentile of |error| in octaves (median over seeds).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for _, g in e.groupby("row", sort=False):
+        by_cond = g.groupby("condition")
+        med, p90 = by_cond.scale_error_median.median(), by_cond.scale_error_p90.median()
+        cells = [str(g.label.iloc[0]), str(g.seed.nunique())]
+        cells += [f"{med[c]:.2f} / {p90[c]:.2f}" if c in med.index else "–" for c in conds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def timing_table(runs: pd.DataFrame) -> list[str]:

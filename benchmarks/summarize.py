@@ -18,7 +18,9 @@ image size or, on fmnist-scale, the centre of a scale bin to two decimals) and `
 (%, on ``n_images`` test images); ``train_condition``; ``val_accuracy`` (the run's validation-sweep mean, %, the
 only figure used to choose between rows); ``calibrated``; ``train_seconds``, ``train_images_per_s`` and
 ``train_cost`` (time per training image relative to the plain ResNet of the same protocol and budget; the runs
-shared a CPU with other jobs, so it is indicative); ``params``; ``git``; ``device``; ``command``; ``record``.
+shared a CPU with other jobs, so it is indicative); ``scale_error_median`` and ``scale_error_p90`` (scale-aware
+models: the median and 90th percentile of the object-scale estimate's absolute error, octaves); ``params``;
+``git``; ``device``; ``command``; ``record``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first
 COLUMNS = [
     "protocol", "budget", "row", "row_id", "label", "model", "depth", "seed", "condition", "condition_name",
     "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "train_images_per_s",
-    "train_cost", "params", "git", "device", "command", "record",
+    "train_cost", "scale_error_median", "scale_error_p90", "params", "git", "device", "command", "record",
 ]  # fmt: skip
 
 
@@ -95,6 +97,7 @@ def _lines_of(record: dict[str, Any], labels: dict[str, str], name: str) -> list
     out = []
     for row_id, row_label, sweep, val_acc, calibrated in variants:
         row = row_id if budget == "full" else f"{budget}/{row_id}"
+        errors = _scale_errors(sweep)
         val_mean = 100 * sum(val_acc) / len(val_acc) if val_acc else None
         for cond, acc, k in zip(sweep["conditions"], sweep["accuracy"], n, strict=True):
             out.append({
@@ -105,10 +108,21 @@ def _lines_of(record: dict[str, Any], labels: dict[str, str], name: str) -> list
                 "n_images": k, "train_condition": sweep.get("train_condition"),
                 "val_accuracy": None if val_mean is None else round(val_mean, 4), "calibrated": calibrated,
                 "train_seconds": train_seconds, "train_images_per_s": record.get("train_images_per_s"),
-                "train_cost": None, "params": record.get("params"), "git": record.get("git"),
+                "train_cost": None, "scale_error_median": errors.get(float(cond), (None, None))[0],
+                "scale_error_p90": errors.get(float(cond), (None, None))[1], "params": record.get("params"),
+                "git": record.get("git"),
                 "device": record.get("device"), "command": record.get("command"), "record": name,
             })  # fmt: skip
     return out
+
+
+def _scale_errors(sweep: dict[str, Any]) -> dict[float, tuple[float, float]]:
+    """Condition -> (median, 90th percentile) of the object-scale estimate's |error| in octaves, for scale-aware
+    models whose sweep recorded it (``scale_error``); empty otherwise."""
+    err = sweep.get("scale_error") or {}
+    conds = err.get("conditions") or []
+    return {float(c): (round(m, 4), round(p, 4)) for c, m, p in zip(conds, err["median_abs"], err["p90_abs"],
+                                                                     strict=True)} if conds else {}  # fmt: skip
 
 
 def _add_train_cost(lines: list[dict[str, Any]]) -> None:

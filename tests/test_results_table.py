@@ -63,6 +63,10 @@ def records(tmp_path: Path) -> Path:
     better = copy.deepcopy(cal["test"])
     better["accuracy"] = [0.75, 0.7, 0.8, 0.72, 0.7]
     cal["probe"] = {"kept": True, "test": better, "calibration": {"probe": [74.0, 69.0, 79.0, 71.0, 69.0]}}
+    canon = _record("fmnist-ls", "canonical", 0, [0.8, 0.8, 0.8, 0.8, 0.7])
+    canon["test"]["scale_error"] = {"conditions": canon["test"]["conditions"], "median_abs": [0.1] * 5,
+                                    "p90_abs": [0.3] * 5, "median": [0.0] * 5, "unit": "octaves"}  # fmt: skip
+    recs.append(canon)
     recs.append(cal)
     recs.append(_record("fmnist-ls", "resnet", 0, [0.1, 0.3, 0.6, 0.3, 0.1], quick=True))  # another budget
     for r in recs:
@@ -79,10 +83,10 @@ def test_summary_has_one_line_per_run_and_condition(summarize, records, tmp_path
     assert {"protocol", "row", "model", "seed", "condition", "accuracy", "budget", "depth", "git", "command"} <= set(
         df.columns
     )
-    # 8 depth-8 runs + 1 quick run, 5 conditions each, + the calibrated copy of one run
-    assert len(df) == 10 * 5
+    # 9 depth-8 runs + 1 quick run, 5 conditions each, + the calibrated copy of one run
+    assert len(df) == 11 * 5
     # rows of different budgets are kept apart by name (only the full budget's rows carry no prefix)
-    ids = {"resnet", "msresnet_conf_sd", "oracle@0.5", "msresnet_conf_sd+calibrate"}
+    ids = {"resnet", "msresnet_conf_sd", "oracle@0.5", "msresnet_conf_sd+calibrate", "canonical"}
     assert set(df.row) == {f"depth8/{i}" for i in ids} | {"quick/resnet"}
     assert set(df[df.row == "quick/resnet"].budget) == {"quick"} and set(df.row_id) == ids
     cal = df[df.row_id == "msresnet_conf_sd+calibrate"]
@@ -90,6 +94,9 @@ def test_summary_has_one_line_per_run_and_condition(summarize, records, tmp_path
     plain = df[df.row == "depth8/resnet"]
     assert plain.train_cost.eq(1.0).all() and df[df.row == "depth8/msresnet_conf_sd"].train_cost.eq(2.5).all()
     assert set(df.depth) == {8} and set(df.condition_name) == {"scale"}
+    canon = df[df.row_id == "canonical"]
+    assert canon.scale_error_median.eq(0.1).all() and canon.scale_error_p90.eq(0.3).all()
+    assert df[df.row_id != "canonical"].scale_error_median.isna().all()
 
 
 def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, records, tmp_path):
@@ -102,6 +109,16 @@ def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, reco
     assert cells[2] == "3" and cells[5] == "81.0"  # s=1: mean of 80, 81, 82
     assert cells[-3] == "46.2 ± 0.2"  # per-seed means 46, 46.2, 46.4 -> mean ± std over seeds
     assert cells[-2] == "20.0 ± 0.0" and cells[-1] == "1.0x"
+    rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| ")][1:]
+    assert rows == [
+        "plain ResNet",
+        "oracle: plain ResNet trained at 0.5",
+        "msresnet pyramid (most confident level)",
+        "msresnet pyramid + `msresnet calibrate`",
+        "msresnet canonical (estimate, resample once, classify)",
+    ]
+    page = render.results_page(df)
+    assert "Object-scale estimate" in page and "0.10 / 0.30" in page
     oracle = next(line for line in block.splitlines() if line.startswith("| oracle"))
     assert [c.strip() for c in oracle.strip("|").split("|")][3:8] == ["85.0", "", "", "", ""]
     # replacing the block leaves the rest of the README alone and is idempotent
