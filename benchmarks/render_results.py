@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -183,6 +184,7 @@ def headline_block(df: pd.DataFrame) -> str:
         "seeds. An oracle is trained and tested at its scale. Train cost: time per training image relative to the "
         "plain ResNet (shared CPU, indicative).*"
     )
+    caption = textwrap.fill(caption, width=116, break_on_hyphens=False, break_long_words=False)
     plot = f"![{HEADLINE_PROTOCOL} accuracy against object scale](docs/img/results-{HEADLINE_PROTOCOL}.png)"
     return "\n" + "\n".join([caption, "", *stats_table(stats, conds, name, short=True), "", plot]) + "\n"
 
