@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# each wrapper module registers itself on import: add `from msresnet.scale import <module>  # noqa: F401` here
+# each wrapper module registers itself on import; a new wrapper adds its module to this import
 from msresnet.scale import (
     canonical,  # noqa: F401
     pyramid,  # noqa: F401
