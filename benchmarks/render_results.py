@@ -308,6 +308,8 @@ def results_page(df: pd.DataFrame) -> str:
         "relative to the plain ResNet of the same protocol and budget (runs shared a CPU with other jobs: indicative).",
         "Rows `+ msresnet calibrate` are the run above them after `msresnet calibrate` (the object-scale probe kept",
         "only where validation improves).",
+        "*Retention* (the fmnist-ls figure of merit: worst-scale accuracy / accuracy at the training scale s = 1) is",
+        "the *worst* column divided by the *s=1* column.",
         "",
     ]
     if "full" not in set(df.budget):
