@@ -122,3 +122,15 @@ def make_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox
 def image_folder(tmp_path: Path) -> Path:
     """A small valid ImageFolder tree: 3 classes x 6 RGB PNG images of 40x30."""
     return make_image_folder(tmp_path / "folder")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: the box's 2 cores are shared by several test runs, and more
+    threads than cores stall each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

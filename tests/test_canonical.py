@@ -19,13 +19,7 @@ from msresnet.errors import UserError
 from msresnet.scale.canonical import CanonicalClassifier
 from msresnet.scale.resample import zoom
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _canonical(depth: int = 8, width: float = 0.25, in_chans: int = 1, **kw) -> CanonicalClassifier:

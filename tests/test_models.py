@@ -19,13 +19,7 @@ MODELS = msresnet.list_models()
 IMAGENET_STEM = {"resnet18", "resnet34"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the box has 2 cores shared by several test runs; one intra-op thread avoids oversubscription stalls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(name: str, **kwargs):

@@ -24,12 +24,7 @@ MODELS = msresnet.list_models()
 IMAGENET_STEM = {"resnet18", "resnet34"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the box's cores are shared by several test runs
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(name: str, **kwargs) -> torch.nn.Module:
