@@ -11,7 +11,7 @@ rendered from it (``benchmarks/summarize.py --render``).
     python benchmarks/scale_bench.py --device cuda --jobs 8   # the full table
     python benchmarks/scale_bench.py --render             # re-render docs/results-full.md from the stored JSONs
     python benchmarks/scale_bench.py --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
-    python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd --seeds 0
+    python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd,oracle --seeds 0
                                                    # full budget, depth-8 models (about 1.5 h on 2 CPU cores)
 
 Runs already stored are skipped, so an interrupted benchmark continues where it stopped.
@@ -84,10 +84,12 @@ def make_jobs(
     explicit_rows: bool = False,
     full_model: bool = False,
     depth8: bool = False,
+    oracles: bool = True,
 ) -> list[Job]:
     """The runs to do. ``--quick`` takes the rows marked ``quick: true`` unless ``--rows`` names rows itself (then
     those rows run at the reduced budget with their ``quick_model``, or their own model with ``full_model``).
-    ``depth8`` (without ``quick``): every row, or the ``--rows`` ones, on the full budget with its ``quick_model``."""
+    ``depth8`` (without ``quick``): every row, or the ``--rows`` ones, on the full budget with its ``quick_model``.
+    ``oracles``: also each protocol's oracle runs (the plain ResNet trained at a test condition)."""
     jobs = []
     use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
     per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
@@ -100,7 +102,7 @@ def make_jobs(
                 if quick and not (explicit_rows or r.get("quick") is True or p in (r.get("quick") or ())):
                     continue
                 jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
-            for cond in recipes[p].get("oracle", []):
+            for cond in recipes[p].get("oracle", []) if oracles else []:
                 jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
 
     def cost(j: Job) -> float:
@@ -662,7 +664,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the full recipe's training budget with each row's depth-8 quick_model (sized for CPU); "
                          "records and page kept apart (docs/results-depth8.md)")  # fmt: skip
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
-    ap.add_argument("--rows", default=None, help="comma-separated row ids (default: all)")
+    ap.add_argument("--rows", default=None,
+                    help="comma-separated row ids (default: all, oracles included); name `oracle` among them to "
+                         "plan the protocol's oracle runs too")  # fmt: skip
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=None,
@@ -704,8 +708,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     recipes, all_rows = load_plan()
     rows = all_rows
-    if args.rows:
-        wanted = set(args.rows.split(","))
+    wanted = set(args.rows.split(",")) if args.rows else None
+    if wanted is not None:
+        unknown = wanted - {r["id"] for r in all_rows} - {"oracle"}
+        if unknown:
+            raise SystemExit(f"scale_bench: unknown row(s) {', '.join(sorted(unknown))} (see configs/bench/rows.yaml)")
         rows = [r for r in rows if r["id"] in wanted]
     # --quick: seed 0, except where the recipe's quick section lists seeds (fmnist-scale needs 3 realizations)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1, 2] if not args.quick else [0])
@@ -715,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.depth8 and args.quick:
         raise SystemExit("scale_bench: --depth8 is the full recipe with the depth-8 models; --quick already uses them")
     jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows),
-                     full_model=args.full_models, depth8=args.depth8)  # fmt: skip
+                     full_model=args.full_models, depth8=args.depth8,
+                     oracles=wanted is None or "oracle" in wanted)  # fmt: skip
     if args.calibrate_stored:
         val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
         calibrate_stored(jobs, Path(args.runs_dir), args.test_limit, val_limits)

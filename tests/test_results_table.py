@@ -109,7 +109,8 @@ def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, reco
     assert cells[2] == "3" and cells[5] == "81.0"  # s=1: mean of 80, 81, 82
     assert cells[-3] == "46.2 ± 0.2"  # per-seed means 46, 46.2, 46.4 -> mean ± std over seeds
     assert cells[-2] == "20.0 ± 0.0" and cells[-1] == "1.0x"
-    rows = [line.split("|")[1].strip() for line in block.splitlines() if line.startswith("| ")][1:]
+    table = next(part for part in block.split("\n\n") if part.startswith("| row |"))  # the results, not the choice
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
     assert rows == [
         "plain ResNet",
         "oracle: plain ResNet trained at 0.5",
@@ -149,3 +150,24 @@ def test_no_hand_typed_figures_in_the_readme_outside_the_block():
     outside = re.sub(r"<!-- results:begin -->.*?<!-- results:end -->", "", readme, flags=re.S)
     assert not re.findall(r"\d+(\.\d+)?\s?%", outside)
     assert not re.findall(r"(?<![\w.])\d{1,3}\.\d(?![\dx×])", outside)
+
+
+def test_stored_records_choose_the_declared_default():
+    """DEFAULT_MSRESNET is what the validation data choose (benchmarks/choose_default.py), not a hand-picked name."""
+    from msresnet import DEFAULT_MSRESNET
+
+    choose_default = load_benchmark("choose_default")
+    choice = choose_default.choose(pd.read_csv(ROOT / "benchmarks" / "results" / "summary.csv"))
+    assert choice is not None and choice.model == DEFAULT_MSRESNET, choice
+
+
+def test_default_choice_ignores_test_accuracy(render):
+    choose_default = load_benchmark("choose_default")
+    rows = []
+    for row_id, val, test in (("canonical", 80.0, 10.0), ("msresnet_conf_sd", 70.0, 99.0)):
+        for proto in ("fmnist-ls", "fmnist-res"):
+            rows.append({"protocol": proto, "budget": "depth8", "row_id": row_id, "seed": 0, "val_accuracy": val,
+                         "accuracy": test})  # fmt: skip
+    choice = choose_default.choose(pd.DataFrame(rows))
+    assert choice.row_id == "canonical" and choice.model == "msresnet20_canonical"
+    assert choice.scores["msresnet_conf_sd"] == {"fmnist-ls": 70.0, "fmnist-res": 70.0}

@@ -146,3 +146,17 @@ def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(bench, t
     assert "99.0" in calibrated
     assert "Best msresnet on validation data: **" in page
     assert "calibrate` (probe kept: 1/1)** (validation 99.0%)" in page
+
+
+def test_oracle_runs_only_when_asked(bench):
+    recipes, rows = bench.load_plan()
+    wanted = [r for r in rows if r["id"] == "resnet"]
+    without = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True, oracles=False)
+    assert [j.row for j in without] == ["resnet"]
+    with_oracles = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True)
+    assert sorted(j.oracle_condition for j in with_oracles if j.row == "oracle") == [0.5, 2.0]
+
+
+def test_unknown_row_is_a_one_line_error(bench):
+    with pytest.raises(SystemExit, match="unknown row"):
+        bench.main(["--rows", "no_such_row", "--protocols", "fmnist-ls"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from msresnet.errors import UserError
-from msresnet.models import create_model, list_models, register_model
+from msresnet.models import DEFAULT_MSRESNET, create_model, list_models, register_model
 from msresnet.scale import wrap
 
 __version__ = "0.2.0"
@@ -17,4 +17,13 @@ def load_model(path: str, **kwargs):
     return _load_model(path, **kwargs)
 
 
-__all__ = ["UserError", "__version__", "create_model", "list_models", "load_model", "register_model", "wrap"]
+__all__ = [
+    "DEFAULT_MSRESNET",
+    "UserError",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_model",
+    "register_model",
+    "wrap",
+]

@@ -13,4 +13,17 @@ from msresnet.models.resnet import ResNet
 
 register_timm_models()
 
-__all__ = ["ResNet", "create_model", "is_model", "list_models", "model_entrypoint", "register_model"]
+#: The multi-scale model the project recommends, chosen on validation data (the highest validation mean of the
+#: msresnet rows of ``benchmarks/scale_bench.py``; docs/results.md shows the comparison, and a test checks that the
+#: stored records still choose it). The demo and the README's examples use it.
+DEFAULT_MSRESNET = "msresnet20_canonical"
+
+__all__ = [
+    "DEFAULT_MSRESNET",
+    "ResNet",
+    "create_model",
+    "is_model",
+    "list_models",
+    "model_entrypoint",
+    "register_model",
+]
