@@ -234,3 +234,27 @@ def test_nothing_to_train_on_is_exit_2(tmp_path: Path, tmp_cache: Path, tiny_fmn
     assert rc == 2 and "no image files" in err
     rc, _ = _train(tmp_path, tiny_fmnist_root, name="idx")
     assert rc == 2 and "pass --protocol fmnist-ls" in capsys.readouterr().err
+
+
+def test_the_canonical_default_trains_predicts_and_exports_on_a_folder(tmp_path: Path, tmp_cache: Path, capsys):
+    """The README's own-data example with the default kind of model: canonicalisation on an RGB folder, then
+    predict on images of another size and an ONNX export that agrees with PyTorch."""
+    ort = pytest.importorskip("onnxruntime")
+    data = write_folder(tmp_path / "rgb", 8, sizes=((32, 32),), mode="RGB")
+    run = tmp_path / "canon"
+    rc = main(["train", "--data-dir", str(data), "--model", msresnet.DEFAULT_MSRESNET.replace("20", "8"),
+               "--epochs", "1", "--batch-size", "8", "--out", str(run)])  # fmt: skip
+    assert rc == 0
+    model = msresnet.load_model(str(run))
+    assert model.preprocess.mode == "RGB" and hasattr(model, "estimate_scale")
+    big = write_folder(tmp_path / "big", 1, sizes=((48, 40),), mode="RGB", seed=3)
+    pred = _predict(run, big, capsys)
+    assert len(pred) == len(CLASSES)
+    onnx_path = tmp_path / "canon.onnx"
+    assert main(["export", str(run), "--out", str(onnx_path)]) == 0
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 32, 32)  # the exported graph takes [0, 1] pixels and normalises inside
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (model.preprocess.mean, model.preprocess.std))
+    with torch.no_grad():
+        ref = model((x - mean) / std).numpy()
+    np.testing.assert_allclose(sess.run(None, {"images": x.numpy()})[0], ref, rtol=1e-3, atol=1e-3)
