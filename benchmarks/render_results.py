@@ -17,6 +17,7 @@ over seeds, ± the sample standard deviation over seeds where there are two or m
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -30,6 +31,8 @@ SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+DEMO_BEGIN, DEMO_END = "<!-- demo:begin -->", "<!-- demo:end -->"
+DEMO_RECORD = ROOT / "benchmarks" / "results" / "demo" / "fresh-clone.json"
 BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
 BUDGET_TEXT = {
     "full": "the full training recipe with each row's own model",
@@ -213,12 +216,25 @@ def headline_block(df: pd.DataFrame) -> str:
     return "\n" + "\n".join(table + ([""] + default if default else [])) + "\n"
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with the content between the results markers replaced by ``block``."""
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with the content between the markers replaced by ``block``."""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    return pattern.sub(lambda _: BEGIN + block + END, text, count=1)
+        raise SystemExit(f"README.md has no {begin} ... {end} block")
+    return pattern.sub(lambda _: begin + block + end, text, count=1)
+
+
+def demo_block(record: Path = DEMO_RECORD) -> str:
+    """The README's demo block: the stored output of ``make demo`` from a fresh clone (a record, like the runs')."""
+    if not record.exists():
+        return "\n"
+    d = json.loads(record.read_text())
+    lead = (
+        f"`make demo` from a fresh clone (`{d['git']}`, {d['date']}, {d['machine']}): installing took "
+        f"{d['install_seconds'] / 60:.1f} min, the demo {d['demo_seconds'] / 60:.1f} min. Its output, shortened:"
+    )
+    lead = textwrap.fill(lead, width=116, break_on_hyphens=False, break_long_words=False)
+    return "\n" + "\n".join([lead, "", "```text", *d["output"], "```"]) + "\n"
 
 
 def readme_block(text: str) -> str:
@@ -427,7 +443,10 @@ def render(summary: Path = SUMMARY, docs: Path = DOCS, readme: Path = README) ->
     page.write_text(results_page(df))
     written.append(page)
     if readme.exists():
-        readme.write_text(replace_block(readme.read_text(), headline_block(df)))
+        text = replace_block(readme.read_text(), headline_block(df))
+        if DEMO_BEGIN in text:
+            text = replace_block(text, demo_block(), DEMO_BEGIN, DEMO_END)
+        readme.write_text(text)
         written.append(readme)
     return written
 

@@ -148,6 +148,7 @@ def test_summary_csv_is_up_to_date_with_the_records(summarize, tmp_path):
 def test_no_hand_typed_figures_in_the_readme_outside_the_block():
     readme = (ROOT / "README.md").read_text()
     outside = re.sub(r"<!-- results:begin -->.*?<!-- results:end -->", "", readme, flags=re.S)
+    outside = re.sub(r"<!-- demo:begin -->.*?<!-- demo:end -->", "", outside, flags=re.S)
     assert not re.findall(r"\d+(\.\d+)?\s?%", outside)
     assert not re.findall(r"(?<![\w.])\d{1,3}\.\d(?![\dx×])", outside)
 
@@ -171,3 +172,12 @@ def test_default_choice_ignores_test_accuracy(render):
     choice = choose_default.choose(pd.DataFrame(rows))
     assert choice.row_id == "canonical" and choice.model == "msresnet20_canonical"
     assert choice.scores["msresnet_conf_sd"] == {"fmnist-ls": 70.0, "fmnist-res": 70.0}
+
+
+def test_readme_demo_block_is_the_stored_demo_record(render):
+    """The demo output the README shows is rendered from benchmarks/results/demo/, not pasted by hand."""
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- demo:begin -->(.*?)<!-- demo:end -->", readme, re.S)
+    assert m and m.group(1) == render.demo_block()
+    record = json.loads(render.DEMO_RECORD.read_text())
+    assert any("finished in" in line for line in record["output"]) and record["git"] in m.group(1)

@@ -287,10 +287,18 @@ def _train_and_evaluate(name: str, run_dir: Path, plan: DemoPlan, device: str, r
         result = evaluate_sweep(model, protocol, info=info, test_limit=plan.test_limit, device=device)
     write_eval(run_dir, result)  # json, csv and the png plot
     (run_dir / "demo.json").write_text(json.dumps(record, indent=2))
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    _seconds_file(run_dir).write_text(json.dumps({"seconds": seconds}))
+    return seconds
+
+
+def _seconds_file(run_dir: Path) -> Path:
+    return run_dir / "demo.seconds.json"
 
 
 def _print_table(run_dirs: list[Path], times: dict[str, float | None]) -> None:
+    """The comparison table; a reused run shows the time its training and evaluation took when it was made."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -298,14 +306,21 @@ def _print_table(run_dirs: list[Path], times: dict[str, float | None]) -> None:
 
     runs, _ = collect_runs(run_dirs)
     header, rows = protocol_table(runs, PROTOCOL)
-    table = Table(title=f"{PROTOCOL}: accuracy (%) per test scale, trained at scale 1")
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i < 2 else "right")
+    same = all(row[0] == row[1] for row in rows)  # run directories named after their models: one column is enough
+    table = Table(title=f"{PROTOCOL}: accuracy (%) per test scale, trained at scale 1", box=box.SIMPLE_HEAD)
+    for i, h in enumerate(header[1:] if same else header):
+        table.add_column(h, justify="left" if i < (1 if same else 2) else "right")
     table.add_column("time", justify="right")
     for run, row in zip(runs, rows, strict=True):
-        t = times.get(run.path.name)
-        table.add_row(*row, "reused" if t is None else f"{t / 60:.1f} min")
-    Console(width=200).print(table)
+        t, how = times.get(run.path.name), ""
+        if t is None:
+            try:
+                t, how = float(json.loads(_seconds_file(run.path).read_text())["seconds"]), " (reused)"
+            except (OSError, ValueError, KeyError, TypeError):
+                how = "reused"
+        cells = row[1:] if same else row
+        table.add_row(*cells, how if t is None else f"{t / 60:.1f} min{how}")
+    Console(width=160).print(table)
 
 
 def _make_plan(out: Path, budget_minutes: float, device: str, started: float) -> tuple[DemoPlan, dict[str, ModelCost]]:
