@@ -32,6 +32,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEMO_BEGIN, DEMO_END = "<!-- demo:begin -->", "<!-- demo:end -->"
+DEFAULT_BEGIN, DEFAULT_END = "<!-- default:begin -->", "<!-- default:end -->"  # validation figures, not test ones
 DEMO_RECORD = ROOT / "benchmarks" / "results" / "demo" / "fresh-clone.json"
 BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
 BUDGET_TEXT = {
@@ -211,9 +212,13 @@ def headline_block(df: pd.DataFrame) -> str:
     )
     caption = textwrap.fill(caption, width=116, break_on_hyphens=False, break_long_words=False)
     plot = f"![{HEADLINE_PROTOCOL} accuracy against object scale](docs/img/results-{HEADLINE_PROTOCOL}.png)"
-    default = default_lines(df)
-    table = [caption, "", *stats_table(stats, conds, name, short=True), "", plot]
-    return "\n" + "\n".join(table + ([""] + default if default else [])) + "\n"
+    return "\n" + "\n".join([caption, "", *stats_table(stats, conds, name, short=True), "", plot]) + "\n"
+
+
+def default_block(df: pd.DataFrame) -> str:
+    """The README's block that names the default msresnet and the validation scores that chose it."""
+    lines = default_lines(df)
+    return "\n" + "\n".join(lines) + "\n" if lines else "\n"
 
 
 def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
@@ -357,6 +362,8 @@ def results_page(df: pd.DataFrame) -> str:
                   f"the most-trained budget that is, `{budget}`.", ""]  # fmt: skip
     if budget:
         lines += ["## Headline", "", headline_block(df).strip().replace("docs/img/", "img/"), ""]
+        if default_lines(df):
+            lines += ["## The default msresnet", "", *default_lines(df), ""]
         lines += ["![accuracy against cost](img/results-cost.png)", ""]
     for proto in [p for p in ("fmnist-ls", "fmnist-res", "fmnist-scale") if p in set(df.protocol)] + sorted(
         set(df.protocol) - {"fmnist-ls", "fmnist-res", "fmnist-scale"}
@@ -446,6 +453,8 @@ def render(summary: Path = SUMMARY, docs: Path = DOCS, readme: Path = README) ->
         text = replace_block(readme.read_text(), headline_block(df))
         if DEMO_BEGIN in text:
             text = replace_block(text, demo_block(), DEMO_BEGIN, DEMO_END)
+        if DEFAULT_BEGIN in text:
+            text = replace_block(text, default_block(df), DEFAULT_BEGIN, DEFAULT_END)
         readme.write_text(text)
         written.append(readme)
     return written

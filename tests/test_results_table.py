@@ -149,6 +149,7 @@ def test_no_hand_typed_figures_in_the_readme_outside_the_block():
     readme = (ROOT / "README.md").read_text()
     outside = re.sub(r"<!-- results:begin -->.*?<!-- results:end -->", "", readme, flags=re.S)
     outside = re.sub(r"<!-- demo:begin -->.*?<!-- demo:end -->", "", outside, flags=re.S)
+    outside = re.sub(r"<!-- default:begin -->.*?<!-- default:end -->", "", outside, flags=re.S)
     assert not re.findall(r"\d+(\.\d+)?\s?%", outside)
     assert not re.findall(r"(?<![\w.])\d{1,3}\.\d(?![\dx×])", outside)
 
@@ -160,6 +161,12 @@ def test_stored_records_choose_the_declared_default():
     choose_default = load_benchmark("choose_default")
     choice = choose_default.choose(pd.read_csv(ROOT / "benchmarks" / "results" / "summary.csv"))
     assert choice is not None and choice.model == DEFAULT_MSRESNET, choice
+
+
+def test_readme_default_block_is_rendered_from_the_summary(render):
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- default:begin -->(.*?)<!-- default:end -->", readme, re.S)
+    assert m and m.group(1) == render.default_block(render.load()) and "Default msresnet" in m.group(1)
 
 
 def test_default_choice_ignores_test_accuracy(render):
