@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
 ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
-BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first
+BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
 HEADLINE_PROTOCOL = "fmnist-ls"
 CALIBRATED = "+calibrate"
 

@@ -26,6 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
+import choose_default  # noqa: E402
+from choose_default import BUDGETS, HEADLINE_PROTOCOL  # noqa: E402  (one definition of the budgets' order)
+
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
 DOCS = ROOT / "docs"
@@ -34,14 +38,12 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEMO_BEGIN, DEMO_END = "<!-- demo:begin -->", "<!-- demo:end -->"
 DEFAULT_BEGIN, DEFAULT_END = "<!-- default:begin -->", "<!-- default:end -->"  # validation figures, not test ones
 DEMO_RECORD = ROOT / "benchmarks" / "results" / "demo" / "fresh-clone.json"
-BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
 BUDGET_TEXT = {
     "full": "the full training recipe with each row's own model",
     "depth8": "the full training recipe with the depth-8 models (`scale_bench.py --depth8`)",
     "quick-depth20": "the reduced training budget with each row's own model (`--quick --full-models`)",
     "quick": "the reduced training budget with the depth-8 models (`--quick`)",
 }
-HEADLINE_PROTOCOL = "fmnist-ls"
 # the rows the field compares (plain, plain + augmentation, oracles, the pyramid default as trained and calibrated);
 # canonicalising rows are added by name
 HEADLINE_ROWS = {
@@ -106,10 +108,6 @@ def headline_budget(df: pd.DataFrame) -> str | None:
 
 def default_lines(df: pd.DataFrame) -> list[str]:
     """The default msresnet and the validation scores it was chosen by (:mod:`choose_default`)."""
-    if str(Path(__file__).parent) not in sys.path:  # a sibling script, also when this file is loaded by path
-        sys.path.insert(0, str(Path(__file__).parent))
-    import choose_default
-
     choice = choose_default.choose(df)
     if choice is None:
         return []
@@ -362,8 +360,9 @@ def results_page(df: pd.DataFrame) -> str:
                   f"the most-trained budget that is, `{budget}`.", ""]  # fmt: skip
     if budget:
         lines += ["## Headline", "", headline_block(df).strip().replace("docs/img/", "img/"), ""]
-        if default_lines(df):
-            lines += ["## The default msresnet", "", *default_lines(df), ""]
+        default = default_lines(df)
+        if default:
+            lines += ["## The default msresnet", "", *default, ""]
         lines += ["![accuracy against cost](img/results-cost.png)", ""]
     for proto in [p for p in ("fmnist-ls", "fmnist-res", "fmnist-scale") if p in set(df.protocol)] + sorted(
         set(df.protocol) - {"fmnist-ls", "fmnist-res", "fmnist-scale"}
