@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (CUDA machine, the repository as working directory, OUT = a folder for results):
+#  0. one profiled training step per model and mode (fp32 / bf16, with and without channels-last): where the step
+#     time goes, layout copies and host syncs (benchmarks/profile_step.py -> $OUT/profile_step_cuda.json);
 #  1. engine check: a few hundred training steps with --device cuda --amp bf16 --channels-last, then evaluate;
 #  2. the speed benchmark on the GPU;
 #  3. the scale-generalisation benchmark (benchmarks/scale_bench.py) on the GPU, runs in parallel, stopped at a
@@ -15,6 +17,10 @@ t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 nvidia-smi -L
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+
+stamp "0. one profiled step per model and mode"
+timeout 150 $PY benchmarks/profile_step.py --device cuda --batch 128 --out "$OUT/profile_step_cuda.json" 2>&1 \
+    | grep -v USDT | tail -n 14
 
 stamp "1. engine check on cuda (bf16, channels-last)"
 $PY -m msresnet train --model msresnet20 --protocol fmnist-ls --epochs 1 --train-limit 38400 --batch-size 128 \
