@@ -103,6 +103,9 @@ def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, reco
     out = summarize.write_csv(summarize.summarize(records), tmp_path / "summary.csv")
     df = render.load(out)
     assert render.headline_budget(df) == "depth8"  # the most-trained budget with a plain and an msresnet row
+    # the plain ResNet and the default (canonical) row decide the budget; a pyramid row only joins it
+    assert render.headline_budget(df[~df.row_id.str.startswith("msresnet")]) == "depth8"
+    assert render.headline_budget(df[df.row_id != "canonical"]) is None
     block = render.headline_block(df)
     plain = next(line for line in block.splitlines() if line.startswith("| plain ResNet |"))
     cells = [c.strip() for c in plain.strip("|").split("|")]
