@@ -29,9 +29,19 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
 import choose_default  # noqa: E402
 from choose_default import BUDGETS, HEADLINE_PROTOCOL  # noqa: E402  (one definition of the budgets' order)
+from results_plots import plot_cost, plot_protocol  # noqa: E402
+from results_stats import (  # noqa: E402
+    HEADLINE_ROWS,
+    SUMMARY,
+    cond_label,
+    conditions,
+    load,
+    oracle_condition,
+    row_label,
+    row_stats,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -44,16 +54,6 @@ BUDGET_TEXT = {
     "quick-depth20": "the reduced training budget with each row's own model (`--quick --full-models`)",
     "quick": "the reduced training budget with the depth-8 models (`--quick`)",
 }
-# the rows the field compares (plain, plain + augmentation, oracles, the pyramid default as trained and calibrated);
-# canonicalising rows are added by name
-HEADLINE_ROWS = {
-    "resnet": "plain ResNet",
-    "resnet_aug": "plain ResNet + random rescale",
-    "msresnet_conf_sd": "msresnet pyramid (most confident level)",
-    "msresnet_conf_sd+calibrate": "msresnet pyramid + `msresnet calibrate`",
-    "canonical": "msresnet canonical (estimate, resample once, classify)",
-    "canonical_search": "msresnet canonical + local search",
-}
 PROTOCOL_TEXT = {
     "fmnist-ls": "Trained on objects at scale 1 in a 64-px canvas; tested with the object rescaled by s",
     "fmnist-res": "Trained on 28-px images; tested with the whole image resized to the given size (px)",
@@ -61,38 +61,7 @@ PROTOCOL_TEXT = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------- statistics
-
-
-def load(summary: Path = SUMMARY) -> pd.DataFrame:
-    """The summary table, with ``row`` and ``condition`` as the renderers expect them."""
-    df = pd.read_csv(summary)
-    df["row"] = df["row"].astype(str)
-    return df
-
-
-def row_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """One line per (protocol, budget, row): seeds, per-condition means/stds, mean and worst over seeds."""
-    out = []
-    for (proto, budget, row), g in df.groupby(["protocol", "budget", "row"], sort=False):
-        per_seed = g.groupby("seed").accuracy
-        means, worsts = per_seed.mean(), per_seed.min()
-        cond = g.groupby("condition").accuracy
-        first = g.iloc[0]
-        out.append({
-            "protocol": proto, "budget": budget, "row": row, "row_id": first.row_id, "label": first.label,
-            "model": first.model, "depth": first.depth, "seeds": int(g.seed.nunique()),
-            "cond_mean": cond.mean().to_dict(), "cond_std": cond.std().to_dict(),
-            "mean": means.mean(), "mean_std": means.std(), "worst": worsts.mean(), "worst_std": worsts.std(),
-            "val": g.groupby("seed").val_accuracy.first().mean(),
-            "train_cost": g.groupby("seed").train_cost.first().mean(),
-            "oracle_condition": _oracle_condition(first.row_id),
-        })  # fmt: skip
-    return pd.DataFrame(out)
-
-
-def _oracle_condition(row_id: str) -> float | None:
-    return float(row_id.split("@", 1)[1]) if row_id.startswith("oracle@") else None
+# ------------------------------------------------------------------------------------------------------ headline
 
 
 def headline_budget(df: pd.DataFrame) -> str | None:
@@ -131,7 +100,7 @@ def _is_headline(row_id: str) -> bool:
 def _headline_order(row_id: str) -> tuple[int, float]:
     """Plain rows, then the oracles by condition, then the msresnet rows."""
     if row_id.startswith("oracle@"):
-        return (2, _oracle_condition(row_id) or 0.0)
+        return (2, oracle_condition(row_id) or 0.0)
     fixed = list(HEADLINE_ROWS)
     if row_id in fixed:
         i = fixed.index(row_id)
@@ -154,35 +123,15 @@ def _cost(v: float | None) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.1f}x"
 
 
-def _cond_label(c: float, name: str) -> str:
-    if name == "size":
-        return f"{int(c)} px"
-    return f"{c:.2f}".rstrip("0").rstrip(".") if name == "scale" else f"{c:g}"
-
-
-def _conditions(d: pd.DataFrame) -> tuple[list[float], str]:
-    return sorted(d.condition.unique()), str(d.condition_name.iloc[0])
-
-
-def _row_label(r: pd.Series, name: str, short: bool) -> str:
-    if r.oracle_condition is not None and not (
-        isinstance(r.oracle_condition, float) and math.isnan(r.oracle_condition)
-    ):
-        return f"oracle: plain ResNet trained at {_cond_label(r.oracle_condition, name)}"
-    if short and r.row_id in HEADLINE_ROWS:
-        return HEADLINE_ROWS[r.row_id]
-    return str(r.label)
-
-
 def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool = False) -> list[str]:
     """A markdown table: one line per row of ``stats`` (one protocol and budget)."""
     cname = "s=" if name == "scale" else ""
-    head = ["row", "model", "seeds", *[f"{cname}{_cond_label(c, name)}" for c in conds], "mean", "worst"]
+    head = ["row", "model", "seeds", *[f"{cname}{cond_label(c, name)}" for c in conds], "mean", "worst"]
     head += ["train cost"] if short else ["validation", "train cost"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in stats.iterrows():
         oracle = r.oracle_condition is not None and not math.isnan(r.oracle_condition)
-        cells = [_row_label(r, name, short), f"`{r.model}`", str(r.seeds)]
+        cells = [row_label(r, name, short), f"`{r.model}`", str(r.seeds)]
         for c in conds:
             show = not oracle or not short or math.isclose(c, r.oracle_condition, rel_tol=1e-3)
             cells.append(_f1(r.cond_mean.get(c)) if show else "")
@@ -202,7 +151,7 @@ def headline_block(df: pd.DataFrame) -> str:
     stats = row_stats(d)
     stats = stats[stats.row_id.map(_is_headline)]
     stats = stats.assign(_o=stats.row_id.map(_headline_order)).sort_values("_o").drop(columns="_o")
-    conds, name = _conditions(d)
+    conds, name = conditions(d)
     depths = sorted({int(x) for x in stats.depth.dropna()})
     caption = (
         f"*{HEADLINE_PROTOCOL}, {BUDGET_TEXT[budget]}; depth {', '.join(map(str, depths))}. Test accuracy (%) at "
@@ -250,83 +199,6 @@ def readme_block(text: str) -> str:
     return m.group(1)
 
 
-# --------------------------------------------------------------------------------------------------------- plots
-
-
-def plot_protocol(d: pd.DataFrame, out: Path) -> Path:
-    """Accuracy against condition for every row of one protocol and budget: mean over seeds, a band of one
-    standard deviation where a row has two or more seeds, oracles as stars at their own condition."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stats = row_stats(d)
-    conds, name = _conditions(d)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for _, r in stats.iterrows():
-        if r.oracle_condition is not None and not math.isnan(r.oracle_condition):
-            c = min(conds, key=lambda x: abs(x - r.oracle_condition))
-            ax.plot([c], [r.cond_mean[c]], marker="*", ms=13, ls="", color="k")
-            continue
-        ys = [r.cond_mean[c] for c in conds]
-        sd = [r.cond_std.get(c, float("nan")) for c in conds]
-        bold = str(r.row_id).startswith("msresnet_conf_sd") or "canonical" in str(r.row_id)
-        (line,) = ax.plot(conds, ys, marker="o", ms=3, lw=2.2 if bold else 1.1, label=_row_label(r, name, True))
-        if r.seeds >= 2:
-            lo = [y - s for y, s in zip(ys, sd, strict=True)]
-            hi = [y + s for y, s in zip(ys, sd, strict=True)]
-            ax.fill_between(conds, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
-    if name in ("scale", "size", "scale bin"):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(conds, [_cond_label(c, name) for c in conds])
-        ax.minorticks_off()
-    ax.set_xlabel(
-        {"scale": "object scale s", "size": "test image size (px)", "scale bin": "object scale (bin centre)"}.get(
-            name, name
-        )
-    )
-    ax.set_ylabel("test accuracy (%)")
-    proto, budget = d.protocol.iloc[0], d.budget.iloc[0]
-    ax.set_title(f"{proto}, budget {budget} (band: ± 1 std over seeds; stars: oracles)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def plot_cost(df: pd.DataFrame, budget: str, out: Path) -> Path:
-    """Worst-condition accuracy against training cost relative to the plain ResNet, every row of ``budget``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for proto, d in df[df.budget == budget].groupby("protocol"):
-        stats = row_stats(d)
-        stats = stats[stats.oracle_condition.isna() & stats.train_cost.notna()]
-        pts = ax.scatter(stats.train_cost, stats.worst, s=22, label=proto)
-        for _, r in stats.iterrows():
-            ax.annotate(str(r.row_id), (r.train_cost, r.worst), fontsize=5.5, xytext=(3, 2),
-                        textcoords="offset points", color=pts.get_facecolor()[0])  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.set_xlabel("training cost: time per training image / plain ResNet's (same protocol)")
-    ax.set_ylabel("worst-condition test accuracy (%)")
-    ax.set_title(f"Accuracy against cost, budget {budget} (mean over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------- page
 
 
@@ -372,7 +244,7 @@ def results_page(df: pd.DataFrame) -> str:
         lines += [f"## {proto}", "", PROTOCOL_TEXT.get(proto, "") + ".", ""]
         for b in [b for b in BUDGETS if b in set(df[df.protocol == proto].budget)]:
             d = df[(df.protocol == proto) & (df.budget == b)]
-            conds, name = _conditions(d)
+            conds, name = conditions(d)
             stats = row_stats(d)
             n = sorted(d.n_images.unique())
             lines += [f"### {proto}, {BUDGET_TEXT[b]}", "", f"Test images per condition: {', '.join(map(str, n))}.", ""]
@@ -402,7 +274,7 @@ def estimator_table(d: pd.DataFrame, conds: list[float], name: str) -> list[str]
     if e.empty:
         return []
     cname = "s=" if name == "scale" else ""
-    head = ["row", "seeds", *[f"{cname}{_cond_label(c, name)}" for c in conds]]
+    head = ["row", "seeds", *[f"{cname}{cond_label(c, name)}" for c in conds]]
     lines = ["Object-scale estimate: median / 90th percentile of |error| in octaves (median over seeds).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for _, g in e.groupby("row", sort=False):
