@@ -287,24 +287,32 @@ def estimator_table(d: pd.DataFrame, conds: list[float], name: str) -> list[str]
 
 
 def timing_table(runs: pd.DataFrame) -> list[str]:
-    """Median training time per budget, protocol and model, from one line per run record."""
+    """Median training time per budget, protocol and model, and each budget's total compute, from one line per run
+    record."""
     lines = [
         "## How long the runs took",
         "",
-        "Training wall time per run (median over the stored runs; evaluation not included), and the median",
-        "training throughput. Runs often shared the 2 CPU cores with other jobs, so read them as orders of",
-        "magnitude: [benchmarks/README.md](../benchmarks/README.md) says how to run each budget fast.",
+        "Training wall time per run (median over the stored runs; evaluation not included), the median training",
+        "throughput and the test sweep's wall time. Runs often shared the 2 CPU cores with other jobs, so read them as",
+        "orders of magnitude: [benchmarks/README.md](../benchmarks/README.md) says how to run each budget fast.",
         "",
-        "| budget | protocol | model | runs | train minutes | train images/s | device |",
-        "|---|---|---|---|---|---|---|",
+        "| budget | protocol | model | runs | train minutes | train images/s | test minutes | device |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     order = {b: i for i, b in enumerate(BUDGETS)}
     groups = runs.groupby(["budget", "protocol", "model"])
     for (budget, proto, model), g in sorted(groups, key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2])):
         minutes = g.train_seconds.dropna().median() / 60
         ips = g.train_images_per_s.median()
+        test = g.test_seconds.dropna().median() / 60 if "test_seconds" in g else float("nan")
         devices = ", ".join(sorted(g.device.dropna().astype(str).unique()))
-        lines.append(f"| {budget} | {proto} | `{model}` | {len(g)} | {_f1(minutes)} | {ips:.0f} | {devices} |")
+        lines.append(f"| {budget} | {proto} | `{model}` | {len(g)} | {_f1(minutes)} | {ips:.0f} | {_f1(test)} | "
+                     f"{devices} |")  # fmt: skip
+    lines += ["", "Total compute of the stored runs (runs whose time was not recorded count as zero):", ""]
+    for budget, g in sorted(runs.groupby("budget"), key=lambda kv: order.get(kv[0], 9)):
+        train_h = g.train_seconds.fillna(0).sum() / 3600
+        test_h = g.test_seconds.fillna(0).sum() / 3600 if "test_seconds" in g else 0.0
+        lines.append(f"- {budget}: {len(g)} runs, {train_h:.1f} h training + {test_h:.1f} h testing")
     return [*lines, ""]
 
 

@@ -42,7 +42,8 @@ ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
 BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first
 COLUMNS = [
     "protocol", "budget", "row", "row_id", "label", "model", "depth", "seed", "condition", "condition_name",
-    "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "train_images_per_s",
+    "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "test_seconds",
+    "train_images_per_s",
     "train_cost", "scale_error_median", "scale_error_p90", "params", "git", "device", "command", "record",
 ]  # fmt: skip
 
@@ -107,7 +108,8 @@ def _lines_of(record: dict[str, Any], labels: dict[str, str], name: str) -> list
                 "condition_name": "scale bin" if binned else sweep["condition_name"], "accuracy": round(100 * acc, 4),
                 "n_images": k, "train_condition": sweep.get("train_condition"),
                 "val_accuracy": None if val_mean is None else round(val_mean, 4), "calibrated": calibrated,
-                "train_seconds": train_seconds, "train_images_per_s": record.get("train_images_per_s"),
+                "train_seconds": train_seconds, "test_seconds": sweep.get("seconds"),
+                "train_images_per_s": record.get("train_images_per_s"),
                 "train_cost": None, "scale_error_median": errors.get(float(cond), (None, None))[0],
                 "scale_error_p90": errors.get(float(cond), (None, None))[1], "params": record.get("params"),
                 "git": record.get("git"),
