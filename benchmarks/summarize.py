@@ -16,7 +16,8 @@ prefixed ``<budget>/`` outside the full budget, so that rows of different budget
 ``row_id``; ``label``; ``model``; ``depth``; ``seed`` (the fmnist-scale realization); ``condition`` (object scale,
 image size or, on fmnist-scale, the centre of a scale bin to two decimals) and ``condition_name``; ``accuracy``
 (%, on ``n_images`` test images); ``train_condition``; ``val_accuracy`` (the run's validation-sweep mean, %, the
-only figure used to choose between rows); ``calibrated``; ``train_seconds``, ``train_images_per_s`` and
+only figure used to choose between rows); ``calibrated``; ``train_seconds``; ``test_seconds`` (the test sweep's
+wall time); ``train_images_per_s`` and
 ``train_cost`` (time per training image relative to the plain ResNet of the same protocol and budget; the runs
 shared a CPU with other jobs, so it is indicative); ``scale_error_median`` and ``scale_error_p90`` (scale-aware
 models: the median and 90th percentile of the object-scale estimate's absolute error, octaves); ``params``;
