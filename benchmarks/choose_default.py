@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
-ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
-BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
+sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
+from summarize import BUDGETS, ROWS_FILE, SUMMARY  # noqa: E402  (one definition of the budgets and their files)
+
 HEADLINE_PROTOCOL = "fmnist-ls"
 CALIBRATED = "+calibrate"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from torch.profiler import ProfilerActivity, profile
 
 import msresnet
 from msresnet.engine.step import autocast, to_channels_last
+
+sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
+from speed import git_revision, sync_device  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp32-cl", "bf16-cl")
 DEFAULT_MODELS = ("resnet20", "msresnet20", "msresnet20_canonical")
@@ -44,11 +48,6 @@ def parse_mode(mode: str) -> tuple[str | None, bool]:
         raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     dtype, _, cl = mode.partition("-")
     return (None if dtype == "fp32" else dtype), cl == "cl"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(model: torch.nn.Module, amp: str | None, device: torch.device):  # noqa: ANN201
@@ -88,17 +87,17 @@ def profile_one(name: str, mode: str, args: argparse.Namespace, device: torch.de
         step(x, y)
     times = []
     for _ in range(args.repeats):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         for _ in range(args.iters):
             step(x, y)
-        _sync(device)
+        sync_device(device)
         times.append((time.perf_counter() - t0) / args.iters)
     on_device = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_device else [])
     with profile(activities=activities) as prof:
         step(x, y)
-        _sync(device)
+        sync_device(device)
     events = prof.key_averages()
     kernels = sum(e.count for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
     top = sorted(events, key=lambda e: -_self_time(e, on_device))[: args.top]
@@ -133,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"top: {row['top'][0]['op'] if row['top'] else '-'}", flush=True)  # fmt: skip
     return {
         "benchmark": "profile_step",
+        "git_revision": git_revision(),
         "torch": torch.__version__,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "batch": args.batch,

@@ -28,18 +28,19 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
 import choose_default  # noqa: E402
-from choose_default import BUDGETS, HEADLINE_PROTOCOL  # noqa: E402  (one definition of the budgets' order)
+from choose_default import HEADLINE_PROTOCOL  # noqa: E402
 from results_plots import plot_cost, plot_protocol  # noqa: E402
 from results_stats import (  # noqa: E402
     HEADLINE_ROWS,
-    SUMMARY,
     cond_label,
     conditions,
+    is_oracle,
     load,
     oracle_condition,
     row_label,
     row_stats,
 )
+from summarize import BUDGETS, SUMMARY  # noqa: E402  (one definition of the budgets' order and the table's file)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -130,7 +131,7 @@ def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool 
     head += ["train cost"] if short else ["validation", "train cost"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in stats.iterrows():
-        oracle = r.oracle_condition is not None and not math.isnan(r.oracle_condition)
+        oracle = is_oracle(r)
         cells = [row_label(r, name, short), f"`{r.model}`", str(r.seeds)]
         for c in conds:
             show = not oracle or not short or math.isclose(c, r.oracle_condition, rel_tol=1e-3)
@@ -304,14 +305,14 @@ def timing_table(runs: pd.DataFrame) -> list[str]:
     for (budget, proto, model), g in sorted(groups, key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2])):
         minutes = g.train_seconds.dropna().median() / 60
         ips = g.train_images_per_s.median()
-        test = g.test_seconds.dropna().median() / 60 if "test_seconds" in g else float("nan")
+        test = g.test_seconds.dropna().median() / 60
         devices = ", ".join(sorted(g.device.dropna().astype(str).unique()))
         lines.append(f"| {budget} | {proto} | `{model}` | {len(g)} | {_f1(minutes)} | {ips:.0f} | {_f1(test)} | "
                      f"{devices} |")  # fmt: skip
     lines += ["", "Total compute of the stored runs (runs whose time was not recorded count as zero):", ""]
     for budget, g in sorted(runs.groupby("budget"), key=lambda kv: order.get(kv[0], 9)):
         train_h = g.train_seconds.fillna(0).sum() / 3600
-        test_h = g.test_seconds.fillna(0).sum() / 3600 if "test_seconds" in g else 0.0
+        test_h = g.test_seconds.fillna(0).sum() / 3600
         lines.append(f"- {budget}: {len(g)} runs, {train_h:.1f} h training + {test_h:.1f} h testing")
     return [*lines, ""]
 

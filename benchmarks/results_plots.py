@@ -3,12 +3,11 @@ and worst-condition accuracy against training cost, rendered from the summary ta
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from results_stats import cond_label, conditions, row_label, row_stats
+from results_stats import cond_label, conditions, is_oracle, row_label, row_stats
 
 
 def plot_protocol(d: pd.DataFrame, out: Path) -> Path:
@@ -23,7 +22,7 @@ def plot_protocol(d: pd.DataFrame, out: Path) -> Path:
     conds, name = conditions(d)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for _, r in stats.iterrows():
-        if r.oracle_condition is not None and not math.isnan(r.oracle_condition):
+        if is_oracle(r):
             c = min(conds, key=lambda x: abs(x - r.oracle_condition))
             ax.plot([c], [r.cond_mean[c]], marker="*", ms=13, ls="", color="k")
             continue

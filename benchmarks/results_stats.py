@@ -6,12 +6,12 @@ figures the same way.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-SUMMARY = Path(__file__).resolve().parent / "results" / "summary.csv"
+from summarize import SUMMARY
+
 # the rows the field compares (plain, plain + augmentation, oracles, the pyramid default as trained and calibrated);
 # canonicalising rows are added by name
 HEADLINE_ROWS = {
@@ -55,6 +55,11 @@ def oracle_condition(row_id: str) -> float | None:
     return float(row_id.split("@", 1)[1]) if row_id.startswith("oracle@") else None
 
 
+def is_oracle(r: pd.Series) -> bool:
+    """Whether a :func:`row_stats` line is an oracle (pandas stores the other rows' condition as None or NaN)."""
+    return bool(pd.notna(r.oracle_condition))
+
+
 def cond_label(c: float, name: str) -> str:
     if name == "size":
         return f"{int(c)} px"
@@ -66,9 +71,7 @@ def conditions(d: pd.DataFrame) -> tuple[list[float], str]:
 
 
 def row_label(r: pd.Series, name: str, short: bool) -> str:
-    if r.oracle_condition is not None and not (
-        isinstance(r.oracle_condition, float) and math.isnan(r.oracle_condition)
-    ):
+    if is_oracle(r):
         return f"oracle: plain ResNet trained at {cond_label(r.oracle_condition, name)}"
     if short and r.row_id in HEADLINE_ROWS:
         return HEADLINE_ROWS[r.row_id]

@@ -57,7 +57,8 @@ def baseline_for(name: str) -> str:
     return cand if msresnet.models.is_model(cand) else "resnet20"
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; timings need it finished)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -148,19 +149,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             for name, model in models.items():  # interleaved: drift in machine load hits every model alike
                 model.train()
-                _sync(device)
+                sync_device(device)
                 t0 = time.perf_counter()
                 for _ in range(args.iters):
                     train_step(model, opts[name], x, y)
-                _sync(device)
+                sync_device(device)
                 train_ips[name].append(args.batch * args.iters / (time.perf_counter() - t0))
                 model.eval()
                 with torch.no_grad():
-                    _sync(device)
+                    sync_device(device)
                     t0 = time.perf_counter()
                     for _ in range(args.iters):
                         model(x)
-                    _sync(device)
+                    sync_device(device)
                 infer_ips[name].append(args.batch * args.iters / (time.perf_counter() - t0))
         for name in args.models:
             base = baseline_for(name)

@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale"
 SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
 ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
-BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first
+BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
 COLUMNS = [
     "protocol", "budget", "row", "row_id", "label", "model", "depth", "seed", "condition", "condition_name",
     "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "test_seconds",
-    "train_images_per_s",
-    "train_cost", "scale_error_median", "scale_error_p90", "params", "git", "device", "command", "record",
+    "train_images_per_s", "train_cost", "scale_error_median", "scale_error_p90", "params", "git", "device", "command",
+    "record",
 ]  # fmt: skip
 
 
