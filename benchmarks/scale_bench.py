@@ -12,152 +12,32 @@ rendered from it (``benchmarks/summarize.py --render``).
     python benchmarks/scale_bench.py --render             # re-render docs/results-full.md from the stored JSONs
     python benchmarks/scale_bench.py --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
     python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd,oracle --seeds 0
-                                                   # full budget, depth-8 models (about 1.5 h on 2 CPU cores)
+                                                   # full budget, depth-8 models
 
-Runs already stored are skipped, so an interrupted benchmark continues where it stopped.
+Runs already stored are skipped, so an interrupted benchmark continues where it stopped. The plan (which runs, each
+run's configuration) is ``bench_plan.py``; the per-budget pages are ``bench_pages.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "bench"
-RESULTS = ROOT / "benchmarks" / "results" / "scale"
-DOCS = ROOT / "docs"
-PROTOCOLS = ("fmnist-ls", "fmnist-scale", "fmnist-res")
-
-
-@dataclass
-class Job:
-    """One training run: a row of the table on one protocol with one seed (or an oracle run)."""
-
-    protocol: str
-    row: str
-    seed: int
-    quick: bool
-    oracle_condition: float | int | None = None
-    full_model: bool = False  # with ``quick``: the row's own (full-depth) model instead of its ``quick_model``
-    depth8: bool = False  # without ``quick``: the full recipe with the row's depth-8 ``quick_model`` (CPU-sized)
-
-    @property
-    def key(self) -> str:
-        tag = f"__oracle{self.oracle_condition}" if self.oracle_condition is not None else ""
-        budget = ("quick__" if self.quick else "") + ("fullmodel__" if self.full_model else "")
-        budget += "depth8__" if self.depth8 else ""
-        return f"{budget}{self.protocol}__{self.row}{tag}__seed{self.seed}"
-
-    @property
-    def small_model(self) -> bool:
-        """Whether the run uses the depth-8 ``quick_model`` (the reduced table, or ``depth8``)."""
-        return (self.quick and not self.full_model) or self.depth8
-
-
-def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    recipes = yaml.safe_load((CONFIGS / "recipes.yaml").read_text())
-    rows = yaml.safe_load((CONFIGS / "rows.yaml").read_text())["rows"]
-    return recipes, rows
-
-
-def make_jobs(
-    protocols: list[str],
-    rows: list[dict],
-    recipes: dict,
-    seeds: list[int],
-    quick: bool,
-    explicit_seeds: bool = False,
-    explicit_rows: bool = False,
-    full_model: bool = False,
-    depth8: bool = False,
-    oracles: bool = True,
-) -> list[Job]:
-    """The runs to do. ``--quick`` takes the rows marked ``quick: true`` unless ``--rows`` names rows itself (then
-    those rows run at the reduced budget with their ``quick_model``, or their own model with ``full_model``).
-    ``depth8`` (without ``quick``): every row, or the ``--rows`` ones, on the full budget with its ``quick_model``.
-    ``oracles``: also each protocol's oracle runs (the plain ResNet trained at a test condition)."""
-    jobs = []
-    use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
-    per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
-    for seed in sorted({s for v in per_protocol.values() for s in v}):
-        for p in protocols:
-            wanted = per_protocol[p]
-            if seed not in wanted:
-                continue
-            for r in rows:
-                if quick and not (explicit_rows or r.get("quick") is True or p in (r.get("quick") or ())):
-                    continue
-                jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
-            for cond in recipes[p].get("oracle", []) if oracles else []:
-                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
-
-    def cost(j: Job) -> float:
-        return relative_cost(job_config(j, rows, recipes, "cpu", Path(".")))
-
-    if quick:  # everything runs: longest first, so that parallel runs finish together
-        return sorted(jobs, key=lambda j: -cost(j))
-    # Seed 0 of everything first, then the fmnist-scale realizations the protocol needs (>= 3), then the other
-    # seeds: a benchmark cut short by a time budget still covers every row once. Longest first within each group.
-    return sorted(jobs, key=lambda j: (j.seed > 0, j.seed > 0 and j.protocol != "fmnist-scale", j.seed, -cost(j)))
-
-
-def relative_cost(cfg: dict[str, Any]) -> float:
-    """A rough training cost of a run's engine config (for ordering runs only): images x input pixels x model
-    factor, x 2 with the scale-invariance loss (a second view)."""
-    pixels = 64 * 64 if cfg["protocol"] == "fmnist-ls" else 28 * 28
-    model = cfg["model"]
-    factors = {"sesn": 8.0, "scalechannel": 4.0, "canonical": 1.2, "msresnet": 3.0}  # first match counts
-    factor = next((f for key, f in factors.items() if key in model), 1.0)
-    loss = 2.0 if cfg.get("si_weight") else 1.0
-    return float(cfg.get("train_limit") or 50_000) * cfg["epochs"] * pixels * factor * loss
-
-
-def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Path) -> dict[str, Any]:
-    """The engine overrides for ``job``: the protocol's recipe, then the row's changes."""
-    recipe = recipes[job.protocol]
-    cfg: dict[str, Any] = dict(recipe["train"])
-    if job.quick:
-        cfg.update({k: v for k, v in recipe["quick"].items() if k not in ("test_limit", "seeds")})
-    params: dict[str, Any] = {}
-    if job.protocol == "fmnist-scale":
-        params["realization"] = job.seed
-    if job.row == "oracle":
-        model = "resnet8" if job.small_model else "resnet20"
-        c = job.oracle_condition
-        if job.protocol == "fmnist-ls":
-            params["train_scales"] = [float(c), float(c)]
-        else:
-            params["train_size"] = int(c)
-        cfg["degrade_aug"] = None  # the oracle sees sharp images at the test condition itself
-    else:
-        row = next(r for r in rows if r["id"] == job.row)
-        model = row.get("quick_model", row["model"]) if job.small_model else row["model"]
-        quick_kwargs = row.get("quick_kwargs", {}) if job.small_model else {}
-        row_kwargs = (recipe.get("row_kwargs") or {}).get(job.row, {})  # the row's options on this protocol
-        cfg["model_kwargs"] = {**row.get("model_kwargs", {}), **quick_kwargs, **row_kwargs}
-        if row.get("rescale_aug"):
-            cfg["rescale_aug"] = list(recipe["rescale_aug"])
-        overrides = dict(row.get("overrides", {}))
-        if overrides.get("si_weight") and recipe.get("si_view"):
-            overrides.setdefault("si_view", recipe["si_view"])
-        cfg.update(overrides)
-    cfg.update(model=model, protocol=job.protocol, protocol_params=params, seed=job.seed, device=device,
-               out=str(runs / job.key), log_every=10**9)  # fmt: skip
-    return cfg
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, also when this file is loaded by path
+from bench_pages import PUBLISHED, refresh_summary, render  # noqa: E402
+from bench_plan import PROTOCOLS, ROOT, Job, job_config, load_plan, make_jobs  # noqa: E402
 
 
 def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val_limit: int | None) -> dict:
@@ -228,7 +108,9 @@ def probe_record(
     return {"calibration": cal.to_dict(), "kept": cal.improves, "test": test}
 
 
-def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_limits: dict[str, int]) -> None:
+def calibrate_stored(
+    jobs: list[Job], results: Path, runs: Path, test_limit: int | None, val_limits: dict[str, int]
+) -> None:
     """Add the probe record to stored runs that lack one, or whose probe estimated object scale another way than
     the library does now (their checkpoints still in ``runs``)."""
     from msresnet.data import build_protocol
@@ -236,7 +118,7 @@ def calibrate_stored(jobs: list[Job], runs: Path, test_limit: int | None, val_li
     from msresnet.layers.scale_probe import ESTIMATE
 
     for job in jobs:
-        path = RESULTS / f"{job.key}.json"
+        path = results / f"{job.key}.json"
         if not path.exists() or job.row == "oracle":
             continue
         record = json.loads(path.read_text())
@@ -291,366 +173,6 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-# ---------------------------------------------------------------------------------------------------------- render
-
-
-def _load_results(quick: bool, full_model: bool = False, depth8: bool = False) -> list[dict]:
-    out = []
-    for f in sorted(RESULTS.glob("*.json")):
-        d = json.loads(f.read_text())
-        job = d["job"]
-        if (bool(job["quick"]), bool(job.get("full_model")), bool(job.get("depth8"))) == (quick, full_model, depth8):
-            out.append(d)
-    return out
-
-
-def _overall(sweep: dict) -> float:
-    """Accuracy over all test images (conditions weighted by their size)."""
-    n = sweep["n_per_condition"]
-    n = n if isinstance(n, list) else [n] * len(sweep["accuracy"])
-    return sum(a * k for a, k in zip(sweep["accuracy"], n, strict=True)) / max(1, sum(n))
-
-
-def _ms(values: list[float], pct: bool = True) -> str:
-    if not values:
-        return "–"
-    f, nd = (100.0, 1) if pct else (1.0, 3)
-    m = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{m * f:.{nd}f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return f"{m * f:.{nd}f} ± {sd * f:.{nd}f}"
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _cond_label(c: Any, name: str) -> str:
-    return f"{float(c):.2f}" if name == "scale" else str(c)
-
-
-def _full_table_runs() -> int:
-    """How many runs the full table plans (every row on every protocol, seeds 0-2, oracles included)."""
-    recipes, rows = load_plan()
-    return len(make_jobs(list(PROTOCOLS), rows, recipes, [0, 1, 2], False, False, explicit_rows=False))
-
-
-def render(
-    quick: bool, command: str, wall_seconds: float | None = None, full_model: bool = False, depth8: bool = False
-) -> Path:
-    """Write docs/results-full.md (``quick``: docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md;
-    ``depth8``: docs/results-depth8.md) from the stored JSONs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    _, rows = load_plan()
-    results = _load_results(quick, full_model, depth8)
-    labels = {r["id"]: r["label"] for r in rows}
-    groups = {r["id"]: r.get("group", "") for r in rows}
-    # which record set: names the plots (suffix), the page, and the flags that make it
-    variant = [(quick, "quick", "--quick"), (full_model, "fullmodel", "--full-models"), (depth8, "depth8", "--depth8")]
-    suffix = "".join(f"-{name}" for on, name, _ in variant if on)
-    flags = "".join(f" {flag}" for on, _, flag in variant if on)
-    img_dir = DOCS / "img"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    revs = sorted({str(d.get("git")) for d in results})
-    commands = Counter(d["command"] for d in results if d.get("command"))
-    devices = sorted({d.get("device", "?") for d in results})
-    lines = [
-        f"# Scale-generalisation results{' (quick' if quick else ''}"
-        + (", full-depth models)" if full_model else ")" if quick else "")
-        + (" (full recipe, depth-8 models)" if depth8 else ""),
-        "",
-        "Generated by `benchmarks/scale_bench.py` from the run records in `benchmarks/results/scale/` — measured",
-        "figures only. Accuracies in %, mean ± std over seeds (fmnist-scale: over realizations).",
-        "",
-        f"- rendered by: `{command}`",
-        *[f"- runs made by `{c}`: {n}" for c, n in commands.items()],
-        f"- git revision(s): {', '.join(revs) or '–'}; device(s): {', '.join(devices) or '–'}",
-        f"- runs: {len(results)}"
-        + (f"; wall time of the last invocation {wall_seconds / 60:.1f} min" if wall_seconds else ""),
-        "- recipes: `configs/bench/recipes.yaml`; rows: `configs/bench/rows.yaml`.",
-        "",
-    ]
-    quick_page = "results-quick.md"
-    if depth8:
-        lines += [
-            "The **full recipe with the depth-8 models** (`--depth8`): the training budgets of",
-            "`configs/bench/recipes.yaml` (not their `quick` sections) with each row's depth-8 `quick_model`: runs",
-            "that 2 CPU cores train in about 30 (plain) to 100 (msresnet) minutes. It checks whether the reduced table",
-            f"([{quick_page}]({quick_page})) changes with ten times the training data. Not the full table.",
-            "",
-        ]
-    elif full_model:
-        lines += [
-            "The **reduced budget with each row's own model** (`--quick --full-models`): the depth-20 models of the",
-            "full table trained on the `quick` budgets of `configs/bench/recipes.yaml`, seed 0. It checks whether",
-            f"what the depth-8 reduced table ([{quick_page}]({quick_page})) shows holds at the real depth (a depth-8",
-            "trunk sees at most 25 px, less than a training object of fmnist-ls). Not the full table either.",
-            "",
-        ]
-    elif quick:
-        lines += [
-            "This is the **reduced table** (`--quick`): depth-8 models (`quick_model` in the rows file) trained on the",
-            "`quick` budgets of `configs/bench/recipes.yaml` (each protocol's recipe line says which), seed 0 and",
-            "fmnist-scale realizations 0-2 (the seeds column says how many ran). On CPU `--quick` runs one job per",
-            "core with one thread each, so the train img/s column is per single-threaded job. Cost figures come from",
-            "`benchmarks/speed.py` (targets below). Its absolute accuracies are far below what the full recipe",
-            "reaches, and it is not the full table the targets are defined on: read it as the direction of each",
-            "comparison. The full table is",
-            f"`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds: {_full_table_runs()} runs",
-            "of the depth-20 models; benchmarks/README.md says what it takes).",
-            "",
-        ]
-        if _load_results(True, full_model=True):
-            lines += ["The same budget with the full-depth models: [results-quick-fullmodel.md]"
-                      "(results-quick-fullmodel.md).", ""]  # fmt: skip
-        if _load_results(False, depth8=True):
-            lines += ["The full training budget with these depth-8 models: [results-depth8.md](results-depth8.md).",
-                      ""]  # fmt: skip
-    summary: dict[str, dict[str, Any]] = {}
-    for proto in PROTOCOLS:
-        pres = [d for d in results if d["job"]["protocol"] == proto]
-        if not pres:
-            lines += [f"## {proto}", "", f"No run of this protocol is stored yet "
-                      f"(`python benchmarks/scale_bench.py{flags} --protocols {proto}`).", ""]  # fmt: skip
-            continue
-        lines += [f"## {proto}", ""]
-        by_row: dict[str, list[dict]] = {}
-        oracles: dict[Any, list[dict]] = {}
-        for d in pres:
-            if d["job"]["row"] == "oracle":
-                oracles.setdefault(d["job"]["oracle_condition"], []).append(d)
-            else:
-                by_row.setdefault(d["job"]["row"], []).append(d)
-        order = []
-        for rid in [r["id"] for r in rows if r["id"] in by_row]:
-            order.append(rid)
-            calibrated = [_calibrated(d) for d in by_row[rid]]
-            if all(calibrated):
-                kept = sum(d["probe"]["kept"] for d in by_row[rid])
-                order.append(f"{rid}+probe")
-                by_row[order[-1]] = calibrated
-                label = labels.get(rid, rid)
-                labels[order[-1]] = f"{label} + `msresnet calibrate` (probe kept: {kept}/{len(calibrated)})"
-                groups[order[-1]] = groups.get(rid, "")
-        first = pres[0]["test"]
-        conds, cname = first["conditions"], first["condition_name"]
-        recipe = next((d for d in pres if d["job"]["row"] != "oracle"), pres[0])["config"]
-        lines.append(
-            f"Recipe: {recipe['epochs']} epochs, {recipe.get('train_limit') or 'all'} training images, batch "
-            f"{recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']}, {recipe['schedule']}, degrade_aug "
-            f"{recipe.get('degrade_aug')}. Test images per condition: {first['n_per_condition']}."
-        )
-        lines.append("")
-        is_scale = proto == "fmnist-scale"
-        head = ["row", "model", "params"]
-        head += ["test acc", "test error"] if is_scale else [_cond_label(c, cname) for c in conds]
-        head += ["mean", "worst", "retention", "val (selection)", "train img/s", "seeds"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        curves: dict[str, list[float]] = {}
-        val_score: dict[str, float] = {}
-        row_stats: dict[str, dict[str, Any]] = {}
-        for rid in order:
-            ds = by_row[rid]
-            accs = [d["test"]["accuracy"] for d in ds]
-            per_cond = [[a[i] for a in accs] for i in range(len(conds))]
-            overall = [_overall(d["test"]) for d in ds]
-            vals = [_mean(d["val"]["accuracy"]) for d in ds if d.get("val")]
-            val_score[rid] = _mean(vals)
-            rets = [d["test"]["retention"] for d in ds if d["test"].get("retention") is not None]
-            cells = [labels.get(rid, rid), f"`{ds[0]['config']['model']}`", f"{ds[0]['params'] / 1e3:.0f}k"]
-            if is_scale:
-                cells += [_ms(overall), _ms([1 - o for o in overall])]
-            else:
-                cells += [_ms(v) for v in per_cond]
-            cells += [_ms([d["test"]["mean"] for d in ds]), _ms([d["test"]["worst"] for d in ds]),
-                      _ms(rets, pct=False) if rets else "–", _ms(vals),
-                      f"{_mean([d['train_images_per_s'] or 0 for d in ds]):.0f}", str(len(ds))]  # fmt: skip
-            lines.append("| " + " | ".join(cells) + " |")
-            curves[labels.get(rid, rid)] = [_mean(v) for v in per_cond]
-            row_stats[rid] = {"per_cond": [_mean(v) for v in per_cond], "overall": _mean(overall), "n": len(ds),
-                              "retention": _mean(rets) if rets else None, "val": val_score[rid]}  # fmt: skip
-        oracle_acc: dict[Any, float] = {}
-        for c, ds in sorted(oracles.items(), key=lambda kv: float(kv[0])):
-            idx = min(range(len(conds)), key=lambda i: abs(float(conds[i]) - float(c)))
-            at = [d["test"]["accuracy"][idx] for d in ds]
-            oracle_acc[c] = _mean(at)
-            cells = [f"oracle: plain ResNet trained at {_cond_label(c, cname)}", f"`{ds[0]['config']['model']}`",
-                     f"{ds[0]['params'] / 1e3:.0f}k"]  # fmt: skip
-            cells += [_ms(at) if i == idx else "" for i in range(len(conds))]
-            cells += ["", "", "", "", f"{_mean([d['train_images_per_s'] or 0 for d in ds]):.0f}", str(len(ds))]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        if any(r.endswith("+probe") for r in order):
-            lines += [
-                "Rows `+ msresnet calibrate`: the run above them after `msresnet calibrate` (object-scale probe fitted",
-                "on validation images at the training condition, kept only where the validation sweep's mean rises and",
-                "its worst condition does not fall; otherwise the same figures). Full and `--depth8` runs record this",
-                "themselves; `--quick` runs get it from `scale_bench.py --quick --calibrate-stored`.",
-                "",
-            ]
-        ms_rows = [r for r in order if groups.get(r) == "msresnet"]
-        best = max(ms_rows, key=lambda r: val_score[r]) if ms_rows else None
-        if best:
-            lines += [f"Best msresnet on validation data: **{labels.get(best, best)}** "
-                      f"(validation {val_score[best] * 100:.1f}%).", ""]  # fmt: skip
-        summary[proto] = {"rows": row_stats, "oracle": oracle_acc, "best": best, "conds": conds}
-        lines += _scale_diagnosis(by_row, [best, "msresnet"] if best else [], labels, cname)
-        if not is_scale and curves:
-            fig, ax = plt.subplots(figsize=(7, 4.2))
-            xs = [float(c) for c in conds]
-            for name, ys in curves.items():
-                ax.plot(xs, [y * 100 for y in ys], marker="o", label=name, lw=2.2 if "msresnet" in name else 1.2)
-            for c, a in oracle_acc.items():
-                ax.plot([float(c)], [a * 100], marker="*", ms=12, ls="", color="k")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(xs, [_cond_label(c, cname) for c in conds])
-            ax.set_xlabel("object scale" if cname == "scale" else "test image size (px)")
-            ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{proto} (stars: oracle trained at that condition)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="lower center")
-            fig.tight_layout()
-            png = img_dir / f"{proto}{suffix}.png"
-            fig.savefig(png, dpi=110)
-            plt.close(fig)
-            lines += [f"![{proto}](img/{png.name})", ""]
-    lines += _targets(summary)
-    # docs/results.md itself is the overview rendered from summary.csv (benchmarks/render_results.py)
-    out = DOCS / f"results{suffix or '-full'}.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
-def refresh_summary() -> None:
-    """Rewrite ``benchmarks/results/summary.csv`` and what is rendered from it (``docs/results.md``, its plots, the
-    README table) when the records are the published ones (not a ``--results-dir`` elsewhere)."""
-    if RESULTS.resolve() != (ROOT / "benchmarks" / "results" / "scale").resolve():
-        return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import summarize
-
-    summarize.main(["--render"])
-
-
-def _calibrated(d: dict) -> dict | None:
-    """The run as ``msresnet calibrate`` (``keep="auto"``) leaves it: with the probe's test and validation figures
-    where validation kept it, else unchanged; None without a probe record."""
-    probe = d.get("probe")
-    if not probe or not d.get("val"):
-        return None
-    if not probe["kept"]:
-        return d
-    val = {**d["val"], "accuracy": [a / 100 for a in probe["calibration"]["probe"]]}
-    return {**d, "test": probe["test"], "val": val}
-
-
-def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: dict, cname: str) -> list[str]:
-    """Per row: the validation accuracy of each pyramid level alone at each condition (seed 0's run), next to the
-    pooled decision - which level recognises the object, and how much the pooling loses against the best level."""
-    from msresnet.engine.evaluate import scale_labels
-
-    lines: list[str] = []
-    for rid in dict.fromkeys(row_ids):
-        d = next((d for d in by_row.get(rid, []) if d.get("val_scales")), None)
-        if d is None or len(d["val"]["conditions"]) < 2:
-            continue
-        vs, pooled = d["val_scales"], d["val"]["accuracy"]
-        head = [f"level {name}" if name.startswith("x") else name for name in scale_labels(vs)]
-        n = len(head)
-        lines += [f"Which pyramid level decides: **{labels.get(rid, rid)}** (`{d['config']['model']}`, "
-                  f"seed {d['job']['seed']}), validation accuracy of each level alone (`evaluate_scales`) against "
-                  "the pooled decision; levels too small for an input are dropped.", "",
-                  "| " + " | ".join([cname, "pooled", *head, "best level"]) + " |",
-                  "|" + "---|" * (n + 3)]  # fmt: skip
-        for c, accs, p in zip(vs["conditions"], vs["accuracy"], pooled, strict=True):
-            cells = [f"{a * 100:.1f}" for a in accs] + [""] * (n - len(accs))
-            lines.append(f"| {_cond_label(c, cname)} | {p * 100:.1f} | " + " | ".join(cells)
-                         + f" | {max(accs) * 100:.1f} |")  # fmt: skip
-        lines.append("")
-    return lines
-
-
-def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
-    """The four targets of the results issue, each with its measured value."""
-    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-
-    def row(text: str, measured: str, ok: bool | None) -> None:
-        lines.append(f"| {text} | {measured} | {'yes' if ok else ('no' if ok is not None else '–')} |")
-
-    ls = summary.get("fmnist-ls")
-    if ls and ls["best"]:
-        b, conds = ls["rows"][ls["best"]], [float(c) for c in ls["conds"]]
-        plain = ls["rows"].get("resnet")
-        for c, oracle in ls["oracle"].items():
-            i = min(range(len(conds)), key=lambda k: abs(conds[k] - float(c)))
-            gap = (oracle - b["per_cond"][i]) * 100
-            row(f"fmnist-ls: best msresnet within 3 points of the oracle at s={float(c):g}",
-                f"{b['per_cond'][i] * 100:.1f} vs oracle {oracle * 100:.1f} (gap {gap:.1f})", gap <= 3)  # fmt: skip
-        r = b["retention"]
-        row("fmnist-ls: retention (worst / s=1) >= 0.90", f"{r:.3f}" if r is not None else "–",
-            r is not None and r >= 0.90)  # fmt: skip
-        if plain:
-            i1 = min(range(len(conds)), key=lambda k: abs(conds[k] - 1.0))
-            d = (plain["per_cond"][i1] - b["per_cond"][i1]) * 100
-            row(
-                "fmnist-ls: accuracy at s=1 within 1 point of the plain ResNet",
-                f"{b['per_cond'][i1] * 100:.1f} vs {plain['per_cond'][i1] * 100:.1f} (diff {d:.1f})",
-                d <= 1,
-            )
-    sc = summary.get("fmnist-scale")
-    if sc and sc["best"]:
-        err = {k: 1 - v["overall"] for k, v in sc["rows"].items()}
-        base = min(err.get("resnet", 1), err.get("resnet_aug", 1))
-        e = err[sc["best"]]
-        n, ran = sc["rows"][sc["best"]]["n"], [k for k in ("resnet", "resnet_aug") if k in err]
-        row(f"fmnist-scale: msresnet error <= 0.85 x better of plain / plain + rescale (>= 3 realizations; here "
-            f"{n}; baselines run: {', '.join(ran)})", f"{e * 100:.2f}% vs {base * 100:.2f}% (ratio {e / base:.2f})",
-            e <= 0.85 * base and n >= 3 and len(ran) == 2)  # fmt: skip
-        others = {k: err[k] for k in ("fovmax", "fovavg", "sesn") if k in err}
-        if others:
-            row(
-                "fmnist-scale: below the scale-channel and SESN-style rows",
-                ", ".join(f"{k} {v * 100:.2f}%" for k, v in others.items()),
-                all(e < v for v in others.values()),
-            )
-    rs = summary.get("fmnist-res")
-    if rs and rs["best"]:
-        b, conds = rs["rows"][rs["best"]], [int(c) for c in rs["conds"]]
-        if 56 in conds and 28 in conds:
-            a56, a28 = b["per_cond"][conds.index(56)], b["per_cond"][conds.index(28)]
-            row("fmnist-res: at 56 px within 1 point of 28 px", f"{a56 * 100:.1f} vs {a28 * 100:.1f}",
-                (a28 - a56) * 100 <= 1)  # fmt: skip
-        for c, oracle in rs["oracle"].items():
-            if int(c) in conds:
-                a = b["per_cond"][conds.index(int(c))]
-                row(f"fmnist-res: at {c} px within 3 points of the oracle",
-                    f"{a * 100:.1f} vs oracle {oracle * 100:.1f}", (oracle - a) * 100 <= 3)  # fmt: skip
-    reported: set[tuple] = set()  # a model measured in several speed files on the same device and batch: once
-    for speed in sorted((ROOT / "benchmarks" / "results").glob("speed*.json")):
-        d = json.loads(speed.read_text())
-        where = f"{d.get('device')}, batch {d.get('batch')} (`{speed.name}`)"
-        by = {(r["model"], r["size"]): r for r in d.get("rows", [])}
-        for (model, size), r in sorted(by.items()):
-            seen = (model, size, d.get("device"), d.get("batch"))
-            if model not in ("msresnet20", "msresnet20_lite") or seen in reported:
-                continue
-            reported.add(seen)
-            tr, inf = 1 / r["ratio"]["train_time"], 1 / r["ratio"]["infer_time"]
-            row(f"cost: `{model}` throughput >= 0.5x plain ResNet-20 at {size}px, {where}",
-                f"train {tr:.2f}x, inference {inf:.2f}x", tr >= 0.5 and inf >= 0.5)  # fmt: skip
-            big = by.get((model, size * 2))
-            if big:
-                growth = r["train_img_s"] / big["train_img_s"]
-                row(f"cost: `{model}` time per image {size}->{size * 2}px grows no faster than pixels (4x), {where}",
-                    f"{growth:.2f}x", growth <= 4.0)  # fmt: skip
-    return lines + [""]
-
-
 # ------------------------------------------------------------------------------------------------------------- main
 
 
@@ -687,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    global RESULTS
+    results = PUBLISHED
     if args.results_dir:
-        RESULTS = Path(args.results_dir).resolve()
-        os.environ["MSRESNET_BENCH_RESULTS"] = str(RESULTS)
+        results = Path(args.results_dir).resolve()
+        os.environ["MSRESNET_BENCH_RESULTS"] = str(results)  # the --run-job subprocesses write there too
     elif os.environ.get("MSRESNET_BENCH_RESULTS"):
-        RESULTS = Path(os.environ["MSRESNET_BENCH_RESULTS"])
+        results = Path(os.environ["MSRESNET_BENCH_RESULTS"])
     sets = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     command = "python benchmarks/scale_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.run_job:
@@ -700,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         job = Job(**spec["job"])
         result = run_job(job, spec["cfg"], spec["test_limit"], spec["val_limit"])
         result["command"] = spec.get("command")
-        write_json(RESULTS / f"{job.key}.json", result)
+        write_json(results / f"{job.key}.json", result)
         return 0
     if args.render:
-        print(render(args.quick, command, full_model=args.full_models, depth8=args.depth8))
-        refresh_summary()
+        print(render(args.quick, command, results, full_model=args.full_models, depth8=args.depth8))
+        refresh_summary(results)
         return 0
     recipes, all_rows = load_plan()
     rows = all_rows
@@ -726,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                      oracles=wanted is None or "oracle" in wanted)  # fmt: skip
     if args.calibrate_stored:
         val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
-        calibrate_stored(jobs, Path(args.runs_dir), args.test_limit, val_limits)
-        print(render(args.quick, command, full_model=args.full_models, depth8=args.depth8))
-        refresh_summary()
+        calibrate_stored(jobs, results, Path(args.runs_dir), args.test_limit, val_limits)
+        print(render(args.quick, command, results, full_model=args.full_models, depth8=args.depth8))
+        refresh_summary(results)
         return 0
-    todo = [j for j in jobs if not (RESULTS / f"{j.key}.json").exists()]
+    todo = [j for j in jobs if not (results / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
     t_start = time.perf_counter()
     runs = Path(args.runs_dir)
@@ -743,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     def launch(job: Job) -> str:
         if args.time_budget and time.perf_counter() - t_start > args.time_budget:
             return f"skipped (time budget) {job.key}"
-        if (RESULTS / f"{job.key}.json").exists():  # stored meanwhile by another invocation (e.g. a shared oracle)
+        if (results / f"{job.key}.json").exists():  # stored meanwhile by another invocation (e.g. a shared oracle)
             return f"already stored {job.key}"
         quick = recipes[job.protocol]["quick"] if job.quick else {}
         cfg = job_config(job, all_rows, recipes, args.device, runs)
@@ -774,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         for msg in pool.map(launch, todo):
             print(msg, flush=True)
     wall = time.perf_counter() - t_start
-    out = render(args.quick, command, wall, full_model=args.full_models, depth8=args.depth8)
+    out = render(args.quick, command, results, wall, full_model=args.full_models, depth8=args.depth8)
     print(f"wrote {out} ({wall / 60:.1f} min)")
-    refresh_summary()
+    refresh_summary(results)
     return 0
 
 

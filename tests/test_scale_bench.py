@@ -17,6 +17,11 @@ def bench():
     return load_benchmark("scale_bench")
 
 
+@pytest.fixture(scope="module")
+def pages():
+    return load_benchmark("bench_pages")
+
+
 def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(bench):
     recipes, rows = bench.load_plan()
     jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0], quick=True)
@@ -100,7 +105,7 @@ def test_depth8_runs_the_full_budget_with_the_small_models_kept_apart(bench, tmp
     assert lite["model_kwargs"]["pyramid_scales"] == [1.0, 0.5, 0.25]  # the depth-8 form's quick_kwargs
 
 
-def test_probe_record_calibrates_measures_and_leaves_the_model_as_it_was(bench, tiny_fmnist_root, tmp_cache):
+def test_probe_record_calibrates_measures_and_leaves_the_model_as_it_was(bench, pages, tiny_fmnist_root, tmp_cache):
     import torch
 
     from msresnet.data import build_protocol
@@ -119,16 +124,16 @@ def test_probe_record_calibrates_measures_and_leaves_the_model_as_it_was(bench, 
     assert bench.probe_record(create_model("resnet8", num_classes=10, in_chans=1), protocol, None, 20, 30) is None
     # the rendered row: the probe's figures where validation kept it, the run's own otherwise
     run = {"test": {"mean": 0.5}, "val": {"accuracy": [0.5] * 9}, "probe": record}
-    shown = bench._calibrated(run)
+    shown = pages._calibrated(run)
     assert shown["test"] is (record["test"] if record["kept"] else run["test"])
-    assert bench._calibrated({**run, "probe": None}) is None
+    assert pages._calibrated({**run, "probe": None}) is None
 
 
-def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(bench, tmp_path, monkeypatch):
+def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(pages, tmp_path):
     import json
     import shutil
 
-    stored = Path(bench.RESULTS) / "depth8__fmnist-res__msresnet_conf_sd__seed0.json"
+    stored = pages.PUBLISHED / "depth8__fmnist-res__msresnet_conf_sd__seed0.json"
     if not stored.exists():
         pytest.skip("the stored depth-8 fmnist-res record is not in this checkout")
     results, docs = tmp_path / "results", tmp_path / "docs"
@@ -139,9 +144,7 @@ def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(bench, t
     record["probe"] = {"kept": True, "test": better, "calibration": {"probe": [99.0] * n}}
     (results / stored.name).write_text(json.dumps(record))
     shutil.copy(stored.parent / "depth8__fmnist-res__resnet__seed0.json", results)
-    monkeypatch.setattr(bench, "RESULTS", results)
-    monkeypatch.setattr(bench, "DOCS", docs)
-    page = bench.render(False, "test", depth8=True).read_text()
+    page = pages.render(False, "test", results, depth8=True, docs=docs).read_text()
     calibrated = next(line for line in page.splitlines() if "+ `msresnet calibrate` (probe kept: 1/1)" in line)
     assert "99.0" in calibrated
     assert "Best msresnet on validation data: **" in page
