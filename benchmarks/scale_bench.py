@@ -14,8 +14,9 @@ rendered from it (``benchmarks/summarize.py --render``).
     python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd,oracle --seeds 0
                                                    # full budget, depth-8 models
 
-Runs already stored are skipped, so an interrupted benchmark continues where it stopped. The plan (which runs, each
-run's configuration) is ``bench_plan.py``; the per-budget pages are ``bench_pages.py``.
+Runs already stored are skipped, and a run stopped mid-way continues from its last epoch checkpoint when it is
+started again with the same configuration, so an interrupted benchmark continues where it stopped. The plan (which
+runs, each run's configuration) is ``bench_plan.py``; the per-budget pages are ``bench_pages.py``.
 """
 
 from __future__ import annotations
@@ -47,19 +48,22 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
 
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.config import load_train_config
+    from msresnet.engine.config import load_train_config, protocol_kwargs
     from msresnet.engine.evaluate import ValidationSweep, evaluate_sweep
     from msresnet.engine.train import train
 
     cfg = load_train_config(None, cfg_overrides)
     if cfg.num_workers:
         torch.set_num_threads(cfg.num_workers)  # evaluation too, not only training
+    # a resumed run: its earlier epochs count too (not the earlier process's set-up, nor the epoch it was stopped in)
+    done = Path(cfg.out) / "metrics.csv"
+    before = pd.read_csv(done) if cfg.resume and done.is_file() and done.stat().st_size else None
     t0 = time.perf_counter()
     run_dir = train(cfg)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 + (float(before["seconds"].sum()) if before is not None else 0.0)
     model = load_model(run_dir, device=cfg.device if cfg.device != "auto" else "cpu")
     info = read_checkpoint_info(run_dir)
-    protocol = build_protocol(cfg.protocol, **cfg.protocol_params)
+    protocol = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))  # what it trained on
     dev = next(model.parameters()).device
     test = evaluate_sweep(model, protocol, info=info, test_limit=test_limit, device=dev, amp=cfg.amp)
     val = val_scales = None
@@ -74,13 +78,14 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     return {
         "job": asdict(job),
         "key": job.key,
-        "config": cfg.to_dict(),
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "resume"},  # what the run is, as config.yaml
         "params": sum(p.numel() for p in model.parameters()),
         "test": test,
         "val": val,
         "val_scales": val_scales,
         "probe": probe,
         "train_seconds": train_seconds,
+        "resumed_after_epochs": len(before) if before is not None else None,
         "train_images_per_s": float(metrics["images_per_s"].median()) if "images_per_s" in metrics else None,
         "final_val_acc": float(metrics["val_acc"].iloc[-1]) if "val_acc" in metrics else None,
         "device": str(dev),
@@ -139,6 +144,25 @@ def calibrate_stored(
         before, after = record["test"]["mean"] * 100, probe["test"]["mean"] * 100
         print(f"calibrated {job.key}: validation mean {cal['confidence_mean']:.1f} -> {cal['probe_mean']:.1f}, "
               f"test mean {before:.1f} -> {after:.1f}", flush=True)  # fmt: skip
+
+
+def open_run_dir(spec_path: Path, cfg: dict[str, Any]) -> bool:
+    """Whether the run can continue from its run directory: it has a checkpoint and was started with this same
+    configuration (its spec in ``spec_path``). Otherwise the directory is cleared and the run starts over, so a
+    benchmark stopped mid-run (a session's end, ``--deadline``) loses at most the epoch it was in."""
+    run = Path(cfg["out"])
+    try:
+        before = json.loads(spec_path.read_text())["cfg"] if spec_path.is_file() else None
+    except (OSError, ValueError, KeyError):
+        before = None
+
+    def same(a: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in json.loads(json.dumps(a)).items() if k != "resume"}
+
+    if before is not None and same(before) == same(cfg) and (run / "checkpoints" / "last.state.pt").is_file():
+        return True
+    shutil.rmtree(run, ignore_errors=True)
+    return False
 
 
 def prepare(parts: set[tuple[str, str]]) -> None:
@@ -274,22 +298,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cpu" and jobs_n > 1:
             cfg["num_workers"] = max(1, cores // jobs_n)  # split the cores instead of oversubscribing them
         cfg.update(sets)
-        shutil.rmtree(cfg["out"], ignore_errors=True)  # a run that did not store its result starts over
+        spec_path = spec_dir / f"{job.key}.json"
+        cfg["resume"] = open_run_dir(spec_path, cfg)
         spec = {"job": asdict(job), "cfg": cfg, "test_limit": args.test_limit or quick.get("test_limit"),
                 "val_limit": quick.get("val_limit", 5000), "command": command}  # fmt: skip
-        spec_path = spec_dir / f"{job.key}.json"
         spec_path.write_text(json.dumps(spec))
         t0 = time.perf_counter()
         log = runs / f"{job.key}.log"
         left = args.deadline - (time.perf_counter() - t_start) if args.deadline else None
-        with open(log, "w") as fh:
+        with open(log, "a" if cfg["resume"] else "w") as fh:
             try:
                 rc = subprocess.run([sys.executable, __file__, "--run-job", str(spec_path)], stdout=fh,
                                     stderr=subprocess.STDOUT, cwd=ROOT, timeout=left).returncode  # fmt: skip
             except subprocess.TimeoutExpired:
                 rc = "deadline"
         status = "ok" if rc == 0 else f"FAILED (rc {rc}, see {log})"
-        return f"{status} {job.key} in {time.perf_counter() - t0:.0f}s"
+        how = " (resumed from its last checkpoint)" if cfg["resume"] else ""
+        return f"{status} {job.key}{how} in {time.perf_counter() - t0:.0f}s"
 
     print(f"{jobs_n} run(s) at a time on {args.device}", flush=True)
     with ThreadPoolExecutor(max_workers=jobs_n) as pool:

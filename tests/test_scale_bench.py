@@ -163,3 +163,46 @@ def test_oracle_runs_only_when_asked(bench):
 def test_unknown_row_is_a_one_line_error(bench):
     with pytest.raises(SystemExit, match="unknown row"):
         bench.main(["--rows", "no_such_row", "--protocols", "fmnist-ls"])
+
+
+def test_a_stopped_run_resumes_only_with_the_same_config_and_a_checkpoint(bench, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    spec = tmp_path / "spec.json"
+    cfg = {"model": "resnet8", "epochs": 5, "model_kwargs": {"width": 0.5}, "out": str(run)}
+
+    def stopped_run(with_checkpoint: bool = True) -> None:
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if with_checkpoint:
+            (run / "checkpoints" / "last.state.pt").write_bytes(b"state")
+
+    stopped_run()
+    assert bench.open_run_dir(spec, dict(cfg)) is False and not run.exists()  # no spec: not this benchmark's run
+    stopped_run()
+    spec.write_text(json.dumps({"cfg": {**cfg, "resume": False}}))
+    assert bench.open_run_dir(spec, dict(cfg)) is True and (run / "checkpoints" / "last.state.pt").is_file()
+    assert bench.open_run_dir(spec, {**cfg, "epochs": 6}) is False and not run.exists()  # another recipe
+    stopped_run(with_checkpoint=False)
+    assert bench.open_run_dir(spec, dict(cfg)) is False and not run.exists()  # stopped before its first checkpoint
+    spec.write_text("{not json")
+    stopped_run()
+    assert bench.open_run_dir(spec, dict(cfg)) is False and not run.exists()
+
+
+def test_run_job_resumes_a_stopped_run_and_counts_its_earlier_epochs(bench, tiny_fmnist_root, tmp_cache, tmp_path):
+    import pandas as pd
+
+    from msresnet.engine.config import load_train_config
+    from msresnet.engine.train import train
+
+    cfg = {"model": "resnet8", "model_kwargs": {"width": 0.25}, "protocol": "fmnist-ls",
+           "data_root": str(tiny_fmnist_root), "protocol_params": {"val_size": 40}, "epochs": 1, "batch_size": 32,
+           "train_limit": 64, "val_limit": 20, "device": "cpu", "num_workers": 0, "out": str(tmp_path / "run"),
+           "log_every": 10**9}  # fmt: skip
+    train(load_train_config(None, cfg))  # the earlier process, stopped after its last epoch's checkpoint
+    earlier = float(pd.read_csv(tmp_path / "run" / "metrics.csv")["seconds"].sum())
+    job = bench.Job("fmnist-ls", "resnet", 0, quick=False)
+    record = bench.run_job(job, {**cfg, "resume": True}, test_limit=10, val_limit=10)
+    assert record["resumed_after_epochs"] == 1 and record["train_seconds"] >= earlier
+    assert "resume" not in record["config"] and len(record["test"]["accuracy"]) == 9
