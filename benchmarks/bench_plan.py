@@ -3,6 +3,7 @@ configuration of each run. No training here: ``scale_bench.py`` runs the plan, `
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,13 @@ def make_jobs(
     full_model: bool = False,
     depth8: bool = False,
     oracles: bool = True,
+    oracle_conditions: Collection[float] | None = None,
 ) -> list[Job]:
     """The runs to do. ``--quick`` takes the rows marked ``quick: true`` unless ``--rows`` names rows itself (then
     those rows run at the reduced budget with their ``quick_model``, or their own model with ``full_model``).
     ``depth8`` (without ``quick``): every row, or the ``--rows`` ones, on the full budget with its ``quick_model``.
-    ``oracles``: also each protocol's oracle runs (the plain ResNet trained at a test condition)."""
+    ``oracles``: also each protocol's oracle runs (the plain ResNet trained at a test condition), all of the
+    recipe's conditions or only ``oracle_conditions``."""
     jobs = []
     use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
     per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
@@ -74,6 +77,8 @@ def make_jobs(
                     continue
                 jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
             for cond in recipes[p].get("oracle", []) if oracles else []:
+                if oracle_conditions is not None and float(cond) not in {float(c) for c in oracle_conditions}:
+                    continue
                 jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
 
     def cost(j: Job) -> float:

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--rows", default=None,
                     help="comma-separated row ids (default: all, oracles included); name `oracle` among them to "
-                         "plan the protocol's oracle runs too")  # fmt: skip
+                         "plan the protocol's oracle runs too, `oracle@C` for only the one at condition C")  # fmt: skip
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=None,
@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     recipes, all_rows = load_plan()
     rows = all_rows
     wanted = set(args.rows.split(",")) if args.rows else None
+    oracle_conditions = None
+    if wanted is not None and any(w.startswith("oracle@") for w in wanted):
+        try:
+            oracle_conditions = {float(w.split("@", 1)[1]) for w in wanted if w.startswith("oracle@")}
+        except ValueError:
+            raise SystemExit("scale_bench: `oracle@C` needs a number C, e.g. oracle@0.5") from None
+        wanted = {w for w in wanted if not w.startswith("oracle@")} | {"oracle"}
     if wanted is not None:
         unknown = wanted - {r["id"] for r in all_rows} - {"oracle"}
         if unknown:
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("scale_bench: --depth8 is the full recipe with the depth-8 models; --quick already uses them")
     jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows),
                      full_model=args.full_models, depth8=args.depth8,
-                     oracles=wanted is None or "oracle" in wanted)  # fmt: skip
+                     oracles=wanted is None or "oracle" in wanted, oracle_conditions=oracle_conditions)  # fmt: skip
     if args.calibrate_stored:
         val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
         calibrate_stored(jobs, results, Path(args.runs_dir), args.test_limit, val_limits)

@@ -158,6 +158,13 @@ def test_oracle_runs_only_when_asked(bench):
     assert [j.row for j in without] == ["resnet"]
     with_oracles = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True)
     assert sorted(j.oracle_condition for j in with_oracles if j.row == "oracle") == [0.5, 2.0]
+    one = bench.make_jobs(["fmnist-ls"], [], recipes, [1, 2], quick=False, explicit_rows=True, oracle_conditions=[0.5])
+    assert [(j.oracle_condition, j.seed) for j in one] == [(0.5, 1), (0.5, 2)]
+
+
+def test_oracle_at_a_bad_condition_is_a_one_line_error(bench):
+    with pytest.raises(SystemExit, match="oracle@C"):
+        bench.main(["--rows", "oracle@half", "--protocols", "fmnist-ls"])
 
 
 def test_unknown_row_is_a_one_line_error(bench):
