@@ -1,7 +1,9 @@
-"""The built protocol object every protocol builder returns, and where a protocol's generated arrays are cached.
+"""The built protocol object every protocol builder returns, where a protocol's generated arrays are cached, and the
+helpers every builder shares.
 
-Kept apart from :mod:`msresnet.data.protocols` (the registry and the builders) so that builders in other modules
-(:mod:`msresnet.data.imagefolder`) use it without importing the registry that imports them.
+Kept apart from :mod:`msresnet.data.protocols` (the registry and the fmnist builders) so that builders in other
+modules (:mod:`msresnet.data.imagefolder`, :mod:`msresnet.data.folder_protocols`) use it without importing the
+registry that imports them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from msresnet.data._cache import cache_dir, stable_hash
 from msresnet.data._store import LazyConditionMap, PartStore
 from msresnet.data.datasets import ImageTensorDataset
 
-__all__ = ["PROTOCOL_VERSION", "Protocol", "store_dir"]
+__all__ = ["PROTOCOL_VERSION", "Protocol", "map_u8", "scale_key", "store_dir"]
 
 PROTOCOL_VERSION = 1
 
@@ -113,3 +117,23 @@ def store_dir(name: str, params: dict[str, Any], source: str) -> Path:
     """The cache directory of one protocol build: keyed by its resolved parameters, source and version."""
     key = stable_hash({"params": params, "source": source, "version": PROTOCOL_VERSION})
     return cache_dir() / "protocols" / f"{name}-{key}-v{PROTOCOL_VERSION}"
+
+
+_CHUNK = 4096  # images per interpolation call: bounds peak memory, keeps each call large enough to be efficient
+
+
+def map_u8(images: torch.Tensor, fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+    """Apply a float op to uint8 images chunk by chunk: ``fn(float chunk in [0,1], slice) -> float chunk``."""
+    out = []
+    for start in range(0, len(images), _CHUNK):
+        sl = slice(start, start + _CHUNK)
+        y = fn(images[sl].float().div_(255), sl)
+        out.append(y.mul_(255).round_().clamp_(0, 255).to(torch.uint8))
+    if not out:
+        return images
+    return torch.cat(out)
+
+
+def scale_key(s: float) -> float:
+    """A test condition's key: the scale rounded to 4 decimals (0.5946), stable across float noise."""
+    return round(float(s), 4)

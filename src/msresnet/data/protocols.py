@@ -44,13 +44,12 @@ import torch
 
 from msresnet.data._cache import file_md5, stable_hash
 from msresnet.data._params import Param, resolve_params
-from msresnet.data._protocol import PROTOCOL_VERSION, Protocol, store_dir
+from msresnet.data._protocol import PROTOCOL_VERSION, Protocol, map_u8, scale_key, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset, stratified_split
-from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
+from msresnet.data.folder_protocols import FOLDER_COMMON, build_folder_ls, build_folder_res
 from msresnet.data.idx import IDX_DATASETS, find_idx_files, load_idx_arrays
 from msresnet.data.imagefolder import FOLDER_PARAMS, build_plain_folder
-from msresnet.data.images import DEFAULT_MAX_PIXELS
 from msresnet.data.scaling import rescale_in_canvas, resize_images, sample_scales
 from msresnet.errors import UserError
 
@@ -58,26 +57,9 @@ __all__ = ["PROTOCOL_VERSION", "Protocol", "build_protocol", "list_protocols"]
 
 LS_SCALES = [2 ** (k / 4) for k in range(-4, 5)]
 RES_SIZES = [14, 21, 28, 42, 56, 84, 112]
-_CHUNK = 4096  # images per interpolation call: bounds peak memory, keeps each call large enough to be efficient
 
 
 # --------------------------------------------------------------------------------------------------------- helpers
-
-
-def _map_u8(images: torch.Tensor, fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
-    """Apply a float op to uint8 images chunk by chunk: ``fn(float chunk in [0,1], slice) -> float chunk``."""
-    out = []
-    for start in range(0, len(images), _CHUNK):
-        sl = slice(start, start + _CHUNK)
-        y = fn(images[sl].float().div_(255), sl)
-        out.append(y.mul_(255).round_().clamp_(0, 255).to(torch.uint8))
-    if not out:
-        return images
-    return torch.cat(out)
-
-
-def _scale_key(s: float) -> float:
-    return round(float(s), 4)
 
 
 def _idx_source(dataset: str, root: str | None) -> tuple[dict[str, Path], str]:
@@ -126,7 +108,7 @@ def _build_fmnist_ls(root: str | None, p: dict[str, Any]) -> Protocol:
     def place(pair: tuple[torch.Tensor, torch.Tensor], scales: float | torch.Tensor) -> ImageTensorDataset:
         images, labels = pair
         s = scales if isinstance(scales, torch.Tensor) else torch.full((len(images),), float(scales))
-        out = _map_u8(images, lambda x, sl: rescale_in_canvas(x, s[sl], canvas, mode=mode))
+        out = map_u8(images, lambda x, sl: rescale_in_canvas(x, s[sl], canvas, mode=mode))
         return ImageTensorDataset(out, labels.clone(), extras={"scale": s.float()})
 
     def train_part(which: int) -> Callable[[], ImageTensorDataset]:
@@ -143,7 +125,7 @@ def _build_fmnist_ls(root: str | None, p: dict[str, Any]) -> Protocol:
 
         return make
 
-    keys = [_scale_key(s) for s in p["scales"]]
+    keys = [scale_key(s) for s in p["scales"]]
     exact = dict(zip(keys, p["scales"], strict=True))
     if len(set(keys)) != len(keys):
         raise UserError(f"scales {p['scales']} collide after rounding to 4 decimals")
@@ -172,7 +154,7 @@ def _build_fmnist_scale(root: str | None, p: dict[str, Any]) -> Protocol:
         out = {}
         for part, idx in zip(("train", "val", "test"), parts, strict=True):
             s = sample_scales(len(idx), p["scale_range"], log_uniform=False, generator=g)
-            imgs = _map_u8(pool_x[idx], lambda x, sl, s=s: rescale_in_canvas(x, s[sl], mode=p["interpolation"]))
+            imgs = map_u8(pool_x[idx], lambda x, sl, s=s: rescale_in_canvas(x, s[sl], mode=p["interpolation"]))
             out[part] = ImageTensorDataset(imgs, pool_y[idx].clone(), extras={"scale": s.float(), "index": idx})
         return out
 
@@ -213,7 +195,7 @@ def _build_fmnist_scale(root: str | None, p: dict[str, Any]) -> Protocol:
 
 def _bin_keys(scales: torch.Tensor, bins: int) -> list[float]:
     chunks = torch.tensor_split(torch.sort(scales.double()).values, bins)
-    keys = [_scale_key(float(c.median())) for c in chunks]
+    keys = [scale_key(float(c.median())) for c in chunks]
     # Rounding could merge two very narrow bins; nudge duplicates apart so keys stay unique and ordered.
     for i in range(1, len(keys)):
         if keys[i] <= keys[i - 1]:
@@ -228,7 +210,7 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
         def make() -> ImageTensorDataset:
             images, labels = _limit(_train_val(*data["train"], p["val_size"], "the train split")[which], p["limit"])
             if p["train_size"] != 28:  # an oracle trained at another resolution (e.g. 14 px)
-                images = _map_u8(images, lambda x, sl: resize_images(x, p["train_size"], mode=p["interpolation"]))
+                images = map_u8(images, lambda x, sl: resize_images(x, p["train_size"], mode=p["interpolation"]))
             return ImageTensorDataset(images.clone(), labels.clone())
 
         return make
@@ -236,7 +218,7 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
     def test_at(size: int) -> Callable[[], ImageTensorDataset]:
         def make() -> ImageTensorDataset:
             images, labels = _limit(data["test"], p["limit"])
-            out = _map_u8(images, lambda x, sl: resize_images(x, size, mode=p["interpolation"]))
+            out = map_u8(images, lambda x, sl: resize_images(x, size, mode=p["interpolation"]))
             return ImageTensorDataset(out, labels.clone())
 
         return make
@@ -249,119 +231,10 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
                     sizes, lambda s: store.get(f"test-{s}"), root=root)  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------------- folders
-
-
-def _folder_splits(p: dict[str, Any]) -> tuple[dict[str, list[tuple[str, int]]], list[str], str]:
-    """File lists of train / val / test and the class names; a fingerprint of every file involved."""
-    root = Path(p["root"])
-    g = torch.Generator().manual_seed(p["seed"])
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train_all, classes = scan_image_folder(root / "train")
-        test_files, test_classes = scan_image_folder(root / "test")
-        unknown = sorted(set(test_classes) - set(classes))
-        if unknown:
-            raise UserError(f"{root / 'test'} has classes missing from {root / 'train'}: {unknown[:5]}")
-        test = [(path, classes.index(test_classes[t])) for path, t in test_files]
-    else:
-        all_files, classes = scan_image_folder(root)
-        labels = torch.tensor([t for _, t in all_files])
-        n_test = round(len(all_files) * p["test_fraction"])
-        test_idx, train_idx = stratified_split(labels, [n_test, len(all_files) - n_test], g)
-        test = [all_files[i] for i in sorted(test_idx.tolist())]
-        train_all = [all_files[i] for i in sorted(train_idx.tolist())]
-    n_val = round(len(train_all) * p["val_fraction"])
-    labels = torch.tensor([t for _, t in train_all])
-    val_idx, train_idx = stratified_split(labels, [n_val, len(train_all) - n_val], g)
-    splits = {
-        "train": [train_all[i] for i in sorted(train_idx.tolist())],
-        "val": [train_all[i] for i in sorted(val_idx.tolist())],
-        "test": test,
-    }
-    if p["limit"] is not None:
-        splits = {k: v[: p["limit"]] for k, v in splits.items()}
-    if not splits["train"] or not splits["test"]:
-        raise UserError(f"{root}: too few images for a train and a test split ({len(train_all) + len(test)} found)")
-    fingerprint = folder_fingerprint([*splits["train"], *splits["val"], *splits["test"]])
-    return splits, classes, fingerprint
-
-
-def _folder_loader(p: dict[str, Any], files: list[tuple[str, int]], size: int, classes: list[str]):
-    return load_folder_tensors(files, size, mode=p["mode"], max_pixels=p["max_pixels"], strict=p["strict"],
-                               root=p["root"], class_names=classes)  # fmt: skip
-
-
-def _build_folder_ls(root: str | None, p: dict[str, Any]) -> Protocol:
-    splits, classes, fingerprint = _folder_splits(p)
-    size, mode = p["image_size"], p["interpolation"]
-    biggest = max([*p["scales"], *(p["train_scales"] or [1.0]), 1.0])
-    # Default canvas: fmnist-ls proportions (its largest object, s = 2, fills 56/64 = 7/8 of the canvas).
-    canvas = p["canvas"] or 2 * math.ceil(size * biggest * 8 / 7 / 2)
-    p = {**p, "canvas": canvas}  # resolved before hashing: a rebuild from Protocol.params hits the same cache
-
-    def place(files, scales: float | str) -> ImageTensorDataset:
-        ds = _folder_loader(p, files, size, classes)
-        if scales == "train" and p["train_scales"] is not None:
-            g = torch.Generator().manual_seed(p["seed"])
-            s = sample_scales(len(ds), p["train_scales"], generator=g)
-        else:
-            s = torch.full((len(ds),), 1.0 if scales == "train" else float(scales), dtype=torch.float64)
-        out = _map_u8(ds.images, lambda x, sl: rescale_in_canvas(x, s[sl], canvas, mode=mode))
-        return ImageTensorDataset(out, ds.labels, extras={"scale": s.float()})
-
-    keys = [_scale_key(s) for s in p["scales"]]
-    exact = dict(zip(keys, p["scales"], strict=True))
-    gens = {"train": lambda: place(splits["train"], "train"), "val": lambda: place(splits["val"], "train")}
-    for k in keys:
-        gens[f"test-{k:g}"] = lambda k=k: place(splits["test"], exact[k])
-    store = PartStore(store_dir("folder-ls", p, fingerprint), gens, classes)
-    in_chans = 1 if p["mode"] == "L" else 3
-    train_condition = 1.0 if p["train_scales"] is None and 1.0 in keys else None
-    return Protocol("folder-ls", p, "scale", train_condition, len(classes), in_chans, classes,
-                    (canvas, canvas), store, keys, lambda k: store.get(f"test-{k:g}"), root=p["root"],
-                    has_val=bool(splits["val"]))  # fmt: skip
-
-
-def _build_folder_res(root: str | None, p: dict[str, Any]) -> Protocol:
-    splits, classes, fingerprint = _folder_splits(p)
-    size = p["image_size"]
-    sizes = p["sizes"] or sorted({max(1, round(size * f)) for f in (0.5, 0.75, 1, 1.5, 2, 3, 4)})
-    p = {**p, "sizes": sizes}  # resolved before hashing: a rebuild from Protocol.params hits the same cache
-    master: dict[str, ImageTensorDataset] = {}
-
-    def test_at(s: int) -> ImageTensorDataset:
-        if "test" not in master:  # decode once at the largest size; smaller sizes are antialiased shrinks of it
-            master["test"] = _folder_loader(p, splits["test"], max(sizes), classes)
-        ds = master["test"]
-        out = _map_u8(ds.images, lambda x, sl: resize_images(x, s, mode=p["interpolation"]))
-        return ImageTensorDataset(out, ds.labels)
-
-    gens = {"train": lambda: _folder_loader(p, splits["train"], size, classes),
-            "val": lambda: _folder_loader(p, splits["val"], size, classes),
-            **{f"test-{s}": lambda s=s: test_at(s) for s in sizes}}  # fmt: skip
-    store = PartStore(store_dir("folder-res", p, fingerprint), gens, classes)
-    in_chans = 1 if p["mode"] == "L" else 3
-    return Protocol("folder-res", p, "size", size if size in sizes else None, len(classes),
-                    in_chans, classes, (size, size), store, sizes, lambda s: store.get(f"test-{s}"), root=p["root"],
-                    has_val=bool(splits["val"]))  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------------------- registry
 
 _IDX = Param.choice(sorted(IDX_DATASETS), "fashion-mnist")
 _LIMIT = Param.int_(None, lo=1, optional=True, doc="keep only the first N images of each split (smoke tests)")
-_FOLDER_COMMON = {
-    "root": Param.path(),
-    "image_size": Param.int_(32, lo=4),
-    "val_fraction": Param.float_(0.1, lo=0.0, hi=0.9),
-    "test_fraction": Param.float_(0.2, lo=0.0, hi=0.9),
-    "seed": Param.int_(0, lo=0),
-    "mode": Param.choice(["L", "RGB"], "RGB"),
-    "max_pixels": Param.int_(DEFAULT_MAX_PIXELS, lo=1, optional=True),
-    "strict": Param.bool_(False),
-    "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"),
-    "limit": _LIMIT,
-}
 
 _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dict[str, Param], str]] = {
     "fmnist-ls": (_build_fmnist_ls, {
@@ -380,12 +253,12 @@ _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dic
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
     }, "train at 28x28, test with the whole image resized to 14..112 px"),
     "folder": (build_plain_folder, FOLDER_PARAMS, "an ImageFolder as it is: its own splits, channels and size"),
-    "folder-ls": (_build_folder_ls, {
-        **_FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True),
+    "folder-ls": (build_folder_ls, {
+        **FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True),
         "scales": Param.floats(LS_SCALES, positive=True), "train_scales": Param.range_(None),
     }, "an ImageFolder's images rescaled inside a canvas, fmnist-ls style"),
-    "folder-res": (_build_folder_res, {
-        **_FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True),
+    "folder-res": (build_folder_res, {
+        **FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True),
     }, "an ImageFolder's images resized whole, fmnist-res style"),
 }  # fmt: skip
 
