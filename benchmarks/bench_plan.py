@@ -65,6 +65,7 @@ def make_jobs(
     ``oracles``: also each protocol's oracle runs (the plain ResNet trained at a test condition), all of the
     recipe's conditions or only ``oracle_conditions``."""
     jobs = []
+    only = None if oracle_conditions is None else {float(c) for c in oracle_conditions}
     use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
     per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
     for seed in sorted({s for v in per_protocol.values() for s in v}):
@@ -76,9 +77,8 @@ def make_jobs(
                 if quick and not (explicit_rows or r.get("quick") is True or p in (r.get("quick") or ())):
                     continue
                 jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
-            for cond in recipes[p].get("oracle", []) if oracles else []:
-                if oracle_conditions is not None and float(cond) not in {float(c) for c in oracle_conditions}:
-                    continue
+            conds = [c for c in recipes[p].get("oracle", []) if only is None or float(c) in only] if oracles else []
+            for cond in conds:
                 jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
 
     def cost(j: Job) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 from msresnet.errors import UserError
 
-__all__ = ["Param", "resolve_params"]
+__all__ = ["LIMIT", "Param", "resolve_params"]
 
 
 def _as_list(value: Any) -> list:
@@ -132,6 +132,10 @@ class Param:
             return str(p.resolve())
 
         return Param(None, check)
+
+
+#: The ``limit`` parameter several protocols share.
+LIMIT = Param.int_(None, lo=1, optional=True, doc="keep only the first N images of each split (smoke tests)")
 
 
 def resolve_params(name: str, spec: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from msresnet.data._params import Param
+from msresnet.data._params import LIMIT, Param
 from msresnet.data._protocol import Protocol, map_u8, scale_key, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset, stratified_split
@@ -31,7 +31,7 @@ FOLDER_COMMON = {  # the parameters folder-ls and folder-res share
     "max_pixels": Param.int_(DEFAULT_MAX_PIXELS, lo=1, optional=True),
     "strict": Param.bool_(False),
     "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"),
-    "limit": Param.int_(None, lo=1, optional=True, doc="keep only the first N images of each split (smoke tests)"),
+    "limit": LIMIT,
 }
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from msresnet.data._cache import file_md5, stable_hash
-from msresnet.data._params import Param, resolve_params
+from msresnet.data._params import LIMIT, Param, resolve_params
 from msresnet.data._protocol import PROTOCOL_VERSION, Protocol, map_u8, scale_key, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset, stratified_split
@@ -234,13 +234,12 @@ def _build_fmnist_res(root: str | None, p: dict[str, Any]) -> Protocol:
 # --------------------------------------------------------------------------------------------------------- registry
 
 _IDX = Param.choice(sorted(IDX_DATASETS), "fashion-mnist")
-_LIMIT = Param.int_(None, lo=1, optional=True, doc="keep only the first N images of each split (smoke tests)")
 
 _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dict[str, Param], str]] = {
     "fmnist-ls": (_build_fmnist_ls, {
         "dataset": _IDX, "canvas": Param.int_(64, lo=8), "scales": Param.floats(LS_SCALES, positive=True),
         "train_scales": Param.range_(None), "val_size": Param.int_(5000, lo=0), "seed": Param.int_(0, lo=0),
-        "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
+        "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": LIMIT,
     }, "object rescaled by 2^(k/4), k=-4..4, in a 64x64 canvas; train at s=1"),
     "fmnist-scale": (_build_fmnist_scale, {
         "dataset": _IDX, "realization": Param.int_(0, lo=0), "scale_range": Param.range_((0.3, 1.0), optional=False),
@@ -250,7 +249,7 @@ _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dic
     "fmnist-res": (_build_fmnist_res, {
         "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1), "train_size": Param.int_(28, lo=4),
         "val_size": Param.int_(5000, lo=0),
-        "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": _LIMIT,
+        "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": LIMIT,
     }, "train at 28x28, test with the whole image resized to 14..112 px"),
     "folder": (build_plain_folder, FOLDER_PARAMS, "an ImageFolder as it is: its own splits, channels and size"),
     "folder-ls": (build_folder_ls, {
