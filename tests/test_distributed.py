@@ -58,3 +58,19 @@ def test_torchrun_two_processes(tmp_path):
     val_loss, val_acc = validate(model, val, norm, 256, DistContext(), None)
     assert val_acc == pytest.approx(metrics["val_acc"].iloc[-1], abs=1e-9)
     assert val_loss == pytest.approx(metrics["val_loss"].iloc[-1], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "text, peer",
+    [
+        ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:1234", True),
+        ("Application timeout caused pair closure", True),  # gloo, a SIGSTOPped peer during DDP's buffer broadcast
+        ("Timed out waiting 5000ms for send operation to complete", True),
+        ("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x2)", False),  # a bug in this rank stays a bug
+    ],
+)
+def test_peer_failures_are_told_from_other_errors(text: str, peer: bool) -> None:
+    from msresnet.engine.distributed import is_peer_failure
+
+    assert is_peer_failure(RuntimeError(text)) is peer
+    assert not is_peer_failure(ValueError(text))

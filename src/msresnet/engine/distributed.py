@@ -31,7 +31,9 @@ from torch import nn
 from msresnet.errors import UserError
 
 # What gloo's and NCCL's errors say when a peer is gone or silent (they are plain RuntimeErrors, not DistErrors).
-_PEER_FAILURE_MARKS = ("gloo", "nccl", "NCCL", "Connection closed", "Connection reset", "Broken pipe", "imed out")
+# gloo's "Application timeout caused pair closure" (a silent peer, seen in DDP's buffer broadcast) names no backend.
+_PEER_FAILURE_MARKS = ("gloo", "nccl", "NCCL", "Connection closed", "Connection reset", "Broken pipe", "imed out",
+                       "pair closure")  # fmt: skip
 
 
 class PeerLost(UserError):
