@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU session (CUDA machine, the repository as working directory, OUT = a folder for results):
 #  0. one profiled training step per model and mode (fp32 / bf16, with and without channels-last): where the step
-#     time goes, layout copies and host syncs (benchmarks/profile_step.py -> $OUT/profile_step_cuda.json);
+#     time goes, layout copies and host syncs (benchmarks/profile_step.py -> $OUT/profile_step_cuda.json); then the
+#     same with the scale-invariance loss's resized view (a new input size most steps), cuDNN's autotuner on and
+#     off ($OUT/profile_step_cuda_si.json): the suspected cause of the bf16 + channels-last slowdown below;
 #  1. engine check: a few hundred training steps with --device cuda --amp bf16 --channels-last, then evaluate;
 #  2. the speed benchmark on the GPU;
 #  3. the scale-generalisation benchmark (benchmarks/scale_bench.py) on the GPU, runs in parallel, stopped at a
@@ -21,6 +23,9 @@ $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__ver
 stamp "0. one profiled step per model and mode"
 timeout 150 $PY benchmarks/profile_step.py --device cuda --batch 128 --out "$OUT/profile_step_cuda.json" 2>&1 \
     | grep -v USDT | tail -n 14
+timeout 240 $PY benchmarks/profile_step.py --device cuda --batch 128 --models resnet20,msresnet20 --modes fp32,bf16-cl \
+    --si-view --autotune on,off --warmup 2 --repeats 2 --iters 8 --out "$OUT/profile_step_cuda_si.json" 2>&1 \
+    | grep -v USDT | tail -n 10
 
 stamp "1. engine check on cuda (bf16, channels-last)"
 $PY -m msresnet train --model msresnet20 --protocol fmnist-ls --epochs 1 --train-limit 38400 --batch-size 128 \
@@ -38,8 +43,9 @@ fi
 stamp "3. scale benchmark on cuda"
 (while sleep 15; do tar czf "$OUT/scale.tgz.tmp" -C benchmarks/results scale 2>/dev/null && mv "$OUT/scale.tgz.tmp" "$OUT/scale.tgz"; done) &
 packer=$!
-# fp32 unless SCALE_AMP says otherwise: under bf16 + channels-last msresnet20 ran ~27x slower than resnet20 on the
-# H200 (fp32: 2.4x), a slow path not yet understood
+# fp32 unless SCALE_AMP says otherwise: under bf16 + channels-last msresnet20 (with the scale-invariance loss) trained
+# ~27x slower than resnet20 (without it) on the H200, where fixed-size steps measured 2.4x. The engine now keeps cuDNN's
+# autotuner off when the input size changes between steps; step 0's second profile says whether that was the cause.
 $PY benchmarks/scale_bench.py --device cuda ${SCALE_AMP:+--amp "$SCALE_AMP"} --jobs "${SCALE_JOBS:-4}" \
     --time-budget "${SCALE_BUDGET:-240}" --deadline "${SCALE_DEADLINE:-400}" ${SCALE_ARGS:-} 2>&1 | tail -n 200
 kill $packer 2>/dev/null

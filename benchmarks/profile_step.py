@@ -7,10 +7,16 @@ CUDA), how many ops and device kernels one step launches, and the ops that copy 
 the device (``aten::copy_``, ``aten::contiguous``, ``aten::item``, ``cudaStreamSynchronize``...). A model that is
 slow only under one mode shows it here: a layout copy per layer, a slow fallback kernel, or a host sync.
 
+``--si-view`` takes the step the way the msresnet benchmark rows train: the scale-invariance loss with its resized
+second view, one random size per step, so most steps meet shapes not seen before. ``--autotune on,off`` repeats
+every measurement with cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on and off: it re-tunes every
+convolution at each new shape, which is why the engine turns it off for such runs.
+
 Usage::
 
     python benchmarks/profile_step.py --device cuda --batch 128       # the GPU question: bf16 + channels-last
     python benchmarks/profile_step.py --quick                         # CPU, small batch, a few seconds a model
+    python benchmarks/profile_step.py --device cuda --si-view --autotune on,off --models resnet20,msresnet20
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import msresnet
-from msresnet.engine.step import autocast, to_channels_last
+from msresnet.engine.step import TrainStep, autocast, to_channels_last
+from msresnet.losses import ScaleInvarianceLoss
 
 sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
 from speed import git_revision, sync_device  # noqa: E402
@@ -50,14 +56,23 @@ def parse_mode(mode: str) -> tuple[str | None, bool]:
     return (None if dtype == "fp32" else dtype), cl == "cl"
 
 
-def make_step(model: torch.nn.Module, amp: str | None, device: torch.device):  # noqa: ANN201
-    """One training step as the engine takes it (autocast forward, float32 loss, backward, SGD)."""
+def _on_off(text: str) -> list[bool]:
+    """``"on,off"`` -> ``[True, False]``."""
+    words = text.split(",")
+    if not words or any(w not in ("on", "off") for w in words):
+        raise argparse.ArgumentTypeError(f"expected on / off values separated by commas, got {text!r}")
+    return [w == "on" for w in words]
+
+
+def make_step(model: torch.nn.Module, amp: str | None, device: torch.device, si_view: bool = False):  # noqa: ANN201
+    """One training step as the engine takes it (autocast forward, float32 loss, backward, SGD); with ``si_view``
+    the loss is the scale-invariance loss with its resized view (a second forward at a random size)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    net = TrainStep(model, ScaleInvarianceLoss(weight=1.0) if si_view else None, 0.0)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with autocast(device, amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+            loss, _ = net(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -72,9 +87,10 @@ def _self_time(evt: Any, on_device: bool) -> float:
     return float(evt.self_cpu_time_total)
 
 
-def profile_one(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Times and profiles training steps of ``name`` under ``mode``."""
+def profile_one(name: str, mode: str, args: argparse.Namespace, device: torch.device, autotune: bool) -> dict[str, Any]:
+    """Times and profiles training steps of ``name`` under ``mode``, with cuDNN's autotuner on or off."""
     amp, channels_last = parse_mode(mode)
+    torch.backends.cudnn.benchmark = autotune
     torch.manual_seed(0)
     model = msresnet.create_model(name, num_classes=10, in_chans=1).to(device).train()
     x = torch.randn(args.batch, 1, args.size, args.size, device=device)
@@ -82,7 +98,7 @@ def profile_one(name: str, mode: str, args: argparse.Namespace, device: torch.de
     if channels_last:
         model = to_channels_last(model)
         x = x.contiguous(memory_format=torch.channels_last)
-    step = make_step(model, amp, device)
+    step = make_step(model, amp, device, args.si_view)
     for _ in range(args.warmup):
         step(x, y)
     times = []
@@ -104,6 +120,7 @@ def profile_one(name: str, mode: str, args: argparse.Namespace, device: torch.de
     return {
         "model": name,
         "mode": mode,
+        "autotune": autotune,
         "step_s": statistics.median(times),
         "images_per_s": args.batch / statistics.median(times),
         "ops_per_step": sum(e.count for e in events if e.key.startswith("aten::")),
@@ -118,18 +135,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     rows = []
-    for mode in args.modes:
-        for name in args.models:
-            row = profile_one(name, mode, args, device)
-            base = next((r for r in rows if r["mode"] == mode and r["model"] == args.models[0]), row)
-            row["time_ratio"] = row["step_s"] / base["step_s"]  # against the first model, same mode
-            rows.append(row)
-            copies = sum(row["copies"].values())
-            print(f"{mode:8s} {name:24s} {row['images_per_s']:10.1f} img/s  x{row['time_ratio']:5.2f}  "
-                  f"ops {row['ops_per_step']:5d}  kernels {row['kernels_per_step']:5d}  copies {copies:4d}  "
-                  f"top: {row['top'][0]['op'] if row['top'] else '-'}", flush=True)  # fmt: skip
+    for autotune in args.autotune:
+        for mode in args.modes:
+            for name in args.models:
+                row = profile_one(name, mode, args, device, autotune)
+                same = [r for r in rows if (r["mode"], r["autotune"], r["model"]) == (mode, autotune, args.models[0])]
+                row["time_ratio"] = row["step_s"] / (same[0] if same else row)["step_s"]  # first model, same setting
+                rows.append(row)
+                _print_row(row, autotune)
     return {
         "benchmark": "profile_step",
         "git_revision": git_revision(),
@@ -137,9 +151,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "batch": args.batch,
         "size": args.size,
+        "si_view": args.si_view,
         "baseline": args.models[0],
         "rows": rows,
     }
+
+
+def _print_row(row: dict[str, Any], autotune: bool) -> None:
+    copies = sum(row["copies"].values())
+    mode, name = row["mode"] + ("" if autotune else " tune-off"), row["model"]
+    print(f"{mode:17s} {name:24s} {row['images_per_s']:10.1f} img/s  x{row['time_ratio']:5.2f}  "
+          f"ops {row['ops_per_step']:5d}  kernels {row['kernels_per_step']:5d}  copies {copies:4d}  "
+          f"top: {row['top'][0]['op'] if row['top'] else '-'}", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,10 +178,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=5, help="steps per timed measurement")
     p.add_argument("--top", type=int, default=12, help="ops listed per profile")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument(
+        "--si-view",
+        action="store_true",
+        help="the scale-invariance loss with its resized view: a second pass at a random size each step",
+    )
+    p.add_argument(
+        "--autotune",
+        type=_on_off,
+        default=None,
+        help="cuDNN autotuner settings to measure, e.g. on,off (default: on for cuda, off otherwise)",
+    )
     p.add_argument("--quick", action="store_true", help="CPU-friendly: batch 8, 32 px, 1 warm-up, 1 x 1 step")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default benchmarks/results/profile_step[_cuda].json)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.autotune is None:
+        args.autotune = [args.device.startswith("cuda")]
     if args.quick:
         args.batch, args.size, args.warmup, args.repeats, args.iters = 8, 32, 1, 1, 1
     for mode in args.modes:

@@ -30,3 +30,19 @@ def test_profiles_every_model_and_mode_with_copies_and_ratios(prof, tmp_path):
 def test_unknown_mode_is_a_one_line_error(prof):
     with pytest.raises(SystemExit, match="unknown mode 'fp64'"):
         prof.main(["--quick", "--modes", "fp64"])
+
+
+def test_si_view_steps_with_the_autotuner_on_and_off(prof, tmp_path):
+    out = tmp_path / "p.json"
+    prof.main(["--quick", "--models", "resnet8", "--modes", "fp32", "--si-view", "--autotune", "on,off", "--top", "2",
+               "--out", str(out)])  # fmt: skip
+    rec = json.loads(out.read_text())
+    assert rec["si_view"] is True
+    assert [(r["model"], r["autotune"]) for r in rec["rows"]] == [("resnet8", True), ("resnet8", False)]
+    assert all(r["time_ratio"] == 1.0 and r["images_per_s"] > 0 for r in rec["rows"])
+
+
+def test_bad_autotune_list_is_a_usage_error(prof, capsys):
+    with pytest.raises(SystemExit) as e:
+        prof.main(["--quick", "--autotune", "on,maybe"])
+    assert e.value.code == 2 and "on / off" in capsys.readouterr().err

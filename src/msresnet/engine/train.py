@@ -13,7 +13,6 @@ on CPU with ``deterministic: true``).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ from msresnet.engine.distributed import DistContext
 from msresnet.engine.lock import hold_run
 from msresnet.engine.optim import build_optimizer, lr_at, set_lr
 from msresnet.engine.progress import StepReporter, TensorBoardLog, log, write_metrics_csv
+from msresnet.engine.settings import TorchSettings, set_cudnn_autotune
 from msresnet.engine.signals import GracefulStop, TrainingInterrupted
 from msresnet.engine.state import (
     EpochMeter,
@@ -65,35 +65,6 @@ __all__ = ["NonFiniteError", "TrainStep", "train", "validate"]
 
 StepHook = Callable[[int], None]
 EpochHook = Callable[[int, dict[str, Any]], None]
-
-
-class _Determinism:
-    """Apply ``deterministic`` / thread settings for the run and restore the process's previous ones after."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-
-    def __enter__(self) -> _Determinism:
-        self.prev = (
-            torch.are_deterministic_algorithms_enabled(),
-            torch.backends.cudnn.benchmark,
-            torch.get_num_threads(),
-        )
-        if self.cfg.deterministic:
-            # cuBLAS needs this before its first use to be deterministic; harmless on CPU.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        else:
-            torch.backends.cudnn.benchmark = True
-        if self.cfg.num_workers > 0:
-            torch.set_num_threads(self.cfg.num_workers)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.use_deterministic_algorithms(self.prev[0])
-        torch.backends.cudnn.benchmark = self.prev[1]
-        torch.set_num_threads(self.prev[2])
 
 
 @torch.no_grad()
@@ -173,7 +144,7 @@ def train(cfg: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochH
     ctx = DistContext.from_env(cfg.device, cfg.dist_timeout)
     try:
         # the writer lock comes first: the "already holds a run" test below is only sound under it
-        with hold_run(cfg.out, "train", ctx), _Determinism(cfg), GracefulStop() as stop:
+        with hold_run(cfg.out, "train", ctx), TorchSettings(cfg), GracefulStop() as stop:
             return _train(cfg, ctx, stop, on_step, on_epoch)
     except RuntimeError as e:  # under torchrun: another rank died or hung (one line, not a hang or a traceback)
         ctx.raise_if_peer_failure(e, cfg.out)
@@ -201,6 +172,7 @@ def _train(
     train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
     norm = Normalizer(tuple(protocol.mean), tuple(protocol.std), device)
     model = _build_model(cfg, protocol, device)
+    set_cudnn_autotune(cfg, model, device, main)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     state = TrainState(model, build_optimizer(model, cfg), scaler, StepRandomness(cfg.seed, ctx.rank))
     info = _checkpoint_info(cfg, protocol)
