@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 same = [r for r in rows if (r["mode"], r["autotune"], r["model"]) == (mode, autotune, args.models[0])]
                 row["time_ratio"] = row["step_s"] / (same[0] if same else row)["step_s"]  # first model, same setting
                 rows.append(row)
-                _print_row(row, autotune)
+                _print_row(row, tag="" if device.type != "cuda" else " tune-" + ("on" if autotune else "off"))
     return {
         "benchmark": "profile_step",
         "git_revision": git_revision(),
@@ -157,9 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _print_row(row: dict[str, Any], autotune: bool) -> None:
+def _print_row(row: dict[str, Any], tag: str) -> None:
     copies = sum(row["copies"].values())
-    mode, name = row["mode"] + ("" if autotune else " tune-off"), row["model"]
+    mode, name = row["mode"] + tag, row["model"]
     print(f"{mode:17s} {name:24s} {row['images_per_s']:10.1f} img/s  x{row['time_ratio']:5.2f}  "
           f"ops {row['ops_per_step']:5d}  kernels {row['kernels_per_step']:5d}  copies {copies:4d}  "
           f"top: {row['top'][0]['op'] if row['top'] else '-'}", flush=True)  # fmt: skip
