@@ -44,8 +44,10 @@ stamp "3. scale benchmark on cuda"
 (while sleep 15; do tar czf "$OUT/scale.tgz.tmp" -C benchmarks/results scale 2>/dev/null && mv "$OUT/scale.tgz.tmp" "$OUT/scale.tgz"; done) &
 packer=$!
 # fp32 unless SCALE_AMP says otherwise: under bf16 + channels-last msresnet20 (with the scale-invariance loss) trained
-# ~27x slower than resnet20 (without it) on the H200, where fixed-size steps measured 2.4x. The engine now keeps cuDNN's
-# autotuner off when the input size changes between steps; step 0's second profile says whether that was the cause.
+# ~27x slower than resnet20 (without it) on the H200, where fixed-size steps measured 2.4x. Suspected: cuDNN's
+# autotuner re-tuning at each new size of the loss's resized view (the fmnist-res and fmnist-scale recipes; fmnist-ls
+# compares a degraded view of the same size). The engine now keeps the autotuner off for such runs; step 0's second
+# profile says whether that was the cause.
 $PY benchmarks/scale_bench.py --device cuda ${SCALE_AMP:+--amp "$SCALE_AMP"} --jobs "${SCALE_JOBS:-4}" \
     --time-budget "${SCALE_BUDGET:-240}" --deadline "${SCALE_DEADLINE:-400}" ${SCALE_ARGS:-} 2>&1 | tail -n 200
 kill $packer 2>/dev/null

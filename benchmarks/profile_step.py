@@ -7,10 +7,10 @@ CUDA), how many ops and device kernels one step launches, and the ops that copy 
 the device (``aten::copy_``, ``aten::contiguous``, ``aten::item``, ``cudaStreamSynchronize``...). A model that is
 slow only under one mode shows it here: a layout copy per layer, a slow fallback kernel, or a host sync.
 
-``--si-view`` takes the step the way the msresnet benchmark rows train: the scale-invariance loss with its resized
-second view, one random size per step, so most steps meet shapes not seen before. ``--autotune on,off`` repeats
-every measurement with cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on and off: it re-tunes every
-convolution at each new shape, which is why the engine turns it off for such runs.
+``--si-view`` takes the step the way the msresnet rows train on fmnist-res and fmnist-scale: the scale-invariance
+loss with its resized second view, one random size per step, so most steps meet shapes not seen before.
+``--autotune on,off`` repeats every measurement with cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on and
+off: it re-tunes every convolution at each new shape, which is why the engine turns it off for such runs.
 
 Usage::
 

@@ -55,6 +55,10 @@ BUDGET_TEXT = {
     "quick-depth20": "the reduced training budget with each row's own model (`--quick --full-models`)",
     "quick": "the reduced training budget with the depth-8 models (`--quick`)",
 }
+COST_TEXT = (
+    "measured side by side in one process (`benchmarks/train_cost.py`); a cost marked * is instead the ratio "
+    "of the runs' own throughputs (runs made at different times on a shared CPU: indicative)"
+)
 PROTOCOL_TEXT = {
     "fmnist-ls": "Trained on objects at scale 1 in a 64-px canvas; tested with the object rescaled by s",
     "fmnist-res": "Trained on 28-px images; tested with the whole image resized to the given size (px)",
@@ -120,8 +124,9 @@ def _pm(m: float, s: float | None) -> str:
     return _f1(m) if s is None or math.isnan(s) else f"{m:.1f} ± {s:.1f}"
 
 
-def _cost(v: float | None) -> str:
-    return "–" if v is None or math.isnan(v) else f"{v:.1f}x"
+def _cost(v: float | None, source: object = "step") -> str:
+    """A training cost; ``*`` marks one taken from the runs' own throughputs rather than measured side by side."""
+    return "–" if v is None or math.isnan(v) else f"{v:.1f}x" + ("" if source == "step" else "*")
 
 
 def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool = False) -> list[str]:
@@ -138,7 +143,7 @@ def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool 
             cells.append(_f1(r.cond_mean.get(c)) if show else "")
         cells += ["", ""] if oracle and short else [_pm(r["mean"], r.mean_std), _pm(r.worst, r.worst_std)]
         cells += [] if short else [_f1(r.val)]
-        cells.append(_cost(r.train_cost))
+        cells.append(_cost(r.train_cost, r.get("cost_source")))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -157,8 +162,8 @@ def headline_block(df: pd.DataFrame) -> str:
     caption = (
         f"*{HEADLINE_PROTOCOL}, {BUDGET_TEXT[budget]}; depth {', '.join(map(str, depths))}. Test accuracy (%) at "
         "object scale s, mean over the seeds given; mean and worst over the scales, per seed, then mean ± std over "
-        "seeds. An oracle is trained and tested at its scale. Train cost: time per training image relative to the "
-        "plain ResNet (shared CPU, indicative).*"
+        "seeds. An oracle is trained and tested at its scale. Train cost: the training step's time relative to the "
+        f"plain ResNet's, {COST_TEXT}.*"
     )
     caption = textwrap.fill(caption, width=116, break_on_hyphens=False, break_long_words=False)
     plot = f"![{HEADLINE_PROTOCOL} accuracy against object scale](docs/img/results-{HEADLINE_PROTOCOL}.png)"
@@ -223,7 +228,7 @@ def results_page(df: pd.DataFrame) -> str:
         "*worst* are taken per run over its conditions, then averaged over seeds (± sample std over seeds where",
         "there are two or more). *validation*: the mean of the validation sweep (held-out training images under the",
         "same scale changes), the only figure used to choose between rows. *train cost*: time per training image",
-        "relative to the plain ResNet of the same protocol and budget (runs shared a CPU with other jobs: indicative).",
+        f"relative to the plain ResNet of the same protocol, {COST_TEXT}.",
         "Rows `+ msresnet calibrate` are the run above them after `msresnet calibrate` (the object-scale probe kept",
         "only where validation improves).",
         "*Retention* (the fmnist-ls figure of merit: worst-scale accuracy / accuracy at the training scale s = 1) is",

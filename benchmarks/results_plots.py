@@ -68,14 +68,15 @@ def plot_cost(df: pd.DataFrame, budget: str, out: Path) -> Path:
         stats = stats[stats.oracle_condition.isna() & stats.train_cost.notna()]
         pts = ax.scatter(stats.train_cost, stats.worst, s=22, label=proto)
         for _, r in stats.iterrows():
-            ax.annotate(str(r.row_id), (r.train_cost, r.worst), fontsize=5.5, xytext=(3, 2),
+            star = "" if r.get("cost_source") == "step" else "*"  # * : from the runs' throughputs, not measured
+            ax.annotate(f"{r.row_id}{star}", (r.train_cost, r.worst), fontsize=5.5, xytext=(3, 2),
                         textcoords="offset points", color=pts.get_facecolor()[0])  # fmt: skip
     ax.set_xscale("log", base=2)
     # quarter steps between the powers of two: the rows' costs mostly lie between 1x and 2x
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2, subs=(1.0, 1.25, 1.5, 1.75), numticks=40))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("training cost: time per training image / plain ResNet's (same protocol)")
+    ax.set_xlabel("training cost: step time / plain ResNet's, same protocol (*: from the runs' own throughputs)")
     ax.set_ylabel("worst-condition test accuracy (%)")
     ax.set_title(f"Accuracy against cost, budget {budget} (mean over seeds)", fontsize=10)
     ax.grid(alpha=0.3)

@@ -45,7 +45,7 @@ def row_stats(df: pd.DataFrame) -> pd.DataFrame:
             "cond_mean": cond.mean().to_dict(), "cond_std": cond.std().to_dict(),
             "mean": means.mean(), "mean_std": means.std(), "worst": worsts.mean(), "worst_std": worsts.std(),
             "val": g.groupby("seed").val_accuracy.first().mean(),
-            "train_cost": g.groupby("seed").train_cost.first().mean(),
+            "train_cost": g.groupby("seed").train_cost.first().mean(), "cost_source": first.train_cost_source,
             "oracle_condition": oracle_condition(first.row_id),
         })  # fmt: skip
     return pd.DataFrame(out)

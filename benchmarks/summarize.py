@@ -18,8 +18,10 @@ image size or, on fmnist-scale, the centre of a scale bin to two decimals) and `
 (%, on ``n_images`` test images); ``train_condition``; ``val_accuracy`` (the run's validation-sweep mean, %, the
 only figure used to choose between rows); ``calibrated``; ``train_seconds``; ``test_seconds`` (the test sweep's
 wall time); ``train_images_per_s`` and
-``train_cost`` (time per training image relative to the plain ResNet of the same protocol and budget; the runs
-shared a CPU with other jobs, so it is indicative); ``scale_error_median`` and ``scale_error_p90`` (scale-aware
+``train_cost`` (time per training image relative to the plain ResNet of the same protocol and budget) and
+``train_cost_source``: ``step`` where ``benchmarks/train_cost.py`` measured the row's training step beside the plain
+ResNet's in one process (``results/train_cost.json``), ``runs`` where it is the ratio of the runs' own throughputs
+(runs made at different times on a shared CPU: indicative); ``scale_error_median`` and ``scale_error_p90`` (scale-aware
 models: the median and 90th percentile of the object-scale estimate's absolute error, octaves); ``params``;
 ``git``; ``device``; ``command``; ``record``.
 """
@@ -39,13 +41,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale"
 SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
+TRAIN_COST = ROOT / "benchmarks" / "results" / "train_cost.json"
 ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
 BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
 COLUMNS = [
     "protocol", "budget", "row", "row_id", "label", "model", "depth", "seed", "condition", "condition_name",
     "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "test_seconds",
-    "train_images_per_s", "train_cost", "scale_error_median", "scale_error_p90", "params", "git", "device", "command",
-    "record",
+    "train_images_per_s", "train_cost", "train_cost_source", "scale_error_median", "scale_error_p90", "params",
+    "git", "device", "command", "record",
 ]  # fmt: skip
 
 
@@ -72,14 +75,19 @@ def _fmt_condition(c: Any) -> str:
     return str(int(f)) if f.is_integer() and abs(f) >= 2 else f"{f:g}"
 
 
+def row_id_of(row: str, oracle_condition: Any = None) -> str:
+    """The table's id of a job's row: the row id, or ``oracle@<condition>`` for an oracle."""
+    return f"oracle@{_fmt_condition(oracle_condition)}" if row == "oracle" else row
+
+
 def _lines_of(record: dict[str, Any], labels: dict[str, str], name: str) -> list[dict[str, Any]]:
     job, cfg, test = record["job"], record["config"], record["test"]
     budget = budget_of(job)
-    base = job["row"]
+    base = row_id_of(job["row"], job.get("oracle_condition"))
     label = labels.get(base, base)
-    if base == "oracle":
+    if job["row"] == "oracle":
         cond = _fmt_condition(job["oracle_condition"])
-        base, label = f"oracle@{cond}", f"oracle: plain ResNet trained at {test['condition_name']} {cond}"
+        label = f"oracle: plain ResNet trained at {test['condition_name']} {cond}"
     val = record.get("val")
     variants = [(base, label, test, val["accuracy"] if val else None, False)]
     probe = record.get("probe")
@@ -111,7 +119,8 @@ def _lines_of(record: dict[str, Any], labels: dict[str, str], name: str) -> list
                 "val_accuracy": None if val_mean is None else round(val_mean, 4), "calibrated": calibrated,
                 "train_seconds": train_seconds, "test_seconds": sweep.get("seconds"),
                 "train_images_per_s": record.get("train_images_per_s"),
-                "train_cost": None, "scale_error_median": errors.get(float(cond), (None, None))[0],
+                "train_cost": None, "train_cost_source": None,
+                "scale_error_median": errors.get(float(cond), (None, None))[0],
                 "scale_error_p90": errors.get(float(cond), (None, None))[1], "params": record.get("params"),
                 "git": record.get("git"),
                 "device": record.get("device"), "command": record.get("command"), "record": name,
@@ -128,8 +137,21 @@ def _scale_errors(sweep: dict[str, Any]) -> dict[float, tuple[float, float]]:
                                                                      strict=True)} if conds else {}  # fmt: skip
 
 
-def _add_train_cost(lines: list[dict[str, Any]]) -> None:
-    """``train_cost``: the plain ResNet's mean training throughput over this run's (same protocol and budget)."""
+def _measured_costs(path: Path = TRAIN_COST) -> dict[tuple[str, str, bool], float]:
+    """(protocol, row id, depth-8 model) -> the step-time ratio ``train_cost.py`` measured."""
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {(r["protocol"], r["row"], bool(r["small_model"])): float(r["ratio"]) for r in rows}
+
+
+def _add_train_cost(lines: list[dict[str, Any]], measured: dict[tuple[str, str, bool], float]) -> None:
+    """``train_cost``: the ratio ``train_cost.py`` measured where it has the row, else the plain ResNet's mean
+    training throughput over this run's (same protocol and budget)."""
+    for d in lines:
+        key = (d["protocol"], d["row_id"].removesuffix("+calibrate"), d["budget"] in ("depth8", "quick"))
+        if key in measured:
+            d["train_cost"], d["train_cost_source"] = measured[key], "step"
     plain: dict[tuple[str, str], list[float]] = {}
     seen = set()
     for d in lines:
@@ -139,17 +161,19 @@ def _add_train_cost(lines: list[dict[str, Any]]) -> None:
             plain.setdefault((d["protocol"], d["budget"]), []).append(d["train_images_per_s"])
     for d in lines:
         ref = plain.get((d["protocol"], d["budget"]))
-        if ref and d["train_images_per_s"]:
+        if ref and d["train_images_per_s"] and d["train_cost_source"] is None:
             d["train_cost"] = round((sum(ref) / len(ref)) / d["train_images_per_s"], 3)
+            d["train_cost_source"] = "runs"
 
 
-def summarize(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
-    """One dict per run and test condition, from every record in ``results_dir``, in a stable order."""
+def summarize(results_dir: Path = RESULTS, train_cost: Path = TRAIN_COST) -> list[dict[str, Any]]:
+    """One dict per run and test condition, from every record in ``results_dir`` (training costs from
+    ``train_cost`` where it has them), in a stable order."""
     labels = _labels()
     lines: list[dict[str, Any]] = []
     for f in sorted(Path(results_dir).glob("*.json")):
         lines += _lines_of(json.loads(f.read_text()), labels, f.name)
-    _add_train_cost(lines)
+    _add_train_cost(lines, _measured_costs(train_cost))
     order = {b: i for i, b in enumerate(BUDGETS)}
     lines.sort(key=lambda d: (d["protocol"], order.get(d["budget"], 9), d["row"], d["seed"], float(d["condition"])))
     return lines

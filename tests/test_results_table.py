@@ -77,7 +77,7 @@ def records(tmp_path: Path) -> Path:
 
 
 def test_summary_has_one_line_per_run_and_condition(summarize, records, tmp_path):
-    lines = summarize.summarize(records)
+    lines = summarize.summarize(records, tmp_path / "no_train_cost.json")
     out = summarize.write_csv(lines, tmp_path / "summary.csv")
     df = pd.read_csv(out)
     assert {"protocol", "row", "model", "seed", "condition", "accuracy", "budget", "depth", "git", "command"} <= set(
@@ -93,6 +93,7 @@ def test_summary_has_one_line_per_run_and_condition(summarize, records, tmp_path
     assert list(cal.accuracy) == [75.0, 70.0, 80.0, 72.0, 70.0] and cal.calibrated.all()
     plain = df[df.row == "depth8/resnet"]
     assert plain.train_cost.eq(1.0).all() and df[df.row == "depth8/msresnet_conf_sd"].train_cost.eq(2.5).all()
+    assert set(df.train_cost_source) == {"runs"}
     assert set(df.depth) == {8} and set(df.condition_name) == {"scale"}
     canon = df[df.row_id == "canonical"]
     assert canon.scale_error_median.eq(0.1).all() and canon.scale_error_p90.eq(0.3).all()
@@ -100,7 +101,7 @@ def test_summary_has_one_line_per_run_and_condition(summarize, records, tmp_path
 
 
 def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, records, tmp_path):
-    out = summarize.write_csv(summarize.summarize(records), tmp_path / "summary.csv")
+    out = summarize.write_csv(summarize.summarize(records, tmp_path / "no_train_cost.json"), tmp_path / "summary.csv")
     df = render.load(out)
     assert render.headline_budget(df) == "depth8"  # the most-trained budget with a plain and an msresnet row
     # the plain ResNet and the default (canonical) row decide the budget; a pyramid row only joins it
@@ -111,7 +112,7 @@ def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, reco
     cells = [c.strip() for c in plain.strip("|").split("|")]
     assert cells[2] == "3" and cells[5] == "81.0"  # s=1: mean of 80, 81, 82
     assert cells[-3] == "46.2 ± 0.2"  # per-seed means 46, 46.2, 46.4 -> mean ± std over seeds
-    assert cells[-2] == "20.0 ± 0.0" and cells[-1] == "1.0x"
+    assert cells[-2] == "20.0 ± 0.0" and cells[-1] == "1.0x*"  # * : the runs' throughputs
     table = next(part for part in block.split("\n\n") if part.startswith("| row |"))  # the results, not the choice
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
     assert rows == [
@@ -191,3 +192,20 @@ def test_readme_demo_block_is_the_stored_demo_record(render):
     assert m and m.group(1) == render.demo_block()
     record = json.loads(render.DEMO_RECORD.read_text())
     assert any("finished in" in line for line in record["output"]) and record["git"] in m.group(1)
+
+
+def test_measured_step_costs_replace_the_runs_ratios(summarize, records, tmp_path):
+    measured = tmp_path / "train_cost.json"
+    rows = [
+        {"protocol": "fmnist-ls", "row": "resnet", "small_model": True, "ratio": 1.0},
+        {"protocol": "fmnist-ls", "row": "msresnet_conf_sd", "small_model": True, "ratio": 1.7},
+        {"protocol": "fmnist-ls", "row": "canonical", "small_model": False, "ratio": 9.0},
+    ]  # another budget
+    measured.write_text(json.dumps({"rows": rows}))
+    df = pd.DataFrame(summarize.summarize(records, measured))
+    conf = df[df.row_id.str.startswith("msresnet_conf_sd")]  # the calibrated copy trained the same way
+    assert conf.train_cost.eq(1.7).all() and set(conf.train_cost_source) == {"step"}
+    canon = df[df.row == "depth8/canonical"]  # not measured at this budget: the runs' ratio stays
+    assert set(canon.train_cost_source) == {"runs"} and not canon.train_cost.eq(9.0).any()
+    quick = df[df.row == "quick/resnet"]  # the quick budget trains the same depth-8 step: the measured ratio holds
+    assert quick.train_cost.eq(1.0).all() and set(quick.train_cost_source) == {"step"}

@@ -51,8 +51,8 @@ class TorchSettings:
 def varies_input_size(cfg: TrainConfig, model: nn.Module) -> bool:
     """Whether the training steps feed the model a new input size most of the time.
 
-    Two things do: the scale-invariance loss's resized view (one random factor per step, so on a 64-px protocol
-    about a hundred distinct sizes, each multiplied by the levels of an image pyramid), and an image pyramid's
+    Two things do: the scale-invariance loss's resized view (one random factor per step, so on 64-px images about a
+    hundred distinct sizes, each multiplied by the levels of an image pyramid), and an image pyramid's
     training jitter. cuDNN's autotuner (``torch.backends.cudnn.benchmark``) times every convolution algorithm for
     each new shape it meets, so under such steps it keeps re-tuning instead of training.
     """
