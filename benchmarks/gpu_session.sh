@@ -44,7 +44,7 @@ stamp "3. scale benchmark on cuda"
 (while sleep 15; do tar czf "$OUT/scale.tgz.tmp" -C benchmarks/results scale 2>/dev/null && mv "$OUT/scale.tgz.tmp" "$OUT/scale.tgz"; done) &
 packer=$!
 # fp32 unless SCALE_AMP says otherwise: under bf16 + channels-last msresnet20 (with the scale-invariance loss) trained
-# ~27x slower than resnet20 (without it) on the H200, where fixed-size steps measured 2.4x. Suspected: cuDNN's
+# far slower than resnet20 (without it) on the H200, where fixed-size steps measured a small ratio. Suspected: cuDNN's
 # autotuner re-tuning at each new size of the loss's resized view (the fmnist-res and fmnist-scale recipes; fmnist-ls
 # compares a degraded view of the same size). The engine now keeps the autotuner off for such runs; step 0's second
 # profile says whether that was the cause.

@@ -38,8 +38,8 @@ class TensorSplit:
 
 
 def eval_batch_size(device: str | torch.device) -> int:
-    """Images per inference batch: small on CPU, where activations of big batches fall out of the caches (resnet8
-    at 64 px runs ~2.4x slower per image at batch 256 than at 32 on one core), large on accelerators."""
+    """Images per inference batch: small on CPU, where the activations of big batches fall out of the caches and
+    each image costs more, large on accelerators."""
     return 32 if torch.device(device).type == "cpu" else 256
 
 
