@@ -228,7 +228,7 @@ def results_page(df: pd.DataFrame) -> str:
         "*worst* are taken per run over its conditions, then averaged over seeds (± sample std over seeds where",
         "there are two or more). *validation*: the mean of the validation sweep (held-out training images under the",
         "same scale changes), the only figure used to choose between rows. *train cost*: time per training image",
-        f"relative to the plain ResNet of the same protocol, {COST_TEXT}.",
+        *textwrap.wrap(f"relative to the plain ResNet of the same protocol, {COST_TEXT}.", 110),
         "Rows `+ msresnet calibrate` are the run above them after `msresnet calibrate` (the object-scale probe kept",
         "only where validation improves).",
         "*Retention* (the fmnist-ls figure of merit: worst-scale accuracy / accuracy at the training scale s = 1) is",
