@@ -3,12 +3,14 @@ the plain ResNet's on the same protocol.
 
 The runs' own throughput (``train_images_per_s`` in a run record) comes from runs made hours apart on a shared
 machine, some beside the test suite, so their ratios carry the machine's load. Here every row of a protocol takes
-its training step as the engine takes it - the row's engine configuration from ``bench_plan.py``, a batch of the
-protocol's real training images with the recipe's augmentation, the row's loss (the scale-invariance loss's
-second view included), backward and the optimizer update - and the rows are interleaved inside every repeat, so load
-drift hits them alike. Each row's time is its fastest repeat (other work on the machine only ever adds time; the
-median is kept beside it). ``summarize.py`` takes the ``train_cost`` column from this file where it
-has the row (``train_cost_source`` = ``step``) and from the runs' throughput otherwise (``runs``).
+its training step as the engine takes it: the row's engine configuration from ``bench_plan.py``, a batch of the
+protocol's real training images with the recipe's augmentation and batch size, the row's loss (the
+scale-invariance loss's second view included), backward and the optimizer update, on every core as the runs use
+them (the ratios depend on both: a pyramid's small levels gain less from a second thread or a bigger batch than a
+plain trunk does). The rows are interleaved inside every repeat, so load drift hits them alike, and each row's time
+is its fastest repeat (other work on the machine only ever adds time; the median is kept beside it). Run it on an
+otherwise idle machine. ``summarize.py`` takes the ``train_cost`` column from this file where it has the row
+(``train_cost_source`` = ``step``) and from the runs' throughput otherwise (``runs``).
 
     python benchmarks/train_cost.py                                # the full-budget rows stored in summary.csv
     python benchmarks/train_cost.py --protocols fmnist-ls --rows resnet,canonical --repeats 5
@@ -110,7 +112,7 @@ def measure(protocol: str, rows: list[str], args: argparse.Namespace) -> list[di
         key = json.dumps(protocol_kwargs(cfg), sort_keys=True, default=str)
         if key not in built:
             built[key] = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))
-        steps.append((row, RowStep(job, cfg, built[key], args.batch)))
+        steps.append((row, RowStep(job, cfg, built[key], args.batch or cfg.batch_size)))
     for _ in range(args.warmup):
         for _, s in steps:
             s.step()
@@ -128,11 +130,11 @@ def measure(protocol: str, rows: list[str], args: argparse.Namespace) -> list[di
         out.append({
             "protocol": protocol, "row": row, "model": s.cfg.model, "small_model": args.depth8,
             "step_s": round(step_s, 5), "median_step_s": round(statistics.median(times[row]), 5),
-            "images_per_s": round(args.batch / step_s, 2), "ratio": round(step_s / base, 3),
-            "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "iters": args.iters,
+            "images_per_s": round(s.batch / step_s, 2), "ratio": round(step_s / base, 3),
+            "batch": s.batch, "threads": torch.get_num_threads(), "repeats": args.repeats, "iters": args.iters,
             "git": git_revision(),
         })  # fmt: skip
-        print(f"{protocol:13s} {row:24s} {s.cfg.model:30s} {args.batch / step_s:8.1f} img/s  x{step_s / base:5.2f}",
+        print(f"{protocol:13s} {row:24s} {s.cfg.model:30s} {s.batch / step_s:8.1f} img/s  x{step_s / base:5.2f}",
               flush=True)  # fmt: skip
     return out
 
@@ -152,15 +154,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="row ids (oracle@C for an oracle); default: the rows summary.csv has; the plain ResNet "
                         "always comes first, as the baseline")  # fmt: skip
     p.add_argument("--depth8", action="store_true", help="the rows' depth-8 models (the depth8 budget)")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=None, help="default: the recipe's, as the runs train")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--iters", type=int, default=2, help="steps per timed measurement")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--iters", type=int, default=1, help="steps per timed measurement")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default, every core, as the benchmark runs use them)",
+    )
     p.add_argument("--summary", type=Path, default=SUMMARY)
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     plan = stored_rows(args.summary, args.depth8) if args.summary.exists() else {}
     protocols = args.protocols or sorted(plan)
     unknown = [x for x in protocols if x not in PROTOCOLS]

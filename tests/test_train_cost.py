@@ -18,7 +18,7 @@ def tc():
 def _run(tc, tmp_path, *argv: str) -> list[dict]:
     out = tmp_path / "train_cost.json"
     tc.main(["--protocols", "fmnist-res", "--repeats", "1", "--iters", "1", "--warmup", "0", "--depth8",
-             "--summary", str(tmp_path / "none.csv"), "--out", str(out), *argv])  # fmt: skip
+             "--threads", "1", "--summary", str(tmp_path / "none.csv"), "--out", str(out), *argv])  # fmt: skip
     return json.loads(out.read_text())["rows"]
 
 
@@ -28,9 +28,12 @@ def test_rows_are_timed_against_the_plain_resnet_and_merged(tc, tmp_path, monkey
     by_row = {r["row"]: r for r in rows}
     assert set(by_row) == {"resnet", "canonical", "oracle@14"}  # the baseline is always measured
     assert by_row["resnet"]["ratio"] == 1.0 and by_row["canonical"]["model"] == "msresnet8_canonical"
-    assert all(r["small_model"] and r["step_s"] > 0 and r["batch"] == 32 for r in rows)
-    again = _run(tc, tmp_path, "--rows", "resnet")  # a later measurement keeps the rows it did not redo
+    assert all(r["small_model"] and r["step_s"] > 0 and r["batch"] == 128 for r in rows)  # the recipe's batch
+    again = _run(
+        tc, tmp_path, "--rows", "resnet", "--batch", "16"
+    )  # a later measurement keeps the rows it did not redo
     assert {r["row"] for r in again} == {"resnet", "canonical", "oracle@14"}
+    assert {r["row"]: r["batch"] for r in again} == {"resnet": 16, "canonical": 128, "oracle@14": 128}
 
 
 def test_unknown_row_or_protocol_is_a_one_line_error(tc, tmp_path):
