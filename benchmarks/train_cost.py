@@ -7,8 +7,10 @@ its training step as the engine takes it: the row's engine configuration from ``
 protocol's real training images with the recipe's augmentation and batch size, the row's loss (the
 scale-invariance loss's second view included), backward and the optimizer update, on every core as the runs use
 them (the ratios depend on both: a pyramid's small levels gain less from a second thread or a bigger batch than a
-plain trunk does). The rows are interleaved inside every repeat, so load drift hits them alike, and each row's time
-is its fastest repeat (other work on the machine only ever adds time; the median is kept beside it). Run it on an
+plain trunk does). A timing averages ``--iters`` steps, because a row's steps differ by their random work (the
+scale-invariance view's size changes the cost of its second pass fourfold over its range); the rows are interleaved
+inside every repeat, so load drift hits them alike, and each row's time is its fastest repeat (other work on the
+machine only ever adds time; the median is kept beside it). Run it on an
 otherwise idle machine. ``summarize.py`` takes the ``train_cost`` column from this file where it has the row
 (``train_cost_source`` = ``step``) and from the runs' throughput otherwise (``runs``).
 
@@ -156,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth8", action="store_true", help="the rows' depth-8 models (the depth8 budget)")
     p.add_argument("--batch", type=int, default=None, help="default: the recipe's, as the runs train")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--iters", type=int, default=1, help="steps per timed measurement")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=10,
+        help="steps averaged per timing (enough for the rows' random per-step work to average out)",
+    )
     p.add_argument(
         "--threads",
         type=int,
