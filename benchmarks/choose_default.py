@@ -24,10 +24,9 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
-from summarize import BUDGETS, ROWS_FILE, SUMMARY  # noqa: E402  (one definition of the budgets and their files)
+from summarize import BUDGETS, CALIBRATED, ROWS_FILE, SUMMARY  # noqa: E402  (one definition of budgets, files)
 
 HEADLINE_PROTOCOL = "fmnist-ls"
-CALIBRATED = "+calibrate"
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def parse_mode(mode: str) -> tuple[str | None, bool]:
 def _on_off(text: str) -> list[bool]:
     """``"on,off"`` -> ``[True, False]``."""
     words = text.split(",")
-    if not words or any(w not in ("on", "off") for w in words):
+    if any(w not in ("on", "off") for w in words):
         raise argparse.ArgumentTypeError(f"expected on / off values separated by commas, got {text!r}")
     return [w == "on" for w in words]
 

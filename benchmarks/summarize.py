@@ -44,6 +44,8 @@ SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
 TRAIN_COST = ROOT / "benchmarks" / "results" / "train_cost.json"
 ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
 BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
+SMALL_MODEL_BUDGETS = ("depth8", "quick")  # the budgets that train each row's depth-8 model
+CALIBRATED = "+calibrate"  # row id suffix of a pyramid run as `msresnet calibrate` leaves it
 COLUMNS = [
     "protocol", "budget", "row", "row_id", "label", "model", "depth", "seed", "condition", "condition_name",
     "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "test_seconds",
@@ -94,7 +96,7 @@ def _lines_of(record: dict[str, Any], labels: dict[str, str], name: str) -> list
     if probe and val:  # the run as `msresnet calibrate` leaves it: the probe's figures where validation kept it
         kept = bool(probe["kept"])
         p_val = [a / 100 for a in probe["calibration"]["probe"]] if kept else val["accuracy"]
-        variants.append((f"{base}+calibrate", f"{label} + msresnet calibrate", probe["test"] if kept else test,
+        variants.append((f"{base}{CALIBRATED}", f"{label} + msresnet calibrate", probe["test"] if kept else test,
                          p_val, True))  # fmt: skip
     # fmnist-scale's test conditions are bins of each realization's own scale sample: their centres differ by
     # thousandths between realizations, so they are named by the centre to two decimals (the same bin in each)
@@ -149,7 +151,7 @@ def _add_train_cost(lines: list[dict[str, Any]], measured: dict[tuple[str, str, 
     """``train_cost``: the ratio ``train_cost.py`` measured where it has the row, else the plain ResNet's mean
     training throughput over this run's (same protocol and budget)."""
     for d in lines:
-        key = (d["protocol"], d["row_id"].removesuffix("+calibrate"), d["budget"] in ("depth8", "quick"))
+        key = (d["protocol"], d["row_id"].removesuffix(CALIBRATED), d["budget"] in SMALL_MODEL_BUDGETS)
         if key in measured:
             d["train_cost"], d["train_cost_source"] = measured[key], "step"
     plain: dict[tuple[str, str], list[float]] = {}

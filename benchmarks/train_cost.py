@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
 from bench_plan import PROTOCOLS, Job, job_config, load_plan  # noqa: E402
 from speed import git_revision  # noqa: E402
-from summarize import SUMMARY, row_id_of  # noqa: E402
+from summarize import CALIBRATED, SUMMARY, row_id_of  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "train_cost.json"
@@ -77,17 +77,15 @@ class RowStep:
 
 
 def stored_rows(summary: Path, small_model: bool) -> dict[str, list[str]]:
-    """Protocol -> the rows (ids as summary.csv names them, ``+calibrate`` dropped) the summary has at the full
-    budget (``small_model``: at the depth-8 budget)."""
+    """Protocol -> the rows (ids as summary.csv names them, the calibrated variants folded into their run's row) the
+    summary has at the full budget (``small_model``: at the depth-8 budget)."""
     import pandas as pd
 
     df = pd.read_csv(summary)
     df = df[df.budget == ("depth8" if small_model else "full")]
-    out: dict[str, list[str]] = {}
-    for proto, g in df.groupby("protocol"):
-        ids = sorted({str(r).removesuffix("+calibrate") for r in g.row_id})
-        out[str(proto)] = [BASELINE, *[r for r in ids if r != BASELINE]]
-    return out
+    return {
+        str(proto): sorted({str(r).removesuffix(CALIBRATED) for r in g.row_id}) for proto, g in df.groupby("protocol")
+    }
 
 
 def make_job(protocol: str, row: str, small_model: bool) -> Job:
@@ -99,13 +97,15 @@ def make_job(protocol: str, row: str, small_model: bool) -> Job:
     return Job(protocol, row, 0, False, depth8=small_model)
 
 
-def measure(protocol: str, rows: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure(
+    protocol: str, rows: list[str], plan: tuple[dict, list[dict]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """Fastest step time of every row of one protocol over the repeats, interleaved, and its ratio to the first
     row's."""
     from msresnet.data import build_protocol
     from msresnet.engine.config import load_train_config, protocol_kwargs
 
-    recipes, all_rows = load_plan()
+    recipes, all_rows = plan
     steps, built = [], {}
     for row in rows:
         job = make_job(protocol, row, args.depth8)
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = stored_rows(args.summary, args.depth8) if args.summary.exists() else {}
-    protocols = args.protocols or sorted(plan)
+    stored = stored_rows(args.summary, args.depth8) if args.summary.exists() else {}
+    protocols = args.protocols or sorted(stored)
     unknown = [x for x in protocols if x not in PROTOCOLS]
     if unknown or not protocols:
         raise SystemExit(f"unknown protocol(s): {', '.join(unknown)}" if unknown else "no protocol to measure")
@@ -185,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     rows_file = {r["id"] for r in plan_rows}
     results = []
     for proto in protocols:
-        rows = args.rows or plan.get(proto, [])
+        rows = args.rows or stored.get(proto, [])
         rows = [BASELINE, *[r for r in rows if r != BASELINE]]
         oracles = {row_id_of("oracle", c) for c in recipes[proto].get("oracle", [])}
         bad = [r for r in rows if r not in rows_file | oracles]
         if bad:
             raise SystemExit(f"unknown row(s): {', '.join(bad)}")
-        results += measure(proto, rows, args)
+        results += measure(proto, rows, (recipes, plan_rows), args)
     old = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     record = {
         "benchmark": "train_cost",
