@@ -63,10 +63,11 @@ def plot_cost(df: pd.DataFrame, budget: str, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = iter("os^Dvx")  # one shape per protocol: their rows often share a cost and an accuracy
     for proto, d in df[df.budget == budget].groupby("protocol"):
         stats = row_stats(d)
         stats = stats[stats.oracle_condition.isna() & stats.train_cost.notna()]
-        pts = ax.scatter(stats.train_cost, stats.worst, s=22, label=proto)
+        pts = ax.scatter(stats.train_cost, stats.worst, s=24, marker=next(markers, "o"), label=proto, alpha=0.85)
         for _, r in stats.iterrows():
             star = "" if r.get("cost_source") == "step" else "*"  # * : from the runs' throughputs, not measured
             ax.annotate(f"{r.row_id}{star}", (r.train_cost, r.worst), fontsize=5.5, xytext=(3, 2),
