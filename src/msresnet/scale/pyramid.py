@@ -28,7 +28,7 @@ from msresnet.scale.heads import make_level_head
 __all__ = ["PYRAMID_SQRT2", "PyramidClassifier"]
 
 PYRAMID_SQRT2 = (1.0, 2**-0.5, 0.5, 2**-1.5, 0.25)
-"""Half-octave factors from the input size down to a quarter (the msresnet default)."""
+"""Half-octave factors from the input size down to a quarter (the pyramid models' default levels)."""
 
 
 @register_wrapper("pyramid")
