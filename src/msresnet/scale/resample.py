@@ -4,7 +4,8 @@
 showing the window of the input that is ``span[b]`` times the input's extent, centred at ``c[b]`` (default: the
 input's centre; ``span`` 1: the whole input; 0.5: its central half, enlarged; 2: the input shrunk to half inside the
 canvas, the rest filled as ``padding`` says: ``"reflection"`` mirrors the image, so what surrounds a shrunk image
-continues its scene; ``"border"`` replicates its edge pixels, streaks that mark the shrink; ``"zeros"``). The zoom is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
+continues its scene; ``"border"`` replicates its edge pixels, streaks that mark the shrink; ``"zeros"``). The zoom
+is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
 ``span * sqrt(H_in W_in / (H_out W_out))``.
 
 Antialiasing is mipmapping: a cheap pyramid of 2x2 average pools of the input, sampled bilinearly by
