@@ -46,7 +46,7 @@ from torch import nn
 from msresnet.errors import UserError
 from msresnet.scale._factory import register_wrapper
 from msresnet.scale.estimator import ScaleEstimator
-from msresnet.scale.resample import image_size, window_extent, zoom
+from msresnet.scale.resample import _tracing, image_size, window_extent, zoom
 
 __all__ = ["CANVASES", "CanonicalClassifier"]
 
@@ -134,6 +134,7 @@ class CanonicalClassifier(nn.Module):
         self.fill, self.localise = fill, bool(localise)
         # (H, W) of the training images, recorded by training forwards; zeros until then
         self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
+        self._canvas_seen: tuple[int, int] | None = None  # its value, for graph capture (see _trained_size)
         self._aux: torch.Tensor | None = None
         self.num_features = int(trunk.num_features)
         self.head_hidden_size = getattr(trunk, "head_hidden_size", self.num_features)
@@ -195,16 +196,28 @@ class CanonicalClassifier(nn.Module):
         with the ratio of the two sizes.
         """
         rel = _exp2(self.log2_scale(x))
-        if int(self.train_canvas.prod()) > 0:
-            ratio = (image_size(x).prod() / self.train_canvas.to(torch.float32).prod()).sqrt()
-            rel = rel * ratio
+        trained = self._trained_size()
+        if trained is not None:
+            rel = rel * (image_size(x).prod() / float(trained[0] * trained[1])).sqrt()
         return rel
 
+    def _trained_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the training images, None before training: a Python constant of the model, so that fx,
+        ONNX and ``torch.export`` graphs take no decision on a tensor's value. Read from the buffer (the real
+        tensor, also while fx traces), except while ``torch.export``/``compile`` capture a graph, whose buffers hold
+        no data: there the value read at the last eager call or ``load_state_dict``."""
+        if not torch.compiler.is_compiling():
+            h, w = (int(v) for v in self._buffers["train_canvas"].tolist())
+            self._canvas_seen = (h, w) if h * w > 0 else None
+        return self._canvas_seen
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.train_canvas.is_meta:
+            self._trained_size()
+
     def _out_size(self) -> tuple[int, int] | None:
-        if self.canvas == "train" and int(self.train_canvas.prod()) > 0:
-            h, w = self.train_canvas.tolist()
-            return int(h), int(w)
-        return None
+        return self._trained_size() if self.canvas == "train" else None
 
     def canonicalise(
         self, x: torch.Tensor, log2_scale: torch.Tensor | None = None, centre: torch.Tensor | None = None
@@ -220,7 +233,7 @@ class CanonicalClassifier(nn.Module):
     ) -> torch.Tensor:
         if centre is not None and self.localise:
             # an enlarged window stays inside the image; a shrunk one keeps the whole image in view
-            size_out = image_size(x) if size is None else torch.tensor(size, dtype=torch.float32, device=x.device)
+            size_out = image_size(x) if size is None else image_size(x).new_tensor(size)
             room = (1.0 - window_extent(span.float(), image_size(x), size_out)).abs()
             centre = torch.maximum(torch.minimum(centre.float(), room), -room)
         else:
@@ -231,17 +244,20 @@ class CanonicalClassifier(nn.Module):
     def _training_input(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's training view of ``x``; also sets the estimator's loss (see the module docstring)."""
         b, dev = x.shape[0], x.device
-        with torch.no_grad():
-            self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
+        if not _tracing():  # a traced training graph records no canvas (its sizes are not numbers then)
+            with torch.no_grad():
+                self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
         g = _uniform(b, *self.estimator_range, dev)
         span = _exp2(-g)
         shift = None
         if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
-            v = torch.tensor([self.estimator.view_size] * 2, dtype=torch.float32, device=dev)
-            room = (1.0 - window_extent(span, image_size(x), v)).abs()
-            shift = (2 * torch.rand(b, 2).to(dev) - 1) * room
+            size_in = image_size(x)
+            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
+            shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
         est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
-        self._aux = self.estimator.loss(est_logits, g) * self.estimator_weight
+        aux = self.estimator.loss(est_logits, g) * self.estimator_weight
+        if not _tracing():  # no graph value left on the module by a trace
+            self._aux = aux
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
         shrunk = zoom(x, _exp2(-f), padding=self.fill)
@@ -249,6 +265,8 @@ class CanonicalClassifier(nn.Module):
         if self.trunk_view == "estimated" or self.localise:
             with torch.no_grad():
                 e, centre = self.locate(shrunk)
+            # detached also in a traced graph, which records no no_grad
+            e, centre = e.detach(), (centre.detach() if centre is not None else None)
             if self.trunk_view == "estimated":
                 f = e
         # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size, zoomed about the
@@ -259,6 +277,8 @@ class CanonicalClassifier(nn.Module):
         """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the
         images (one factor per batch): blur says how an image was made (upsampled from fewer pixels), not how large
         its object is, and the estimator must not read it as size."""
+        if _tracing():  # an augmentation with Python decisions on sizes: not part of a recorded graph
+            return x
         lo, hi = self.detail_range
         f = float(_uniform(1, lo, hi, torch.device("cpu")))
         keep = torch.rand(x.shape[0]).to(x.device) < self.sharp_p

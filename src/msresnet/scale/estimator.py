@@ -64,7 +64,7 @@ class ScaleEstimator(nn.Module):
         if view_size < 8:
             raise UserError(f"estimator view_size must be at least 8 pixels, got {view_size}")
         n = int(math.floor((hi - lo) / bin_step + 1e-6)) + 1
-        self.view_size, self.window = int(view_size), int(window)
+        self.view_size, self.window, self.num_bins = int(view_size), int(window), n
         self.register_buffer("centres", lo + bin_step * torch.arange(n, dtype=torch.float32), persistent=False)
         w = int(width)
         # receptive field ~45 px of the view: the largest objects it must size fill most of it
@@ -99,9 +99,10 @@ class ScaleEstimator(nn.Module):
 
     def _pooled(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(view)
-        attn = self.attend(f).flatten(1).float().softmax(-1).to(f.dtype)  # [B, h*w]
-        pooled = torch.cat([f.amax((-2, -1)), f.mean((-2, -1)), torch.einsum("bcn,bn->bc", f.flatten(2), attn)], 1)
-        return pooled, attn.view(f.shape[0], *f.shape[-2:])
+        a = self.attend(f)  # [B, 1, h, w]
+        attn = a.flatten(1).float().softmax(-1).to(f.dtype).view_as(a).squeeze(1)  # [B, h, w], sums to 1
+        pooled = torch.cat([f.amax((-2, -1)), f.mean((-2, -1)), (f * attn.unsqueeze(1)).sum((-2, -1))], 1)
+        return pooled, attn
 
     def logits(self, view: torch.Tensor) -> torch.Tensor:
         """Bin logits ``[B, n_bins]`` of coarse views."""
@@ -112,9 +113,10 @@ class ScaleEstimator(nn.Module):
         the centroid of the attention over the whole-image view)."""
         view = self.view(x, padding=padding)
         pooled, attn = self._pooled(view)
-        h, w = attn.shape[-2:]
-        ys = (2 * torch.arange(h, device=x.device, dtype=attn.dtype) + 1) / h - 1
-        xs = (2 * torch.arange(w, device=x.device, dtype=attn.dtype) + 1) / w - 1
+        # pixel-centre coordinates in [-1, 1] of the map's rows and columns, from tensor ops only (fx, ONNX)
+        ys, xs = attn[0, :, 0].detach(), attn[0, 0, :].detach()
+        ys = 2 * (torch.ones_like(ys).cumsum(0) - 0.5) / ys.numel() - 1
+        xs = 2 * (torch.ones_like(xs).cumsum(0) - 0.5) / xs.numel() - 1
         c = torch.stack([(attn.sum(1) * xs).sum(-1), (attn.sum(2) * ys).sum(-1)], -1)  # in the view's coordinates
         # the whole-image view is an isotropic zoom: a non-square input fills the square view along its shorter axis
         size = image_size(x)
@@ -137,12 +139,12 @@ class ScaleEstimator(nn.Module):
 
     def targets(self, log2_scale: torch.Tensor) -> torch.Tensor:
         """Two-hot bin targets ``[B, n_bins]`` of log2 labels (clamped into the bin range)."""
-        c = self.centres
+        c, n = self.centres, self.num_bins
         step = c[1] - c[0]
-        pos = ((log2_scale.float() - c[0]) / step).clamp(0, c.numel() - 1)
-        lo = pos.floor().clamp(max=c.numel() - 2).long()
+        pos = ((log2_scale.float() - c[0]) / step).clamp(0, n - 1)
+        lo = pos.floor().clamp(max=n - 2).long()
         frac = (pos - lo.float()).unsqueeze(1)
-        t = torch.zeros(log2_scale.shape[0], c.numel(), device=c.device)
+        t = c.new_zeros((log2_scale.shape[0], n))
         t.scatter_(1, lo.unsqueeze(1), 1 - frac)
         t.scatter_add_(1, lo.unsqueeze(1) + 1, frac)
         return t
