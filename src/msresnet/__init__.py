@@ -8,7 +8,7 @@ import sys as _sys
 from msresnet.errors import UserError
 
 try:  # torch and timm load here (seconds); importing also registers the models with timm
-    from msresnet.models import DEFAULT_MSRESNET, create_model, list_models, register_model
+    from msresnet.models import DEFAULT_MSRESNET, DEFAULT_WRAP, create_model, list_models, register_model
     from msresnet.scale import wrap
 except KeyboardInterrupt:
     if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "msresnet":
@@ -30,6 +30,7 @@ def load_model(path: str, **kwargs):
 
 __all__ = [
     "DEFAULT_MSRESNET",
+    "DEFAULT_WRAP",
     "UserError",
     "__version__",
     "create_model",
