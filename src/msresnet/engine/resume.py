@@ -227,5 +227,6 @@ def rebuild_weights(
     rows = state.get("rows") or []
     val_acc = rows[-1]["val_acc"] if rows else None
     info = dataclasses.replace(info, epoch=state["epoch"], step=state["global_step"], val_acc=val_acc, path=None)
-    save_weights(ckdir / f"{kind}.safetensors", state["model"], info, allowed)
+    weights = state.get("ema", state["model"])  # with an EMA the averaged weights are the run's model
+    save_weights(ckdir / f"{kind}.safetensors", weights, info, allowed)
     return True
