@@ -48,8 +48,6 @@ def dead_leaves(
     same whatever ``n``."""
     r_max = float(size if r_max is None else r_max)
     m = max(n, draw or 0)
-    ys = torch.arange(size, dtype=torch.float32).view(1, size, 1)
-    xs = torch.arange(size, dtype=torch.float32).view(1, 1, size)
     # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
     u = torch.rand(m, leaves, generator=generator)[:n]
     a, b = r_min**-2, r_max**-2
