@@ -20,6 +20,7 @@ fixed-size chunk: the first ``n`` images of a part are the same whatever ``limit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -47,8 +48,6 @@ def dead_leaves(
     same whatever ``n``."""
     r_max = float(size if r_max is None else r_max)
     m = max(n, draw or 0)
-    ys = torch.arange(size, dtype=torch.float32).view(1, size, 1)
-    xs = torch.arange(size, dtype=torch.float32).view(1, 1, size)
     # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
     u = torch.rand(m, leaves, generator=generator)[:n]
     a, b = r_min**-2, r_max**-2
@@ -62,13 +61,47 @@ def dead_leaves(
     grey = mean + contrast * (torch.rand(m, leaves, 1, generator=generator)[:n] - 0.5)
     tint = 0.08 * torch.randn(m, leaves, 3, generator=generator)[:n]
     colour = (grey + tint).clamp(0, 1)  # [n, leaves, 3]
-    base = mean.view(n, 1, 1, 1).expand(n, 3, size, size)
-    out = base.clone()
-    for k in range(leaves):  # back to front: later leaves occlude earlier ones
-        d2 = (ys - cy[:, k].view(n, 1, 1)) ** 2 + (xs - cx[:, k].view(n, 1, 1)) ** 2
-        inside = (d2 <= radius[:, k].view(n, 1, 1) ** 2).unsqueeze(1)  # [n, 1, H, W]
-        out = torch.where(inside, colour[:, k].view(n, 3, 1, 1), out)
-    return out
+    top = _top_leaf(radius, cy, cx, size)  # [n, size*size] index of the front leaf at each pixel, -1: none
+    painted = colour.gather(1, top.clamp_min(0).unsqueeze(-1).expand(-1, -1, 3))  # [n, size*size, 3]
+    out = torch.where(top.unsqueeze(-1) >= 0, painted, mean.view(n, 1, 1).expand(-1, size * size, 3))
+    return out.transpose(1, 2).reshape(n, 3, size, size).contiguous()
+
+
+def _top_leaf(radius: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int) -> torch.Tensor:
+    """For discs ``[n, leaves]`` painted in index order (later on top), the index of the disc seen at each pixel
+    ``[n, size * size]`` (-1: none). Small discs, the great majority under a power law, are tested in a window
+    around their centre only; the few large ones against every pixel."""
+    n, leaves = radius.shape
+    top = torch.full((n, size * size), -1, dtype=torch.long)
+    order = radius.argsort(dim=1)  # radius classes are contiguous in this order
+    r_sorted = radius.gather(1, order)
+    prev = 0.0
+    for bound in (2.0, 4.0, 8.0, 16.0, float("inf")):
+        in_class = (r_sorted > prev) & (r_sorted <= bound)
+        start, stop = int((r_sorted <= prev).sum(1).min()), int((r_sorted <= bound).sum(1).max())
+        prev = bound
+        if stop <= start:
+            continue
+        ids, valid = order[:, start:stop], in_class[:, start:stop]  # [n, k]
+        r, y0, x0 = radius.gather(1, ids), cy.gather(1, ids), cx.gather(1, ids)
+        if math.isinf(bound):  # the large discs: every pixel
+            ys = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1)
+            xs = torch.arange(size, dtype=torch.float32).view(1, 1, 1, size)
+            inside = (ys - y0[..., None, None]) ** 2 + (xs - x0[..., None, None]) ** 2 <= r[..., None, None] ** 2
+            inside &= valid[..., None, None]
+            best = torch.where(inside, ids[..., None, None], -1).amax(1).flatten(1)
+            top = torch.maximum(top, best)
+            continue
+        k = int(math.ceil(bound))
+        d = torch.arange(-k, k + 1, dtype=torch.float32)
+        py = (y0.round()[..., None] + d).view(n, -1, 2 * k + 1, 1)  # [n, k, w, 1]
+        px = (x0.round()[..., None] + d).view(n, -1, 1, 2 * k + 1)  # [n, k, 1, w]
+        inside = (py - y0[..., None, None]) ** 2 + (px - x0[..., None, None]) ** 2 <= r[..., None, None] ** 2
+        inside &= (py >= 0) & (py < size) & (px >= 0) & (px < size) & valid[..., None, None]
+        pix = (py.clamp(0, size - 1) * size + px.clamp(0, size - 1)).long()
+        val = torch.where(inside, ids[..., None, None], -1)
+        top.scatter_reduce_(1, pix.flatten(1), val.flatten(1), reduce="amax")
+    return top
 
 
 def pink_noise(
