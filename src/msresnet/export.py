@@ -245,10 +245,12 @@ def export_pt2(
     wrapped = NormalizedClassifier(model, mean, std).eval()
     h0 = max(64, min_side)
     dims = {"x": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
+    example = torch.rand(2, in_chans, h0, h0)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(wrapped, (torch.rand(2, in_chans, h0, h0),), dynamic_shapes=dims)
-    tmp = path.with_name(path.name + ".tmp")
+        wrapped(example)  # eager first: Python-side constants read from buffers (a trained canvas) are current
+        program = torch.export.export(wrapped, (example,), dynamic_shapes=dims)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, str(tmp))
     os.replace(tmp, path)
     if not check:
