@@ -88,6 +88,18 @@ class Param:
         return Param(default, check)
 
     @staticmethod
+    def choices(options: Sequence[str], default: Sequence[str]) -> Param:
+        """A non-empty list of distinct names from ``options`` (order kept)."""
+
+        def check(v: Any) -> list[str]:
+            out = [str(x) for x in _as_list(v)]
+            if not out or len(set(out)) != len(out) or set(out) - set(options):
+                raise ValueError(f"needs distinct names from {list(options)}")
+            return out
+
+        return Param(list(default), check)
+
+    @staticmethod
     def floats(default: Sequence[float], positive: bool = False) -> Param:
         def check(v: Any) -> list[float]:
             out = [_num(x, float) for x in _as_list(v)]

@@ -30,6 +30,7 @@ __all__ = [
     "RandomRescale",
     "RescaleInCanvas",
     "ResizeImages",
+    "paste",
     "random_degrade",
     "random_rescale",
     "rescale_in_canvas",
@@ -64,7 +65,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) 
     return F.interpolate(x, size=size, mode=mode)
 
 
-def _paste(obj: torch.Tensor, canvas: tuple[int, int], oy: torch.Tensor, ox: torch.Tensor, fill: float) -> torch.Tensor:
+def paste(obj: torch.Tensor, canvas: tuple[int, int], oy: torch.Tensor, ox: torch.Tensor, fill: float) -> torch.Tensor:
     """Place each object at its own top-left offset (negative or overhanging offsets crop) in one gather."""
     b, _, h, w = obj.shape
     dev = obj.device
@@ -135,7 +136,7 @@ def rescale_in_canvas(
             lo_x, hi_x = min(0, ww - ow), max(0, ww - ow)
             oy = torch.randint(lo_y, hi_y + 1, (len(idx),), generator=generator)
             ox = torch.randint(lo_x, hi_x + 1, (len(idx),), generator=generator)
-            placed = _paste(obj, (hh, ww), oy, ox, fill)
+            placed = paste(obj, (hh, ww), oy, ox, fill)
         if len(idx) == b:
             out = placed
         else:

@@ -96,8 +96,15 @@ class TrainConfig:
         deterministic: ``torch.use_deterministic_algorithms(True)``; resume is then bit-exact on CPU.
         device: ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         threads: CPU threads for intra-op parallelism (``torch.set_num_threads``; 0 keeps torch's default).
-        workers: loader worker processes that decode streamed image folders (0: decode in the training process;
-            the in-memory protocols have none).
+        workers: loader worker processes that decode streamed image folders (0: decode in the training process).
+        loader: ``"stream"`` (decode each image when its batch comes, in ``workers`` processes; memory does not grow
+            with the folder) or ``"memory"`` (decode the whole data set once into one tensor: fastest for the small
+            benchmark protocols). Default: ``stream`` for the ``folder`` protocol, else ``memory``.
+        augment: streamed folders: comma-separated augmentations from torchvision's transforms v2, applied in this
+            order: ``rrc`` (random-resized-crop: itself a scale augmentation), ``flip``, ``trivialaugment`` or
+            ``randaugment``, ``mixup`` and/or ``cutmix`` (on batches; also for in-memory data). None: off.
+        ema_decay: keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``) with this decay;
+            validation and the saved weights use the average. None: off.
         tensorboard: also write TensorBoard scalars to ``RUN/tensorboard``.
         log_every: plain log line every N steps when stderr is not a terminal.
         checkpoint_every: also checkpoint ``last`` every N steps (0: at the end of every epoch only).
@@ -148,6 +155,9 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     workers: int = 2
+    loader: Literal["stream", "memory"] | None = None
+    augment: str | None = None
+    ema_decay: float | None = None
     tensorboard: bool = False
     log_every: int = 50
     checkpoint_every: int = 0
@@ -171,6 +181,9 @@ RESUME_INVARIANT = (
     "model_kwargs",
     "wrap",
     "pretrained_file",
+    "loader",
+    "augment",
+    "ema_decay",
     "protocol",
     "protocol_params",
     "input_size",
@@ -205,6 +218,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "threads": (lambda v: v >= 0, ">= 0"),
     "workers": (lambda v: v >= 0, ">= 0"),
     "trunk_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0"),
     "dist_timeout": (lambda v: v > 0, "> 0"),

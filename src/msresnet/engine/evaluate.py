@@ -154,6 +154,10 @@ class ValidationSweep:
         if protocol.train_condition is None:
             self.test = {"val": val}
             return
+        loader = getattr(protocol, "val_loader", None)
+        if loader is not None:  # the protocol makes its own (scenes: fresh backgrounds, not a rescaled frame)
+            self.test = {c: loader(c).subset(limit) for c in protocol.test_keys}
+            return
         x = val.images.float().div(255)
         for c in protocol.test:
             if protocol.condition_name == "scale":

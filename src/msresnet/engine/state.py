@@ -119,6 +119,8 @@ class TrainState:
         best_acc: best validation accuracy so far (-1 before the first validation).
         meter: this rank's sums over the current epoch's batches.
         seconds_in_epoch: training time spent in the current epoch (a resumed epoch reports the whole epoch's).
+        ema: the weights' moving average (``timm.utils.ModelEmaV3``), or None.
+        sampler: a streamed folder's batch sampler (its ``state_dict(batch_in_epoch)`` is saved), or None.
     """
 
     model: nn.Module
@@ -132,6 +134,8 @@ class TrainState:
     best_acc: float = -1.0
     meter: EpochMeter = field(default_factory=EpochMeter)
     seconds_in_epoch: float = 0.0
+    ema: nn.Module | None = None
+    sampler: Any = None
 
     def state_dict(self, meter: EpochMeter | None = None) -> dict[str, Any]:
         """Plain tensors and containers (loadable with ``weights_only=True``); ``meter`` replaces this rank's sums
@@ -150,13 +154,22 @@ class TrainState:
         }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = plain_state_dict(self.ema.module)
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict(self.batch_in_epoch)
         return state
 
     def load_state_dict(self, state: dict[str, Any], *, main: bool = True) -> None:
         """Restore from :meth:`state_dict` output. The saved sums are all ranks' totals: rank 0 (``main``) takes
         them, the other ranks start from zero, so the reduced epoch metrics come out the same."""
         self.rng.load_state_dict(state)
+        if self.sampler is not None and "sampler" in state:
+            self.sampler.check_state(state["sampler"])
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            # a run that had no average yet starts it from the resumed weights
+            self.ema.module.load_state_dict(state.get("ema", state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -200,7 +213,8 @@ def save_checkpoint(
     info.epoch, info.step = state.epoch, state.global_step
     info.val_acc = state.rows[-1]["val_acc"] if state.rows else None
     save_state(ckdir / f"{kind}.state.pt", {**state.state_dict(meter), "config": cfg.to_dict()})
-    save_weights(ckdir / f"{kind}.safetensors", state.model, info)
+    # with an EMA the averaged weights are the run's model (validated and saved); the raw ones live in the state
+    save_weights(ckdir / f"{kind}.safetensors", state.ema.module if state.ema is not None else state.model, info)
 
 
 def save_mid_epoch(ckdir: Path, state: TrainState, info: CheckpointInfo, cfg: TrainConfig, ctx: DistContext) -> None:

@@ -115,10 +115,27 @@ def train_batch(
     split: TensorSplit, idx: torch.Tensor, norm: Normalizer, cfg: TrainConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's inputs on the device: augmented (drawing from ``gen``), normalised images and their labels."""
-    x = norm(augment(norm.to_unit(split.images[idx]), cfg, gen))
+    return prepare_batch(split.images[idx], split.labels[idx], norm, cfg, gen)
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    norm: Normalizer,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    mix: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels -> the step's inputs on the device: augmented (drawing from ``gen``), mixed by
+    ``mix`` (MixUp/CutMix, drawing from torch's generator; the labels become class probabilities), normalised."""
+    x = augment(norm.to_unit(images), cfg, gen)
+    y = labels.to(norm.device, non_blocking=True)
+    if mix is not None:
+        x, y = mix(x, y)
+    x = norm(x)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, split.labels[idx].to(norm.device, non_blocking=True)
+    return x, y
 
 
 @dataclass(frozen=True)
@@ -153,7 +170,7 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
     # One device->host copy per step for everything the loop needs to know (each copy is a GPU sync).
     loss_v, norm_v, correct_v = torch.stack(
-        [loss.detach().float(), grad_norm.detach().float(), (logits.argmax(1) == y).sum().float()]
+        [loss.detach().float(), grad_norm.detach().float(), (logits.argmax(1) == _hard(y)).sum().float()]
     ).tolist()
     # A NaN loss makes NaN gradients, and DDP's all-reduce spreads them to every rank. Under fp16 the scaler itself
     # skips inf-gradient steps (expected while it calibrates), so only the loss counts there.
@@ -161,10 +178,15 @@ def train_step(
     if ctx.any_true(bad):
         optimizer.zero_grad(set_to_none=True)
         what = f"loss ({loss_v})" if not math.isfinite(loss_v) else f"gradient norm ({norm_v})"
-        return StepResult(loss_v, norm_v, correct_v, y.numel(), skipped=what)
+        return StepResult(loss_v, norm_v, correct_v, y.shape[0], skipped=what)
     scaler.step(optimizer)
     scaler.update()
-    return StepResult(loss_v, norm_v, correct_v, y.numel())
+    return StepResult(loss_v, norm_v, correct_v, y.shape[0])
+
+
+def _hard(y: torch.Tensor) -> torch.Tensor:
+    """Class indices of labels that may be class probabilities (MixUp/CutMix): the dominant class."""
+    return y.argmax(1) if y.ndim == 2 else y
 
 
 class NonFiniteGuard:

@@ -14,15 +14,17 @@ on CPU with ``deterministic: true``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
+from timm.utils import ModelEmaV3
 from torch import nn
 
+from msresnet.data.stream import batch_augmentation, parse_augment
 from msresnet.engine.batches import (
     Normalizer,
     TensorSplit,
@@ -63,10 +65,11 @@ from msresnet.engine.step import (
     TrainStep,
     autocast,
     build_criterion,
+    prepare_batch,
     to_channels_last,
-    train_batch,
     train_step,
 )
+from msresnet.engine.streaming import StreamedData, uses_stream
 from msresnet.errors import UserError
 
 __all__ = ["NonFiniteError", "TrainStep", "train", "validate"]
@@ -176,50 +179,70 @@ def _train(
     protocol = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))
     if main and getattr(protocol, "summary", None):
         log(protocol.summary)
-    train_split, val_split = train_val_splits(protocol, cfg.val_limit)
-    train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
-    norm = Normalizer(tuple(protocol.mean), tuple(protocol.std), device)
+    streamed: StreamedData | None = None
+    if uses_stream(cfg, protocol):  # decoded batch by batch in loader workers: memory independent of the folder
+        streamed = StreamedData.build(protocol, cfg, ctx, device)
+        n_train, n_val, mix = len(streamed.train), len(streamed.val), streamed.mix
+    else:  # one decoded tensor: the small benchmark protocols, fastest there
+        train_split, val_split = train_val_splits(protocol, cfg.val_limit)
+        train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
+        n_train, n_val = len(train_split), len(val_split)
+        mix = batch_augmentation(parse_augment(cfg.augment), protocol.num_classes)
+    # a streamed folder's statistics come from a sample: the protocol's own would decode every training image
+    mean, std = (streamed.mean, streamed.std) if streamed is not None else (protocol.mean, protocol.std)
+    norm = Normalizer(tuple(mean), tuple(std), device)
     model = _build_model(cfg, protocol, device, main)
     set_cudnn_autotune(cfg, model, device, main)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    state = TrainState(model, build_optimizer(model, cfg), scaler, StepRandomness(cfg.seed, ctx.rank))
-    info = _checkpoint_info(cfg, protocol)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    state = TrainState(model, build_optimizer(model, cfg), scaler, StepRandomness(cfg.seed, ctx.rank), ema=ema,
+                       sampler=streamed.sampler if streamed is not None else None)  # fmt: skip
+    info = _checkpoint_info(cfg, protocol, mean, std)
     if saved is not None:
         state.load_state_dict(saved, main=main)
         if main:
             log(f"resuming {run} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}")
     if main:
         resumed_at = state.global_step if saved is not None else None
-        _write_config(cfg, run, getattr(protocol, "checksum", None), ctx.world_size, resumed_at)
+        # a streamed folder is identified by its files (names, sizes, times), not by a checksum of decoded pixels
+        checksum = f"files:{protocol.fingerprint}" if streamed is not None else getattr(protocol, "checksum", None)
+        _write_config(cfg, run, checksum, ctx.world_size, resumed_at)
         write_metrics_csv(run / "metrics.csv", state.rows)  # after a resume: exactly the checkpoint's epochs
 
     compiled: nn.Module = torch.compile(model) if cfg.compile else model
     # Validation uses the un-wrapped model: DDP's forward is a collective, and shards may differ in batch count.
     net = ctx.wrap(TrainStep(compiled, build_criterion(cfg), cfg.label_smoothing))
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = num_batches(ctx.shard_train(torch.arange(len(train_split))).numel(), cfg.batch_size)
+    steps_per_epoch = num_batches(ctx.shard_train(torch.arange(n_train)).numel(), cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     guard = NonFiniteGuard(cfg.nan_policy, lambda: _kept(ckdir), verbose=main)
     tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
     reporter = StepReporter(main, cfg.log_every)
     if main:
         log(
-            f"training {cfg.model} on {protocol.name}: {len(train_split)} train / {len(val_split)} val images, "
+            f"training {cfg.model} on {protocol.name}: {n_train} train / {n_val} val images, "
             f"{cfg.epochs} epochs x {steps_per_epoch} steps, batch {cfg.batch_size} x {ctx.world_size} process(es), "
-            f"device {device}"
+            f"device {device}" + (f", streamed by {cfg.workers} loader worker(s)" if streamed is not None else "")
         )
     try:
         while state.epoch < cfg.epochs:
-            order = ctx.shard_train(epoch_permutation(len(train_split), cfg.seed, state.epoch))
+            order = ctx.shard_train(epoch_permutation(n_train, cfg.seed, state.epoch))
             net.train()
             reporter.start_epoch(state.epoch + 1, cfg.epochs, steps_per_epoch, state.batch_in_epoch)
             t_start = time.perf_counter() - state.seconds_in_epoch
             t_seen, images_seen = time.perf_counter(), 0
-            for idx in iter_batches(order, cfg.batch_size, start=state.batch_in_epoch):
+            if streamed is not None:
+                batches = streamed.epoch(order, state.epoch, state.batch_in_epoch)
+            else:
+                batches = ((train_split.images[i], train_split.labels[i])
+                           for i in iter_batches(order, cfg.batch_size, start=state.batch_in_epoch))  # fmt: skip
+            for images, labels in batches:
                 state.rng.reseed(state.global_step)  # everything random in this step derives from (seed, rank, step)
                 set_lr(state.optimizer, lr_at(state.global_step, total_steps, steps_per_epoch, cfg))
-                x, y = train_batch(train_split, idx, norm, cfg, state.rng.augment)
+                x, y = prepare_batch(images, labels, norm, cfg, state.rng.augment, mix)
                 result = train_step(net, x, y, state.optimizer, scaler, params, cfg, ctx)
+                if ema is not None and result.skipped is None:
+                    ema.update(model, step=state.global_step)
                 where = f"step {state.global_step + 1} (epoch {state.epoch + 1}, batch {state.batch_in_epoch + 1})"
                 guard.check(result, where)
                 state.finish_step(result)
@@ -245,7 +268,13 @@ def _train(
             seconds = time.perf_counter() - t_start
             totals = state.meter.reduced(ctx)
             ctx.broadcast_module(model)
-            val_loss, val_acc = validate(compiled, val_split, norm, eval_batch_size(device), ctx, cfg.amp)
+            judged = ema.module if ema is not None else compiled  # the EMA weights are the ones saved
+            if streamed is not None:
+                if main:
+                    streamed.report_bad(state.epoch + 1)
+                val_loss, val_acc = streamed.validate(judged, norm, ctx, cfg.amp)
+            else:
+                val_loss, val_acc = validate(judged, val_split, norm, eval_batch_size(device), ctx, cfg.amp)
             row = _epoch_row(state, totals, val_loss, val_acc, seconds)
             improved = state.finish_epoch(row)
             reporter.end_epoch(row)
@@ -347,8 +376,8 @@ def _build_model(cfg: TrainConfig, protocol: Any, device: torch.device, main: bo
     return to_channels_last(model) if cfg.channels_last else model
 
 
-def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
-    """What the run's checkpoints say about their model and data."""
+def _checkpoint_info(cfg: TrainConfig, protocol: Any, mean: Sequence[float], std: Sequence[float]) -> CheckpointInfo:
+    """What the run's checkpoints say about their model and data (``mean``/``std``: the training normalisation)."""
     from msresnet import __version__
     from msresnet.preprocess import preprocess_for_protocol
 
@@ -358,8 +387,8 @@ def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
         num_classes=protocol.num_classes,
         in_chans=protocol.in_chans,
         class_names=list(protocol.class_names),
-        mean=tuple(float(v) for v in protocol.mean),
-        std=tuple(float(v) for v in protocol.std),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
         protocol=protocol.name,
         protocol_params=dict(protocol.params),
         data_root=cfg.data_root,
@@ -367,7 +396,7 @@ def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
         condition_name=protocol.condition_name,
         input_size=tuple(protocol.input_size),
         msresnet_version=__version__,
-        preprocess=preprocess_for_protocol(protocol, protocol.mean, protocol.std).to_dict(),
+        preprocess=preprocess_for_protocol(protocol, mean, std).to_dict(),
     )
 
 
