@@ -112,3 +112,16 @@ def test_pt2_export_with_a_fitted_geometry_takes_any_aspect(policy: str, tmp_pat
     x = torch.rand(2, 1, 80, 48)
     with torch.no_grad():
         torch.testing.assert_close(program(x), prep.deployable(model).eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_pt2_refusal_is_one_line_pointing_to_onnx(tmp_path: Path) -> None:
+    """Where torch.export truly cannot capture a model (a decision on a tensor's value), one line says so."""
+    from msresnet.export import ExportUnsupportedError
+
+    class ValueBranch(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) if x.sum() > 0 else -x.mean((2, 3))
+
+    with pytest.raises(ExportUnsupportedError, match="--format onnx") as err:
+        export_model(ValueBranch(), tmp_path / "m.pt2", format="pt2", in_chans=1, mean=MEAN, std=STD)
+    assert "\n" not in str(err.value) and not (tmp_path / "m.pt2").exists()
