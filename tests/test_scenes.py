@@ -93,3 +93,18 @@ def test_validation_sweep_uses_the_protocols_own_scenes(tiny_fmnist_root: Path, 
     # not the val images shrunk into a black frame: the border of a shrunk scene is still textured
     border = small.images[..., :4, :].float().flatten(1).std(1)
     assert (border > 2).float().mean() > 0.9
+
+
+def test_reflect_fill_surrounds_a_shrunk_scene_with_more_of_it() -> None:
+    from msresnet.data.scaling import random_rescale, rescale_in_canvas
+
+    x = torch.rand(2, 3, 16, 16) * 0.5 + 0.25
+    out = rescale_in_canvas(x, 0.5, fill="reflect")
+    assert out.shape == x.shape and out[..., :4, :].min() > 0.2  # no black frame
+    wide = rescale_in_canvas(x, 0.25, 64, fill="reflect")  # pads wider than the 4-px object: mirrored in steps
+    assert wide.shape == (2, 3, 64, 64) and wide.min() > 0.2
+    big = rescale_in_canvas(x, 2.0, fill="reflect")  # an enlargement only crops
+    assert torch.allclose(big, rescale_in_canvas(x, 2.0))
+    assert random_rescale(x, (0.5, 1.0), generator=_gen(0), fill="reflect")[..., :2, :].min() > 0.2
+    with pytest.raises(UserError, match="reflect"):
+        rescale_in_canvas(x, 0.5, fill="reflect", placement="random")

@@ -81,6 +81,8 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         rescale_aug: ``[lo, hi]`` object-scale range of random-rescale augmentation (None: off).
+        rescale_fill: what surrounds an image the augmentation shrinks: ``"zeros"`` (a black canvas, as objects on
+            black are made) or ``"reflect"`` (the image mirrored: scenes continue instead of gaining a frame).
         degrade_aug: ``[lo, hi]`` down-up resampling factor range of detail-loss augmentation (None: off).
         degrade_p: probability that an image gets the detail-loss augmentation.
         si_weight: weight of the scale-invariance consistency term (0: plain cross-entropy).
@@ -141,6 +143,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     rescale_aug: tuple[float, float] | None = None
+    rescale_fill: Literal["zeros", "reflect"] = "zeros"
     degrade_aug: tuple[float, float] | None = None
     degrade_p: float = 0.5
     si_weight: float = 0.0

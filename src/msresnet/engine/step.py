@@ -105,7 +105,8 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
     from msresnet.data import scaling
 
     if cfg.rescale_aug is not None:
-        x = scaling.random_rescale(x, cfg.rescale_aug, generator=gen)
+        fill = "reflect" if cfg.rescale_fill == "reflect" else 0.0
+        x = scaling.random_rescale(x, cfg.rescale_aug, generator=gen, fill=fill)
     if cfg.degrade_aug is not None:
         x = scaling.random_degrade(x, cfg.degrade_aug, p=cfg.degrade_p, generator=gen)
     return x
