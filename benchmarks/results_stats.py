@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from summarize import SUMMARY
+from benchmarks.layout import SUMMARY
 
 # the rows the field compares (plain, plain + augmentation, oracles, the pyramid default as trained and calibrated);
 # canonicalising rows are added by name
