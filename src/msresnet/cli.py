@@ -78,6 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         out=args.out,
+        progress=True,
     )
     print_sweep(run.result)
     if run.result.get("per_scale"):
@@ -115,7 +116,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from msresnet.commands.predict import predict_checkpoint, print_predictions
+    from msresnet.commands.predict import predict_checkpoint, print_predictions, stream_prediction
 
     result = predict_checkpoint(
         checkpoint_path(args.checkpoint),
@@ -126,8 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_side=args.max_side,
         native_size=args.native_size,
+        on_prediction=None if args.json else stream_prediction,  # text: each image's lines as soon as it is done
     )
-    print_predictions(result, as_json=args.json)
+    print_predictions(result, as_json=args.json, streamed=not args.json)
     return result.exit_code
 
 
@@ -327,6 +329,15 @@ def _show_warning(default: Any) -> Any:
     return show
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (in-process use): nothing to flush there
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 partial failure, 2 user error, 130 interrupted)."""
     debug = bool(os.environ.get("MSRESNET_DEBUG"))
@@ -342,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`msresnet predict ... | head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 1
     except OSError as exc:
         msg = _user_os_error(exc)
         if msg is None or debug:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msresnet.commands.common import info_value, resolve_device, run_dir_of, terminal_width
+from msresnet.commands.common import PROG, info_value, resolve_device, run_dir_of, terminal_width
 from msresnet.errors import UserError
 from msresnet.records import SweepResult
 
@@ -40,6 +40,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     device: str | None = "auto",
     out: str | Path | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Sweep ``checkpoint`` (a run directory or ``.safetensors`` file) over ``protocol``'s test conditions and write
     ``eval/<protocol>.{json,csv,png}`` into ``out`` (default: the run directory).
@@ -47,7 +48,7 @@ def evaluate_checkpoint(
     The protocol defaults to the one the checkpoint was trained on, with its recorded parameters and data directory;
     ``protocol_params`` and ``data_dir`` override them. ``data_dir`` without ``protocol`` evaluates that labelled
     folder as it is (or, with ``sweep``, under object rescale or whole-image resize) through the model's own
-    preprocessing.
+    preprocessing. ``progress``: one line on stderr per condition as it finishes.
 
     Raises:
         UserError: no protocol recorded or given, a missing data directory, ``sweep`` without a folder, a
@@ -103,6 +104,7 @@ def evaluate_checkpoint(
             batch_size=batch_size,
             device=device,
             per_scale=per_scale,
+            progress=_report_progress if progress else None,
         )
     skipped = [w for w in caught if issubclass(w.category, BadImageWarning)]
     for w in caught:
@@ -110,6 +112,12 @@ def evaluate_checkpoint(
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     written = write_eval(Path(out) if out else run_dir_of(checkpoint), result)  # json, csv and the png plot
     return Evaluation(result, list(written), skipped)
+
+
+def _report_progress(done: int, total: int, condition: Any, accuracy: float) -> None:
+    from msresnet.engine.progress import log
+
+    log(f"{PROG}: evaluated condition {done}/{total} ({condition}): {accuracy * 100:.2f}%")
 
 
 def print_sweep(result: dict[str, Any] | SweepResult) -> None:

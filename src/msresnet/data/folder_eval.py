@@ -7,7 +7,10 @@ image for image), maps the folder's class names onto the model's, and returns a 
 
 * no sweep: one condition, the images as they are (key ``1.0``, the training scale);
 * ``sweep="scale"``: every prepared image's content rescaled by ``2^(k/4), k = -4..4`` inside its own canvas
-  (:func:`~msresnet.data.scaling.rescale_in_canvas`), the ``*-ls`` benchmark's operation;
+  (:func:`~msresnet.data.scaling.rescale_in_canvas`), the ``*-ls`` benchmark's operation. Around a shrunk image
+  the canvas is filled with that image's own border colour (the per-channel mean of its outermost pixels,
+  :func:`border_fill`), not black: a photo's surroundings continue in their own colour, whereas a black frame
+  would be an artefact present at every ``s < 1`` and nowhere else, measured as if it were scale;
 * ``sweep="resolution"``: every prepared image resized whole by ``0.5 ... 4`` (the ``*-res`` operation), keyed by
   the image size in pixels when all images share one square size, else by the factor. Conditions that would make an
   image smaller than the model's minimum input size are left out.
@@ -35,7 +38,7 @@ from msresnet.data.scaling import rescale_in_canvas, resize_images
 from msresnet.errors import UserError
 from msresnet.preprocess import Preprocess
 
-__all__ = ["SWEEPS", "FolderEval", "ImageGroups", "build_folder_eval"]
+__all__ = ["SWEEPS", "FolderEval", "ImageGroups", "border_fill", "build_folder_eval", "rescale_on_background"]
 
 SWEEPS = ("scale", "resolution")
 SCALES = [2 ** (k / 4) for k in range(-4, 5)]
@@ -63,6 +66,21 @@ class FolderEval:
         self.in_chans, self.mean, self.std = preprocess.in_chans, preprocess.mean, preprocess.std
         self.class_names, self.num_classes = class_names, len(class_names)
         self.input_size = preprocess.output_size
+
+
+def border_fill(x: torch.Tensor) -> torch.Tensor:
+    """Each image's background colour as seen at its edge: the per-channel mean of its outermost ring of pixels,
+    ``[B, C, 1, 1]`` for images ``[B, C, H, W]``."""
+    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
+    return ring.mean(-1, keepdim=True)[..., None]
+
+
+def rescale_on_background(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """:func:`~msresnet.data.scaling.rescale_in_canvas` with the canvas around a shrunk image filled by the image's
+    own :func:`border_fill` instead of black. Resampling is linear with weights summing to one, so resampling
+    ``x - fill`` on a zero canvas and adding ``fill`` back leaves the image's pixels exactly as before."""
+    fill = border_fill(x)
+    return rescale_in_canvas(x - fill, scale).add_(fill).clamp_(0, 1)
 
 
 def _map_groups(groups: list[ImageTensorDataset], fn) -> list[ImageTensorDataset]:
@@ -151,7 +169,7 @@ def build_folder_eval(
     if sweep is None:
         return FolderEval(name, params, "scale", 1.0, {1.0: ImageGroups(groups)}, preprocess, names)
     if sweep == "scale":
-        test = {round(s, 4): ImageGroups(_map_groups(groups, lambda x, s=s: rescale_in_canvas(x, s)))
+        test = {round(s, 4): ImageGroups(_map_groups(groups, lambda x, s=s: rescale_on_background(x, s)))
                 for s in SCALES}  # fmt: skip
         return FolderEval(name, params, "scale", 1.0, test, preprocess, names)
     shapes = {tuple(g.images.shape[-2:]) for g in groups}

@@ -138,6 +138,9 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+# Fields that are paths: written absolute into RUN/config.yaml (relative ones mean the directory it was run from).
+PATH_KEYS = ("data_root", "out")
+
 # Fields whose change between a run and its resumption would make the result meaningless.
 RESUME_INVARIANT = (
     "model",
@@ -367,9 +370,15 @@ def provenance(checksum: str | None = None, world_size: int = 1) -> dict[str, An
 
 
 def to_yaml(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
-    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section."""
+    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section.
+
+    Paths (``data_root``, ``out``) are written absolute, so that ``msresnet train --config RUN/config.yaml``
+    reproduces the run from any working directory."""
     d = cfg.to_dict()
     d.pop("resume", None)  # how this process was started, not what the run is
+    for key in PATH_KEYS:
+        if d.get(key):
+            d[key] = str(Path(d[key]).expanduser().resolve())
     if prov is not None:
         d[PROVENANCE_KEY] = prov
     return yaml.safe_dump(d, sort_keys=False)

@@ -19,7 +19,7 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from msresnet.data.scaling import match_channels
 from msresnet.engine.batches import Normalizer, TensorSplit, eval_batch_size, iter_batches, limit_split
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
 from msresnet.engine.scale_error import ScaleErrors, true_log2_scales
-from msresnet.records import ScaleResult, SweepResult, scale_labels
+from msresnet.errors import UserError
+from msresnet.records import ScaleResult, SweepResult, data_key, scale_labels
 
 __all__ = [
     "TTA_FACTORS",
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate_sweep",
     "match_channels",
     "predict_probs",
+    "require_same_classes",
     "scale_labels",
     "write_eval",
 ]
@@ -84,6 +86,26 @@ def predict_probs(
 def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
     """bf16 autocast for ``amp="bf16"``, else nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+
+
+def require_same_classes(model_names: Any, data_names: Any, data: str) -> None:
+    """Refuse to score a model on labelled data whose classes are not its own, index for index: a model trained on
+    folders ``cat, dog`` evaluated on a benchmark would be matched by index and report a meaningless accuracy.
+    Nothing is checked where either side has no names.
+
+    Raises:
+        UserError: the names differ (the first differing index is named).
+    """
+    ours, theirs = list(model_names or []), list(data_names or [])
+    if not ours or not theirs or ours == theirs:
+        return
+    diff = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs)))
+    show = ", ".join(ours[:5]) + (" ..." if len(ours) > 5 else "")
+    raise UserError(
+        f"the model's classes are not those of {data} ({len(ours)} vs {len(theirs)} classes; index {diff}: "
+        f"{ours[diff] if diff < len(ours) else '-'!r} vs {theirs[diff] if diff < len(theirs) else '-'!r}); "
+        f"its classes: {show}"
+    )
 
 
 def _condition_batches(
@@ -175,6 +197,7 @@ def evaluate_sweep(
     device: str | torch.device = "cpu",
     amp: str | None = None,
     per_scale: bool = False,
+    progress: Callable[[int, int, Any, float], None] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` at every test condition of ``protocol``.
 
@@ -190,6 +213,7 @@ def evaluate_sweep(
         amp: ``"bf16"`` to run under autocast.
         per_scale: also the accuracy of every entry of the model's scale axis on its own (see
             :func:`evaluate_scales`), from the same forward pass unless ``tta``.
+        progress: called after each condition with ``(conditions done, conditions in all, condition, accuracy)``.
 
     Returns:
         The JSON form of a :class:`~msresnet.records.SweepResult` (``SweepResult.from_dict`` reads it back):
@@ -201,12 +225,14 @@ def evaluate_sweep(
         :class:`~msresnet.engine.scale_error.ScaleErrors`; None where the protocol has no true scale per image).
 
     Raises:
-        UserError: ``per_scale`` for a model without a scale axis.
+        UserError: ``per_scale`` for a model without a scale axis; a model whose class names (from ``info``) are
+            not the data's, index for index (:func:`require_same_classes`).
     """
     from msresnet.errors import UserError
 
     if per_scale and not callable(getattr(model, "forward_with_scales", None)):
         raise UserError(f"{type(model).__name__} has no forward_scales (no scale axis to diagnose)")
+    require_same_classes(_info_get(info, "class_names"), getattr(protocol, "class_names", None), protocol.name)
     device = torch.device(device)
     model = model.to(device).eval()
     pyramid = getattr(model, "pyramid", None)
@@ -238,6 +264,8 @@ def evaluate_sweep(
                 kept = pyramid.kept_scales(x.shape[-2:]) if pyramid is not None else None
         conditions.append(condition)
         accuracy.append(correct / max(1, n))
+        if progress is not None:
+            progress(len(conditions), len(protocol.test), condition, accuracy[-1])
         counts.append(n)
         level_accuracy.append([int(c) / max(1, n) for c in level_hits] if level_hits is not None else [])
         level_scales.append(kept)
@@ -301,8 +329,28 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _eval_stem(out: Path, result: dict[str, Any]) -> str:
+    """The file name (without suffix) of a result in ``out``: the protocol's name, unless that file holds a sweep
+    of other data (another folder of the same name, other protocol parameters); then ``<name>-<data key>``. The
+    same data evaluated again replaces its own files; other data never does."""
+    name = str(result["protocol"])
+    key = data_key(name, result.get("protocol_params"))
+    existing = out / f"{name}.json"
+    try:
+        held = json.loads(existing.read_text()) if existing.is_file() else None
+    except (OSError, json.JSONDecodeError):  # unreadable: kept as it is, this result goes beside it
+        return f"{name}-{key}"
+    if held is None or data_key(str(held.get("protocol", name)), held.get("protocol_params")) == key:
+        return name
+    return f"{name}-{key}"
+
+
 def write_eval(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
     """Write ``RUN/eval/<protocol>.json`` and ``.csv`` atomically, and the ``.png`` plot when plotting is available.
+
+    Results are keyed by the data they measured (:func:`~msresnet.records.data_key`): evaluating another dataset
+    whose protocol has the same name (two folders both called ``test``) writes ``<protocol>-<key>.*`` beside the
+    first instead of replacing it.
 
     Returns:
         The paths written.
@@ -314,7 +362,7 @@ def write_eval(run_dir: str | Path, result: dict[str, Any]) -> list[Path]:
         from msresnet.errors import UserError
 
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-    base = out / str(result["protocol"])
+    base = out / _eval_stem(out, result)
     # appended, not with_suffix: a folder named "test-0.5x" must not become "test-0.json"
     json_path, csv_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
     atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())

@@ -1,8 +1,10 @@
 """The comparison report of several runs: ``report.md`` and a self-contained ``report.html``.
 
 Each run contributes the sweeps already in ``RUN/eval/<protocol>.json`` (written by ``msresnet evaluate``); the
-report never re-evaluates, so it is fast and shows exactly the numbers on disk. Runs are grouped by protocol: one
-table (accuracy per condition, mean, worst, retention) and one overlaid plot per protocol. A run without any eval is
+report never re-evaluates, so it is fast and shows exactly the numbers on disk. Runs are grouped by the data they
+were measured on (:func:`~msresnet.records.data_key`: protocol and its parameters, a folder's absolute path): one
+table (accuracy per condition, mean, worst, retention) and one overlaid plot per dataset, never two datasets in one
+table even when their names agree (two folders called ``test``). A run without any eval is
 named in the report and skipped; when no run has one the report is refused (``UserError``).
 """
 
@@ -44,7 +46,7 @@ class RunSummary:
     label: str
     model: str
     params: int | None
-    evals: dict[str, SweepResult] = field(default_factory=dict)  # protocol -> its sweep
+    evals: dict[str, SweepResult] = field(default_factory=dict)  # data key (records.data_key) -> its sweep
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -125,7 +127,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list
                 except (KeyError, TypeError, ValueError) as exc:
                     skipped.append(f"{label}: malformed {f.name} ({exc.__class__.__name__})")
                     continue
-                evals[result.protocol] = result
+                evals[result.data_key] = result
         if not evals:
             skipped.append(f"{label}: no evaluation yet (run `msresnet evaluate {path}`)")
             continue
@@ -162,7 +164,9 @@ def _ratio(v: Any) -> str:
 
 
 def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one protocol's table (conditions in the order of the first run, then any extra)."""
+    """Header and rows of one dataset's table (conditions in the order of the first run, then any extra).
+    ``protocol``: a data key of the runs' ``evals``, or a protocol name (its first dataset)."""
+    protocol = _key_of(runs, protocol)
     conditions: list[Any] = []
     for run in runs:
         for c in run.evals[protocol].conditions:
@@ -183,6 +187,34 @@ def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str]
             + [_fmt_acc(res.mean), _fmt_acc(res.worst), _ratio(res.retention)]
         )
     return header, rows
+
+
+def _key_of(runs: Sequence[RunSummary], name: str) -> str:
+    """``name`` itself when it is a data key of the runs, else the key of the first sweep of protocol ``name``."""
+    for run in runs:
+        if name in run.evals:
+            return name
+    return next((k for run in runs for k, r in run.evals.items() if r.protocol == name), name)
+
+
+def _first(runs: Sequence[RunSummary], key: str) -> SweepResult:
+    """The first run's sweep of the dataset ``key``."""
+    return next(r.evals[key] for r in runs if key in r.evals)
+
+
+def _titles(runs: Sequence[RunSummary], keys: Sequence[str]) -> dict[str, str]:
+    """Data key -> the section's title: the protocol's name, with the folder (or the key) where names clash."""
+    first = {k: _first(runs, k) for k in keys}
+    names = [first[k].protocol for k in keys]
+    titles = {}
+    for k in keys:
+        res = first[k]
+        if names.count(res.protocol) == 1:
+            titles[k] = res.protocol
+        else:
+            root = res.protocol_params.get("root")
+            titles[k] = f"{res.protocol} ({root})" if root else f"{res.protocol} [{k}]"
+    return titles
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -249,9 +281,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create report directory {out}: {exc.strerror}") from None
-    protocols: list[str] = []
+    protocols: list[str] = []  # data keys, in the order the runs show them
     for run in runs:
         protocols += [p for p in run.evals if p not in protocols]
+    titles = _titles(runs, protocols)
+    # file names: the protocol's name, with the data key where two datasets share it
+    stems = {k: titles[k] if titles[k] == _first(runs, k).protocol else f"{_first(runs, k).protocol}-{k}"
+             for k in protocols}  # fmt: skip
 
     written: dict[str, Path] = {}
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -262,18 +298,20 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         members = [r for r in runs if protocol in r.evals]
         header, rows = protocol_table(members, protocol)
         first = members[0].evals[protocol]
-        png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{protocol}.png", title=protocol)
-        written[protocol] = png
+        title = titles[protocol]
+        png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{stems[protocol]}.png",
+                              title=title)  # fmt: skip
+        written[stems[protocol]] = png
         what = condition_label(first)
         train = first.train_condition
         n = first.n_per_condition
         note = f"Condition: {what}; training condition: {_fmt_cond(train) if train is not None else 'n/a'}"
         note += f"; test images per condition: {n}." if n is not None else "."
-        md += [f"## {protocol}", "", note, "", markdown_table(header, rows), "", f"![{protocol}]({png.name})", ""]
+        md += [f"## {title}", "", note, "", markdown_table(header, rows), "", f"![{title}]({png.name})", ""]
         body += [
-            f"<h2>{html.escape(protocol)}</h2><p class='note'>{html.escape(note)}</p>",
+            f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>",
             html_table(header, rows),
-            png_img(png, f"{protocol}: accuracy against {what}"),
+            png_img(png, f"{title}: accuracy against {what}"),
         ]
     if skipped:
         md += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]

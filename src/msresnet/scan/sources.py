@@ -182,8 +182,7 @@ def _replace_conv(model: nn.Module, name: str, in_chans: int) -> None:
 def _load(model: nn.Module, sd: dict[str, torch.Tensor], file: str, spec: str) -> None:
     from msresnet.engine.checkpoint import load_weights_into
 
-    model._msresnet_name = spec  # type: ignore[attr-defined]  # names the model in mismatch messages
-    load_weights_into(model, sd, Path(file), expected="")
+    load_weights_into(model, sd, Path(file), expected="", got=spec)  # the spec names the model in mismatch messages
 
 
 def _mean_std(mean: Sequence[float], std: Sequence[float], in_chans: int) -> tuple[tuple[float, ...], ...]:
