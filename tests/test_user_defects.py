@@ -135,3 +135,15 @@ def test_readme_python_blocks_run_as_written(tmp_path: Path) -> None:
     for i, block in enumerate(blocks):
         r = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"README python block {i + 1}: {r.stderr.strip().splitlines()[-1:]}"
+
+
+def test_scan_flags_a_freshly_wrapped_estimator_as_untrained() -> None:
+    from msresnet.scan.report import scan_title
+    from msresnet.scan.sources import load_source, wrapped_source
+
+    src = load_source("timm:resnet10t", num_classes=3, in_chans=1, data_stats=((0.5,), (0.25,)))
+    src.random_init = False  # as if trained weights were loaded: only the wrapper is new
+    canonical = wrapped_source(src, "canonical")
+    assert canonical.untrained_wrapper > 0 and any("UNTRAINED WRAPPER" in n for n in canonical.notes)
+    assert "(untrained wrapper)" in scan_title([canonical])
+    assert src.untrained_wrapper == 0 and "untrained" not in scan_title([src])

@@ -38,8 +38,9 @@ _CSV_COLUMNS = ("model", "sweep", "condition", "factor", "size", "n", "accuracy"
 
 
 def scan_title(models: Sequence[ModelSource]) -> str:
-    """``Scale-robustness scan: A, B (random weights)``: random models are named as such."""
-    names = [m.label + (" (random weights)" if m.random_init else "") for m in models]
+    """``Scale-robustness scan: A, B (random weights)``: random models and untrained wrappers are named as such."""
+    names = [m.label + (" (random weights)" if m.random_init else " (untrained wrapper)" if m.untrained_wrapper
+                        else "") for m in models]  # fmt: skip
     return "Scale-robustness scan: " + ", ".join(names)
 
 
@@ -199,6 +200,7 @@ def write_outputs(out: Path, models: Sequence[ModelSource], data: ScanData, swep
             "in_chans": m.in_chans, "fixed_input_size": list(m.fixed_size) if m.fixed_size else None,
             "mean": list(m.mean) if m.mean else None, "std": list(m.std) if m.std else None,
             "interpolation": m.interpolation, "notes": m.notes, "scale_aware": m.scale_aware,
+            "untrained_wrapper": m.untrained_wrapper,
             "forward_seconds": swept["model_seconds"][m.label], "sweeps": sweeps,
         })  # fmt: skip
     fig_dir = out / "figures"

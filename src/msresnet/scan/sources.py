@@ -59,6 +59,8 @@ class ModelSource:
         weights: where the weights came from.
         notes: facts the report states about this model (channel adaptation, preprocessing choices).
         module: the torch module (None for ONNX), e.g. to wrap it.
+        untrained_wrapper: the number of parameters a scale wrapper (``--wrap``) added around the model that are
+            freshly initialised, never trained (0: none); the report flags such a model.
     """
 
     label: str
@@ -76,6 +78,7 @@ class ModelSource:
     module: nn.Module | None = None
     runner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     scale_aware: bool = False
+    untrained_wrapper: int = 0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Channels, fixed size and normalisation of images in [0, 1]."""
@@ -379,9 +382,16 @@ def wrapped_source(src: ModelSource, method: str) -> ModelSource:
     if src.module is None:
         raise UserError(f"--wrap {method}: {src.spec} is not a torch model (ONNX files cannot be wrapped)")
     module = wrap(src.module, method=method).eval()
-    out = ModelSource(**{**src.__dict__, "notes": [*src.notes, f"wrapped: msresnet.wrap(model, method={method!r})"]})
+    notes = [*src.notes, f"wrapped: msresnet.wrap(model, method={method!r})"]
+    known = {id(p) for p in src.module.parameters()}
+    added = sum(p.numel() for p in module.parameters() if id(p) not in known)
+    if added:
+        notes.append(f"UNTRAINED WRAPPER: the {added} parameters the wrapper adds are freshly initialised, so these "
+                     "scores are not those of a trained scale-aware model (train it: msresnet train)")  # fmt: skip
+    out = ModelSource(**{**src.__dict__, "notes": notes})
     out.label, out.module, out.runner = f"{src.label} +{method}", module, module
     out.scale_aware = callable(getattr(module, "estimate_scale", None))
+    out.untrained_wrapper = added
     return out
 
 
