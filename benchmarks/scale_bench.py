@@ -52,8 +52,8 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.engine.train import train
 
     cfg = load_train_config(None, cfg_overrides)
-    if cfg.num_workers:
-        torch.set_num_threads(cfg.num_workers)  # evaluation too, not only training
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # evaluation too, not only training
     # a resumed run: its earlier epochs count too (not the earlier process's set-up, nor the epoch it was stopped in)
     done = Path(cfg.out) / "metrics.csv"
     before = pd.read_csv(done) if cfg.resume and done.is_file() and done.stat().st_size else None
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.amp:
             cfg["amp"] = args.amp
         if args.device == "cpu" and jobs_n > 1:
-            cfg["num_workers"] = max(1, cores // jobs_n)  # split the cores instead of oversubscribing them
+            cfg["threads"] = max(1, cores // jobs_n)  # split the cores instead of oversubscribing them
         cfg.update(sets)
         spec_path = spec_dir / f"{job.key}.json"
         cfg["resume"] = open_run_dir(spec_path, cfg)

@@ -109,7 +109,7 @@ def measure(
     for row in rows:
         job = make_job(protocol, row, args.depth8)
         assert row_id_of(job.row, job.oracle_condition) == row, row
-        cfg = load_train_config(None, {**job_config(job, all_rows, recipes, "cpu", Path("/tmp")), "num_workers": 0})
+        cfg = load_train_config(None, {**job_config(job, all_rows, recipes, "cpu", Path("/tmp")), "threads": 0})
         key = json.dumps(protocol_kwargs(cfg), sort_keys=True, default=str)
         if key not in built:
             built[key] = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))

@@ -48,7 +48,7 @@ def test_set_cudnn_autotune(tmp_path, over, on):
 
 
 def test_torch_settings_restore_the_process_settings(tmp_path):
-    cfg = _cfg(tmp_path, deterministic=True, num_workers=1)
+    cfg = _cfg(tmp_path, deterministic=True, threads=1)
     prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark, torch.get_num_threads())
     torch.backends.cudnn.benchmark = True
     try:

@@ -207,7 +207,7 @@ def test_run_job_resumes_a_stopped_run_and_counts_its_earlier_epochs(bench, tiny
 
     cfg = {"model": "resnet8", "model_kwargs": {"width": 0.25}, "protocol": "fmnist-ls",
            "data_root": str(tiny_fmnist_root), "protocol_params": {"val_size": 40}, "epochs": 1, "batch_size": 32,
-           "train_limit": 64, "val_limit": 20, "device": "cpu", "num_workers": 0, "out": str(tmp_path / "run"),
+           "train_limit": 64, "val_limit": 20, "device": "cpu", "threads": 0, "out": str(tmp_path / "run"),
            "log_every": 10**9}  # fmt: skip
     train(load_train_config(None, cfg))  # the earlier process, stopped after its last epoch's checkpoint
     earlier = float(pd.read_csv(tmp_path / "run" / "metrics.csv")["seconds"].sum())

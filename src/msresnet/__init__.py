@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from msresnet.errors import UserError
-from msresnet.models import DEFAULT_MSRESNET, create_model, list_models, register_model
+from msresnet.models import DEFAULT_MSRESNET, DEFAULT_WRAP, create_model, list_models, register_model
 from msresnet.scale import wrap
 
 __version__ = "0.2.0"
@@ -27,6 +27,7 @@ def load_checkpoint(path: str, **kwargs):
 
 __all__ = [
     "DEFAULT_MSRESNET",
+    "DEFAULT_WRAP",
     "UserError",
     "__version__",
     "create_model",

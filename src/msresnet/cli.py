@@ -19,7 +19,15 @@ from typing import Any, NoReturn
 
 from msresnet import __version__
 from msresnet.commands.common import PROG, as_paths, checkpoint_path
-from msresnet.commands.options import add_train_options, float_arg, floats, int_arg, kv_pairs, train_overrides
+from msresnet.commands.options import (
+    DefaultsFormatter,
+    add_train_options,
+    float_arg,
+    floats,
+    int_arg,
+    kv_pairs,
+    train_overrides,
+)
 from msresnet.errors import UserError
 
 
@@ -28,7 +36,14 @@ class _ArgumentError(UserError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting, so every user error looks the same."""
+    """argparse that raises instead of printing usage and exiting, so every user error looks the same; abbreviated
+    options are refused (``--check 5`` must not silently mean ``--checkpoint-every 5``) and ``--help`` shows the
+    defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise _ArgumentError(f"{message} (see '{self.prog} --help')")
@@ -138,10 +153,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from msresnet.scan import Preprocess, run_scan
     from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     given = Preprocess(args.input_size, floats(args.mean, "--mean"), floats(args.std, "--std"), args.interpolation)
     written = run_scan(
         args.models, args.out, data_dir=args.data_dir, protocol=args.protocol,
@@ -284,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolutions", metavar="R,R,...", help="resolution factors (default 0.5,0.75,1,1.5,2,3,4)")
     p.add_argument("--limit", type=int_arg, metavar="N", help="class-stratified N images (default: all)")
     p.add_argument("--batch-size", type=int_arg, default=None, metavar="N", help="images per forward pass")
-    p.add_argument("--threads", type=int_arg, default=0, metavar="N", help="CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_scan)
 
@@ -304,7 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--force", action="store_true", help="retrain even if finished runs exist")
     p.set_defaults(func=cmd_demo)
+    for name, p in sub.choices.items():
+        if name != "train":  # train's --threads is a TrainConfig field (it also goes into the run's config.yaml)
+            p.add_argument("--threads", type=int_arg, default=0, metavar="N",
+                           help="CPU threads for torch's intra-op parallelism (0: torch's default)")  # fmt: skip
     return parser
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads N`` of the commands other than train (train applies its own for the run's duration)."""
+    if getattr(args, "threads", 0) and args.command != "train":
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _user_os_error(exc: OSError) -> str | None:
@@ -345,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning(warnings.showwarning)
+            _set_threads(args)
             return int(args.func(args) or 0)
     except SystemExit as exc:  # --help / --version, or a command that chose its exit code
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

@@ -5,6 +5,7 @@ read from the dataclass's docstring, so the config file and the command line can
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import types
 import typing
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from msresnet.errors import UserError
 
 __all__ = [
+    "DefaultsFormatter",
     "SPECIAL_FLAGS",
     "add_train_options",
     "field_help",
@@ -57,6 +59,26 @@ SPECIAL_FLAGS = {
 }
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter that leaves out the defaults that say nothing (None, False) and the options
+    whose help already states their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def _default_text(value: Any) -> str:
+    """A TrainConfig default as the help shows it (``%`` escaped for argparse)."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        value = ",".join(str(v) for v in value)
+    return str(value).replace("%", "%%")
+
+
 def kv_pairs(items: Sequence[str] | None, what: str) -> dict[str, Any] | None:
     """``KEY=VALUE`` strings -> dict, values read as YAML scalars (numbers, booleans, lists)."""
     import yaml
@@ -77,14 +99,19 @@ def kv_pairs(items: Sequence[str] | None, what: str) -> dict[str, Any] | None:
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, typed and documented from the dataclass."""
-    from msresnet.engine.config import TrainConfig
+    from msresnet.engine.config import DEPRECATED_KEYS, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     helps = field_help()
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p.add_argument("--config", "-c", metavar="FILE.yaml", help="YAML recipe; command-line options override it")
     for name, tp in hints.items():
         flags = SPECIAL_FLAGS.get(name, ["--" + name.replace("_", "-")])
         help_ = helps.get(name, "")
+        default = defaults.get(name, dataclasses.MISSING)
+        if default not in (dataclasses.MISSING, "") and "default" not in help_.lower():
+            # argparse's own default stays None, so that the options the user gave can be told apart
+            help_ += f" (default: {_default_text(default)})"
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         optional = origin in (typing.Union, types.UnionType) and type(None) in args
         inner = [a for a in args if a is not type(None)] if optional else [tp]
@@ -93,7 +120,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         if base is bool:
             p.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(base) is Literal:
-            choices = [str(c) for c in typing.get_args(base)] + (["none"] if optional else [])
+            choices = [str(c) for c in typing.get_args(base)]
+            choices += ["none"] if optional and "none" not in choices else []
             p.add_argument(*flags, choices=choices, **kw)
         elif base is dict:
             kw["help"] = help_ + " Repeatable KEY=VALUE (values parsed as YAML)."
@@ -107,6 +135,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(*flags, type=float_arg, metavar="X", **kw)
         else:
             p.add_argument(*flags, metavar=name.upper(), **kw)
+    for old, (new, why) in DEPRECATED_KEYS.items():
+        p.add_argument("--" + old.replace("_", "-"), dest=old, type=int_arg, default=None, metavar="N",
+                       help=f"deprecated alias of --{new.replace('_', '-')} ({why})")  # fmt: skip
 
 
 def int_arg(s: str) -> int:
@@ -124,10 +155,11 @@ def float_arg(s: str) -> float:
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The options the user actually gave, as TrainConfig overrides (None = not given)."""
-    from msresnet.engine.config import TrainConfig
+    """The options the user actually gave, as TrainConfig overrides (None = not given); a deprecated option keeps
+    its old name here, so that the configuration's validation warns about it once."""
+    from msresnet.engine.config import DEPRECATED_KEYS, TrainConfig
 
-    over: dict[str, Any] = {}
+    over: dict[str, Any] = {k: getattr(args, k) for k in DEPRECATED_KEYS if getattr(args, k, None) is not None}
     for name in typing.get_type_hints(TrainConfig):
         value = getattr(args, name, None)
         if value is None:

@@ -31,8 +31,11 @@ def precheck(cfg: TrainConfig) -> None:
     """Fail in milliseconds on a wrong model name, protocol name or data directory, before any data is built."""
     import msresnet
     from msresnet.data import build_protocol, list_protocols
+    from msresnet.models.timm_trunk import is_timm_spec, timm_name
 
-    if cfg.model not in msresnet.list_models():
+    if is_timm_spec(cfg.model):
+        timm_name(cfg.model)  # raises the UserError with close matches
+    elif cfg.model not in msresnet.list_models():
         msresnet.create_model(cfg.model)  # raises the UserError with a close-match suggestion
         raise UserError(f"unknown model {cfg.model!r} (see 'msresnet models')")
     if cfg.protocol not in list_protocols():
@@ -40,3 +43,5 @@ def precheck(cfg: TrainConfig) -> None:
         raise UserError(f"unknown protocol {cfg.protocol!r}; known: {', '.join(list_protocols())}")
     if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
         raise UserError(f"data directory not found: {cfg.data_root}")
+    if cfg.pretrained_file is not None and not Path(cfg.pretrained_file).expanduser().is_file():
+        raise UserError(f"pretrained weights file not found: {cfg.pretrained_file}")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,16 @@ from typing import Any, Literal
 import yaml
 
 from msresnet.errors import UserError
+
+
+class DeprecatedOptionWarning(UserWarning):
+    """A configuration key or option under its old name (it still works, under its new meaning's name)."""
+
+
+# old key -> (new key, why it was renamed); the old name still works, with a one-line warning
+DEPRECATED_KEYS = {
+    "num_workers": ("threads", "it sets torch threads; loader processes are 'workers'"),
+}
 
 # Keys of RUN/config.yaml that describe the run rather than configure it; ignored when a config is loaded back.
 PROVENANCE_KEY = "provenance"
@@ -33,8 +44,19 @@ class TrainConfig:
     """Everything one training run depends on.
 
     Attributes:
-        model: registered model name (``msresnet.list_models()``).
-        model_kwargs: extra keyword arguments for ``msresnet.create_model``.
+        model: registered model name (``msresnet.list_models()``), or ``timm:NAME`` for any timm classifier as the
+            trunk (built by ``timm.create_model``; nothing is downloaded).
+        model_kwargs: extra keyword arguments for ``msresnet.create_model`` (for ``timm:NAME``: for
+            ``timm.create_model``, e.g. ``drop_path_rate``).
+        wrap: the scale wrapper put around the model, ``"canonical"``, ``"pyramid"`` or ``"none"``; ``"default"``:
+            for ``timm:NAME`` the scale method of the library's default model (``msresnet.DEFAULT_WRAP``), for the
+            project's own names none (they are configured already).
+        pretrained_file: start from these weights (safetensors, or a state dict that loads with
+            ``torch.load(weights_only=True)``), loaded into the trunk as timm loads pretrained weights: the
+            classifier is re-initialised when the class count differs and the first convolution adapted to the
+            input channels. Never downloads.
+        trunk_lr_scale: learning rate of everything but the classifier, relative to ``lr`` (e.g. 0.1 when
+            fine-tuning from ``pretrained_file``: the new head learns faster than the pretrained trunk).
         protocol: benchmark protocol name (``msresnet.data.list_protocols()``); default ``folder`` (the images of
             ``data_root`` as they are) when ``data_root`` is given, else ``fmnist-ls``.
         protocol_params: protocol parameters (e.g. ``{"realization": 0}``).
@@ -73,8 +95,9 @@ class TrainConfig:
         seed: seed of weights, batch order and augmentation.
         deterministic: ``torch.use_deterministic_algorithms(True)``; resume is then bit-exact on CPU.
         device: ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        num_workers: CPU threads for intra-op parallelism (``torch.set_num_threads``; 0 keeps torch's default).
-            Batches are sliced from in-memory tensors, so there are no loader worker processes.
+        threads: CPU threads for intra-op parallelism (``torch.set_num_threads``; 0 keeps torch's default).
+        workers: loader worker processes that decode streamed image folders (0: decode in the training process;
+            the in-memory protocols have none).
         tensorboard: also write TensorBoard scalars to ``RUN/tensorboard``.
         log_every: plain log line every N steps when stderr is not a terminal.
         checkpoint_every: also checkpoint ``last`` every N steps (0: at the end of every epoch only).
@@ -87,6 +110,9 @@ class TrainConfig:
 
     model: str = ""
     model_kwargs: dict = field(default_factory=dict)
+    wrap: Literal["default", "canonical", "pyramid", "none"] = "default"
+    pretrained_file: str | None = None
+    trunk_lr_scale: float = 1.0
     protocol: str = ""
     protocol_params: dict = field(default_factory=dict)
     data_root: str | None = None
@@ -120,7 +146,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    num_workers: int = 0
+    threads: int = 0
+    workers: int = 2
     tensorboard: bool = False
     log_every: int = 50
     checkpoint_every: int = 0
@@ -145,6 +172,8 @@ PATH_KEYS = ("data_root", "out")
 RESUME_INVARIANT = (
     "model",
     "model_kwargs",
+    "wrap",
+    "pretrained_file",
     "protocol",
     "protocol_params",
     "input_size",
@@ -176,7 +205,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "si_scale_range": (lambda v: 0 < v[0] <= v[1], "a range 0 < lo <= hi"),
     "si_feature_weight": (lambda v: v >= 0, ">= 0"),
     "seed": (lambda v: v >= 0, ">= 0"),
-    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "threads": (lambda v: v >= 0, ">= 0"),
+    "workers": (lambda v: v >= 0, ">= 0"),
+    "trunk_lr_scale": (lambda v: v >= 0, ">= 0"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0"),
     "dist_timeout": (lambda v: v > 0, "> 0"),
@@ -243,6 +274,12 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         norm = str(key).replace("-", "_")
+        if norm in DEPRECATED_KEYS:
+            new, why = DEPRECATED_KEYS[norm]
+            warnings.warn(f"{norm!r} is deprecated ({why}): use {new!r}", DeprecatedOptionWarning, stacklevel=2)
+            if new in values or new.replace("_", "-") in values:
+                continue  # the new name wins
+            norm = new
         if norm not in _TYPES:
             close = difflib.get_close_matches(norm, known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -261,6 +298,19 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
     if cfg.device != "auto" and not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
     return cfg
+
+
+def model_build_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """``create_model`` keyword arguments of the run's model beyond classes and channels: ``model_kwargs`` plus the
+    resolved scale wrapper (what a checkpoint records so that ``load_model`` rebuilds the same model)."""
+    from msresnet.models.timm_trunk import DEFAULT_WRAP, is_timm_spec
+
+    kw = dict(cfg.model_kwargs)
+    if is_timm_spec(cfg.model):
+        kw["wrap"] = DEFAULT_WRAP if cfg.wrap == "default" else cfg.wrap
+    elif cfg.wrap not in ("default", "none"):
+        kw["wrap"] = cfg.wrap
+    return kw
 
 
 # --input-size / --mode as each folder protocol names them

@@ -16,17 +16,29 @@ from msresnet.engine.config import TrainConfig
 ONECYCLE_DEFAULT_WARMUP = 0.3  # fraction of the run spent rising when one-cycle gets no explicit warm-up
 
 
+def _classifier_params(model: nn.Module) -> set[int]:
+    """Ids of the classifier's parameters (timm's ``get_classifier()``), empty for a model without one."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    return {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov); no weight decay on biases and normalisation parameters (1-d tensors)."""
-    decay, no_decay = [], []
+    """AdamW or SGD (Nesterov); no weight decay on biases and normalisation parameters (1-d tensors).
+
+    With ``trunk_lr_scale != 1`` every parameter but the classifier's learns at ``lr * trunk_lr_scale`` (each group
+    carries its ``lr_scale``, as in timm, and :func:`set_lr` applies it).
+    """
+    head = _classifier_params(model) if cfg.trunk_lr_scale != 1.0 else set()
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            scale = 1.0 if id(p) in head or not head else cfg.trunk_lr_scale
+            buckets.setdefault((p.ndim <= 1, scale), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": ps, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr_scale": scale}
+        for (no_decay, scale), ps in sorted(buckets.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
     ]
-    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -57,6 +69,6 @@ def lr_at(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate."""
+    """Set every parameter group's learning rate (times the group's ``lr_scale``, where it has one)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -38,8 +38,8 @@ class TorchSettings:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-        if self.cfg.num_workers > 0:
-            torch.set_num_threads(self.cfg.num_workers)
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
         return self
 
     def __exit__(self, *exc: object) -> None:

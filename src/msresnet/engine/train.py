@@ -34,7 +34,15 @@ from msresnet.engine.batches import (
     train_val_splits,
 )
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes, load_state, remove_stale_temp_files
-from msresnet.engine.config import PROVENANCE_KEY, RESUME_INVARIANT, TrainConfig, protocol_kwargs, provenance, to_yaml
+from msresnet.engine.config import (
+    PROVENANCE_KEY,
+    RESUME_INVARIANT,
+    TrainConfig,
+    model_build_kwargs,
+    protocol_kwargs,
+    provenance,
+    to_yaml,
+)
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.lock import hold_run
 from msresnet.engine.optim import build_optimizer, lr_at, set_lr
@@ -171,7 +179,7 @@ def _train(
     train_split, val_split = train_val_splits(protocol, cfg.val_limit)
     train_split = limit_split(train_split, cfg.train_limit, cfg.limit_mode)
     norm = Normalizer(tuple(protocol.mean), tuple(protocol.std), device)
-    model = _build_model(cfg, protocol, device)
+    model = _build_model(cfg, protocol, device, main)
     set_cudnn_autotune(cfg, model, device, main)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     state = TrainState(model, build_optimizer(model, cfg), scaler, StepRandomness(cfg.seed, ctx.rank))
@@ -319,15 +327,19 @@ def _open_run_dir(cfg: TrainConfig, run: Path, main: bool) -> dict[str, Any] | N
     return saved
 
 
-def _build_model(cfg: TrainConfig, protocol: Any, device: torch.device) -> nn.Module:
+def _build_model(cfg: TrainConfig, protocol: Any, device: torch.device, main: bool = True) -> nn.Module:
     """The run's model with its initial weights, a function of ``cfg.seed`` (the same on every rank; DDP also
     broadcasts rank 0's)."""
     from msresnet import create_model
 
     seed_everything(cfg.seed)
-    model = create_model(
-        cfg.model, num_classes=protocol.num_classes, in_chans=protocol.in_chans, **cfg.model_kwargs
-    ).to(device)
+    kwargs = model_build_kwargs(cfg)
+    if cfg.pretrained_file:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": cfg.pretrained_file})
+    model = create_model(cfg.model, num_classes=protocol.num_classes, in_chans=protocol.in_chans, **kwargs)
+    if getattr(model, "pretrained_note", None) and main:
+        log(model.pretrained_note)
+    model = model.to(device)
     if cfg.calibrate_probe:
         from msresnet.engine.calibrate import require_calibratable
 
@@ -342,7 +354,7 @@ def _checkpoint_info(cfg: TrainConfig, protocol: Any) -> CheckpointInfo:
 
     return CheckpointInfo(
         model=cfg.model,
-        model_kwargs=dict(cfg.model_kwargs),
+        model_kwargs=model_build_kwargs(cfg),
         num_classes=protocol.num_classes,
         in_chans=protocol.in_chans,
         class_names=list(protocol.class_names),

@@ -10,6 +10,7 @@ from msresnet.models import canonical, msresnet, res2net, resnet, scale_channel,
 from msresnet.models._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from msresnet.models._timm import register_timm_models
 from msresnet.models.resnet import ResNet
+from msresnet.models.timm_trunk import DEFAULT_WRAP
 
 register_timm_models()
 
@@ -20,6 +21,7 @@ DEFAULT_MSRESNET = "msresnet20_canonical"
 
 __all__ = [
     "DEFAULT_MSRESNET",
+    "DEFAULT_WRAP",
     "ResNet",
     "create_model",
     "is_model",

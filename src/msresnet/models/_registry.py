@@ -107,16 +107,23 @@ def create_model(
     pretrained: bool = False,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    wrap: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model, or any timm classifier as ``timm:NAME``.
 
     Args:
-        name: Registered name (see :func:`list_models`).
+        name: Registered name (see :func:`list_models`), or ``timm:NAME`` (see
+            :mod:`msresnet.models.timm_trunk`).
         num_classes: Classifier outputs (0: no classifier, ``forward`` returns pooled features).
         in_chans: Input channels (1 for grey, 3 for RGB).
-        pretrained: msresnet ships no downloadable weights; train one with ``msresnet train`` and load it with
-            :func:`msresnet.load_model`.
+        pretrained: start from the local weights file ``pretrained_cfg_overlay["file"]``, loaded as timm loads
+            pretrained weights (classifier re-initialised when the class count differs, first convolution adapted
+            to ``in_chans``); msresnet ships no downloadable weights and never downloads.
+        pretrained_cfg_overlay: ``{"file": PATH}`` with ``pretrained``, as in ``timm.create_model``.
+        wrap: a scale wrapper to put around the model (``"canonical"``, ``"pyramid"``; ``"none"``/None: none, the
+            registered names are configured already); ``timm:NAME`` gets ``msresnet.DEFAULT_WRAP`` unless told.
         features_only: Return a feature extractor (list of stage outputs) with a timm-compatible ``feature_info``
             (``.channels()``, ``.reduction()``) instead of a classifier.
         out_indices: With ``features_only``: which levels to return (default all).
@@ -125,22 +132,39 @@ def create_model(
     Returns:
         The model (in training mode, like torch modules).
     """
-    fn = model_entrypoint(name)
-    if pretrained:
-        raise UserError(
-            f"no pretrained weights are published for {name!r}; train with `msresnet train` and use load_model"
-        )
+    from msresnet.models import timm_trunk
+
     if not isinstance(num_classes, int) or num_classes < 0:
         raise UserError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise UserError(f"in_chans must be a positive integer, got {in_chans!r}")
-    try:
-        model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except TypeError as e:
-        # a misspelt or foreign option (e.g. from a YAML recipe) is the user's mistake, not a crash
-        if "unexpected keyword argument" in str(e) or "got multiple values" in str(e):
-            raise UserError(f"model {name!r}: {e}") from None
-        raise
+    file = (pretrained_cfg_overlay or {}).get("file") if pretrained else None
+    if timm_trunk.is_timm_spec(name):
+        model = timm_trunk.create_timm_model(name, num_classes, in_chans, pretrained, pretrained_cfg_overlay, wrap,
+                                             **kwargs)  # fmt: skip
+    else:
+        fn = model_entrypoint(name)
+        if pretrained and not file:
+            raise UserError(f"no pretrained weights are published for {name!r}; train with `msresnet train` and "
+                            "use load_model, or pass a local file (--pretrained-file)")  # fmt: skip
+        method = timm_trunk.resolve_wrap(wrap, "none")
+        wrap_opts, kwargs = timm_trunk.split_wrap_kwargs(method, kwargs)
+        try:
+            model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except TypeError as e:
+            # a misspelt or foreign option (e.g. from a YAML recipe) is the user's mistake, not a crash
+            if "unexpected keyword argument" in str(e) or "got multiple values" in str(e):
+                raise UserError(f"model {name!r}: {e}") from None
+            raise
+        note = None
+        if file:
+            from msresnet.models.pretrained import load_pretrained_file
+
+            note = load_pretrained_file(model, file, num_classes, in_chans, label=name)
+        if method != "none":
+            model = timm_trunk.apply_wrap(model, method, wrap_opts, name)
+        if note:
+            model.pretrained_note = note  # what the load did, for the training log
     if features_only:
         from timm.models._features import FeatureGetterNet
 
