@@ -297,6 +297,9 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
         raise UserError("no run directory given (set 'out', e.g. --out runs/my-run)")
     if cfg.device != "auto" and not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    for key in PATH_KEYS:  # relative paths mean the working directory now: resolved once, stored absolute
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     return cfg
 
 
