@@ -68,7 +68,7 @@ def collect(
     when ``test_limit`` is given); ``pyramid``: evaluate with these factors instead of the trained ones."""
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import ValidationSweep
+    from msresnet.evaluate import ValidationSweep
     from msresnet.layers import ImagePyramid
 
     model = load_model(run_dir)

@@ -25,6 +25,7 @@ import yaml
 from benchmarks import render_results, summarize
 from benchmarks.bench_plan import full_table_runs, load_plan
 from benchmarks.layout import DOCS, PROTOCOLS, PUBLISHED, ROOT, SUMMARY, TARGETS_FILE, Budget
+from msresnet.evaluate.condition import Kind
 
 
 def _load_results(results: Path, budget: Budget) -> list[dict]:
@@ -60,7 +61,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _cond_label(c: Any, name: str) -> str:
-    return f"{float(c):.2f}" if name == "scale" else str(c)
+    return Kind.of(name).fixed(c)
 
 
 def render(
@@ -238,7 +239,7 @@ def render(
                 ax.plot([float(c)], [a * 100], marker="*", ms=12, ls="", color="k")
             ax.set_xscale("log", base=2)
             ax.set_xticks(xs, [_cond_label(c, cname) for c in conds])
-            ax.set_xlabel("object scale" if cname == "scale" else "test image size (px)")
+            ax.set_xlabel(Kind.of(cname).axis_label(cname, test=True))
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{proto} (stars: oracle trained at that condition)")
             ax.grid(alpha=0.3)
@@ -293,7 +294,7 @@ def _calibrated(d: dict) -> dict | None:
 def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: dict, cname: str) -> list[str]:
     """Per row: the validation accuracy of each pyramid level alone at each condition (seed 0's run), next to the
     pooled decision - which level recognises the object, and how much the pooling loses against the best level."""
-    from msresnet.engine.evaluate import scale_labels
+    from msresnet.records import scale_labels
 
     lines: list[str] = []
     for rid in dict.fromkeys(row_ids):

@@ -31,7 +31,6 @@ from benchmarks.layout import BUDGETS, DOCS, README, ROOT, SUMMARY
 from benchmarks.results_plots import plot_cost, plot_protocol
 from benchmarks.results_stats import (
     HEADLINE_ROWS,
-    cond_label,
     conditions,
     is_oracle,
     load,
@@ -39,6 +38,7 @@ from benchmarks.results_stats import (
     row_label,
     row_stats,
 )
+from msresnet.evaluate.condition import Kind
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEMO_BEGIN, DEMO_END = "<!-- demo:begin -->", "<!-- demo:end -->"
@@ -126,8 +126,7 @@ def _cost(v: float | None, source: object = "step") -> str:
 
 def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool = False) -> list[str]:
     """A markdown table: one line per row of ``stats`` (one protocol and budget)."""
-    cname = "s=" if name == "scale" else ""
-    head = ["row", "model", "seeds", *[f"{cname}{cond_label(c, name)}" for c in conds], "mean", "worst"]
+    head = ["row", "model", "seeds", *[Kind.of(name).column(c) for c in conds], "mean", "worst"]
     head += ["train cost"] if short else ["validation", "train cost"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in stats.iterrows():
@@ -274,8 +273,7 @@ def estimator_table(d: pd.DataFrame, conds: list[float], name: str) -> list[str]
     e = d.dropna(subset=["scale_error_median"])
     if e.empty:
         return []
-    cname = "s=" if name == "scale" else ""
-    head = ["row", "seeds", *[f"{cname}{cond_label(c, name)}" for c in conds]]
+    head = ["row", "seeds", *[Kind.of(name).column(c) for c in conds]]
     lines = ["Object-scale estimate: median / 90th percentile of |error| in octaves (median over seeds).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for _, g in e.groupby("row", sort=False):

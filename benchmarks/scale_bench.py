@@ -48,8 +48,8 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.config import load_train_config, protocol_kwargs
-    from msresnet.engine.evaluate import ValidationSweep, evaluate_sweep
     from msresnet.engine.train import train
+    from msresnet.evaluate import ValidationSweep, evaluate_sweep
 
     cfg = load_train_config(None, cfg_overrides)
     if cfg.threads:
@@ -101,7 +101,7 @@ def probe_record(
     validation images at the training condition (``msresnet calibrate``), measure the test sweep with it, and
     record whether ``keep="auto"`` would keep it (validation sweep). The model is left uncalibrated."""
     from msresnet.engine.calibrate import calibrate_model
-    from msresnet.engine.evaluate import evaluate_sweep
+    from msresnet.evaluate import evaluate_sweep
 
     if getattr(model, "scale_probe", None) is None or protocol.train_condition is None:
         return None

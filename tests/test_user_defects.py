@@ -76,8 +76,8 @@ def test_a_model_meets_labelled_data_only_with_its_own_classes(run: Path, capsys
     rc = main(["evaluate", str(run), "--protocol", "fmnist-ls", "--test-limit", "10"])
     err = capsys.readouterr().err
     assert rc == 2 and "classes" in err and "Traceback" not in err
-    from msresnet.engine.evaluate import require_same_classes
     from msresnet.errors import UserError
+    from msresnet.evaluate import require_same_classes
 
     require_same_classes(["a", "b"], ["a", "b"], "x")
     require_same_classes([], ["a", "b"], "x")  # nothing to compare
@@ -86,7 +86,7 @@ def test_a_model_meets_labelled_data_only_with_its_own_classes(run: Path, capsys
 
 
 def test_folder_scale_sweep_fills_with_the_image_background_not_black() -> None:
-    from msresnet.data.folder_eval import border_fill, rescale_on_background
+    from msresnet.evaluate.folder import border_fill, rescale_on_background
 
     x = torch.full((2, 3, 32, 32), 0.6)
     x[1] = torch.tensor([0.2, 0.5, 0.9])[:, None, None]

@@ -253,7 +253,7 @@ def predict_files(
             ``preprocess``).
         topk: classes reported per image.
         tta: average the softmax over whole-image rescalings by ``2**-0.5, 1, 2**0.5``, as ``evaluate --tta``
-            does (:func:`msresnet.engine.evaluate.predict_probs`).
+            does (:func:`msresnet.evaluate.predict_probs`).
         device: where the model runs.
         batch_size: images per forward pass.
         max_side: longest side fed to the model at native size (larger images are shrunk); None keeps every image
@@ -299,7 +299,7 @@ def _predict_window(
     """The predictions of one window of files (input order); unreadable files and non-finite scores go to
     ``failures``."""
     from msresnet.data.images import BadImageError
-    from msresnet.engine.evaluate import predict_probs
+    from msresnet.evaluate import predict_probs
     from msresnet.scan.sources import estimate_object_scale
 
     prepared: dict[tuple[int, ...], list[tuple[int, Path, torch.Tensor, tuple[int, int]]]] = defaultdict(list)

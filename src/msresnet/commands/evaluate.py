@@ -59,7 +59,7 @@ def evaluate_checkpoint(
     from msresnet.data import build_protocol
     from msresnet.data.folder import BadImageWarning
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import evaluate_sweep, write_eval
+    from msresnet.evaluate import evaluate_sweep, write_eval
 
     device = resolve_device(device)
     info = read_checkpoint_info(checkpoint)
@@ -89,7 +89,7 @@ def evaluate_checkpoint(
         warnings.simplefilter("always", BadImageWarning)
         model = load_model(checkpoint, device=device)
         if own_folder:
-            from msresnet.data.folder_eval import build_folder_eval
+            from msresnet.evaluate.folder import build_folder_eval
 
             min_side = int(getattr(model, "min_input_size", 1) or 1)
             built = build_folder_eval(root, model.preprocess, model.class_names, sweep=sweep, min_side=min_side)

@@ -26,7 +26,7 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "LoadedCheckpoint": "checkpoint",
     "read_checkpoint_info": "checkpoint",
-    "evaluate_sweep": "evaluate",
+    "evaluate_sweep": "evaluate",  # the evaluation core, msresnet.evaluate (engine.evaluate re-exports it)
     "evaluate_scales": "evaluate",
     "write_eval": "evaluate",
     "ValidationSweep": "evaluate",

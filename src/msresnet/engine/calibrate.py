@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from msresnet.engine.checkpoint import CheckpointInfo, resolve_checkpoint, save_weights
-from msresnet.engine.evaluate import ValidationSweep, _condition_batches
 from msresnet.engine.lock import hold_checkpoint
 from msresnet.errors import UserError
+from msresnet.evaluate.sweep import ValidationSweep, _condition_batches
 from msresnet.layers import best_level_log2
 from msresnet.layers.scale_probe import DEFAULT_BAND, ESTIMATE
 

@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from msresnet.errors import UserError
+from msresnet.evaluate.condition import Kind
+from msresnet.evaluate.runs import count_params
 from msresnet.records import SweepResult
 from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
 
@@ -58,28 +60,6 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise UserError(f"{cfg_path}: not valid YAML ({exc.__class__.__name__})") from None
     return data if isinstance(data, dict) else {}
-
-
-def _count_params(run_dir: Path, model_name: str) -> int | None:
-    """Number of trainable parameters, from the architecture the checkpoint names (built on the meta device, so no
-    memory or time is spent on weights). None when the run has no readable checkpoint."""
-    try:
-        import torch
-
-        import msresnet
-        from msresnet.engine.checkpoint import read_checkpoint_info
-
-        info = read_checkpoint_info(run_dir)
-        with torch.device("meta"):
-            model = msresnet.create_model(
-                info.model,
-                num_classes=info.num_classes,
-                in_chans=info.in_chans,
-                **dict(info.model_kwargs or {}),
-            )
-        return sum(p.numel() for p in model.parameters())
-    except (UserError, OSError, ImportError, AttributeError, ValueError):
-        return None
 
 
 def _unique_labels(paths: Sequence[Path]) -> list[str]:
@@ -133,7 +113,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list
             continue
         cfg = _read_config(path)
         model = str(cfg.get("model", "?"))
-        runs.append(RunSummary(path, label, model, _count_params(path, model), evals))
+        runs.append(RunSummary(path, label, model, count_params(path), evals))
     if not runs:
         raise UserError("none of the runs has an evaluation: " + "; ".join(skipped))
     return runs, skipped
@@ -172,10 +152,8 @@ def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str]
         for c in run.evals[protocol].conditions:
             if _fmt_cond(c) not in [_fmt_cond(x) for x in conditions]:
                 conditions.append(c)
-    first = next(r.evals[protocol] for r in runs)
-    unit = "s=" if first.condition_name == "scale" else ""
-    suffix = "px" if first.condition_name == "size" else ""
-    header = ["run", "model", "params", *[f"{unit}{_fmt_cond(c)}{suffix}" for c in conditions]]
+    kind = Kind.of(next(r.evals[protocol] for r in runs).condition_name)
+    header = ["run", "model", "params", *[kind.heading(_fmt_cond(c)) for c in conditions]]
     header += ["mean", "worst", "retention"]
     rows = []
     for run in runs:

@@ -207,7 +207,7 @@ def write_outputs(out: Path, models: Sequence[ModelSource], data: ScanData, swep
     figures: dict[str, Any] = {}
     results = {m["label"]: {s: v["conditions"] for s, v in m["sweeps"].items()} for m in payload["models"]}
     for sweep in ("scale", "resolution"):
-        idx = [i for i, c in enumerate(conditions) if c.sweep == sweep]
+        idx = [i for i, c in enumerate(conditions) if c.sweep_name == sweep]
         if not idx:
             continue
         figures[f"curves-{sweep}"] = plots.plot_curves(results, sweep, fig_dir / f"curves-{sweep}.png",

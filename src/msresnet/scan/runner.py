@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from msresnet.errors import UserError
+from msresnet.evaluate.condition import Kind
 from msresnet.scan.data import ScanData, load_folder, load_protocol
 from msresnet.scan.sources import ModelSource, Preprocess, load_source, wrapped_source
 from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES, conditions_for, run_sweeps
@@ -119,7 +120,7 @@ def run_scan(
     swept = run_sweeps(models, data, conditions, batch_size=bs, device=device, interpolation=interpolation,
                        progress=progress)  # fmt: skip
     settings = {"device": str(device), "batch_size": bs, "interpolation": interpolation, "limit": limit,
-                "scales": [c.factor for c in conditions if c.sweep == "scale"],
-                "resolutions": [c.factor for c in conditions if c.sweep == "resolution"],
+                "scales": [c.factor for c in conditions if c.kind is Kind.SCALE],
+                "resolutions": [c.factor for c in conditions if c.kind is Kind.RESOLUTION],
                 "wrap": list(wrap)}  # fmt: skip
     return write_outputs(out, models, data, swept, settings, conditions)

@@ -82,8 +82,7 @@ class ModelSource:
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Channels, fixed size and normalisation of images in [0, 1]."""
-        from msresnet.data.scaling import resize_images
-        from msresnet.engine.evaluate import match_channels
+        from msresnet.data.scaling import match_channels, resize_images
 
         x = match_channels(x, self.in_chans)
         if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:

@@ -3,14 +3,15 @@
 :func:`build_folder_eval` reads ``DIR/<class>/<image>`` with the model's own preprocessing (the
 :class:`~msresnet.preprocess.Preprocess` stored with its weights, the same one ``predict`` uses, so the two agree
 image for image), maps the folder's class names onto the model's, and returns a protocol-like object that
-:func:`msresnet.engine.evaluate.evaluate_sweep` runs, with the usual report and plot:
+:func:`msresnet.evaluate.evaluate` runs, with the usual report and plot:
 
 * no sweep: one condition, the images as they are (key ``1.0``, the training scale);
 * ``sweep="scale"``: every prepared image's content rescaled by ``2^(k/4), k = -4..4`` inside its own canvas
   (:func:`~msresnet.data.scaling.rescale_in_canvas`), the ``*-ls`` benchmark's operation. Around a shrunk image
   the canvas is filled with that image's own border colour (the per-channel mean of its outermost pixels,
-  :func:`border_fill`), not black: a photo's surroundings continue in their own colour, whereas a black frame
-  would be an artefact present at every ``s < 1`` and nowhere else, measured as if it were scale;
+  :func:`~msresnet.evaluate.condition.border_fill`), not black: a photo's surroundings continue in their own
+  colour, whereas a black frame would be an artefact present at every ``s < 1`` and nowhere else, measured as if
+  it were scale;
 * ``sweep="resolution"``: every prepared image resized whole by ``0.5 ... 4`` (the ``*-res`` operation), keyed by
   the image size in pixels when all images share one square size, else by the factor. Conditions that would make an
   image smaller than the model's minimum input size are left out.
@@ -34,8 +35,8 @@ import torch
 from msresnet.data.datasets import ImageTensorDataset
 from msresnet.data.folder import BadImageWarning, scan_image_folder
 from msresnet.data.images import BadImageError, bomb_warnings_as_errors
-from msresnet.data.scaling import rescale_in_canvas, resize_images
 from msresnet.errors import UserError
+from msresnet.evaluate.condition import Condition, Kind, border_fill
 from msresnet.preprocess import Preprocess
 
 __all__ = ["SWEEPS", "FolderEval", "ImageGroups", "border_fill", "build_folder_eval", "rescale_on_background"]
@@ -57,7 +58,7 @@ class ImageGroups:
 
 
 class FolderEval:
-    """Protocol-like evaluation set (the attributes :func:`~msresnet.engine.evaluate.evaluate_sweep` reads)."""
+    """Protocol-like evaluation set (the attributes :func:`~msresnet.evaluate.evaluate` reads)."""
 
     def __init__(self, name: str, params: dict[str, Any], condition_name: str, train_condition: Any,
                  test: dict[Any, ImageGroups], preprocess: Preprocess, class_names: list[str]) -> None:  # fmt: skip
@@ -68,19 +69,10 @@ class FolderEval:
         self.input_size = preprocess.output_size
 
 
-def border_fill(x: torch.Tensor) -> torch.Tensor:
-    """Each image's background colour as seen at its edge: the per-channel mean of its outermost ring of pixels,
-    ``[B, C, 1, 1]`` for images ``[B, C, H, W]``."""
-    ring = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
-    return ring.mean(-1, keepdim=True)[..., None]
-
-
 def rescale_on_background(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """:func:`~msresnet.data.scaling.rescale_in_canvas` with the canvas around a shrunk image filled by the image's
-    own :func:`border_fill` instead of black. Resampling is linear with weights summing to one, so resampling
-    ``x - fill`` on a zero canvas and adding ``fill`` back leaves the image's pixels exactly as before."""
-    fill = border_fill(x)
-    return rescale_in_canvas(x - fill, scale).add_(fill).clamp_(0, 1)
+    """The folder scale sweep's operation: the object rescaled by ``scale`` in its canvas, surrounded by the
+    image's own border colour (:meth:`~msresnet.evaluate.condition.Condition.apply` with ``fill="border"``)."""
+    return Condition(Kind.SCALE, float(scale)).apply(x, fill="border")
 
 
 def _map_groups(groups: list[ImageTensorDataset], fn) -> list[ImageTensorDataset]:
@@ -168,18 +160,15 @@ def build_folder_eval(
     name = root.resolve().name + (f"-{sweep}" if sweep else "")
     if sweep is None:
         return FolderEval(name, params, "scale", 1.0, {1.0: ImageGroups(groups)}, preprocess, names)
-    if sweep == "scale":
-        test = {round(s, 4): ImageGroups(_map_groups(groups, lambda x, s=s: rescale_on_background(x, s)))
-                for s in SCALES}  # fmt: skip
-        return FolderEval(name, params, "scale", 1.0, test, preprocess, names)
     shapes = {tuple(g.images.shape[-2:]) for g in groups}
-    side = next(iter(shapes))[0] if len(shapes) == 1 and len(set(next(iter(shapes)))) == 1 else None
+    square = next(iter(shapes)) if len(shapes) == 1 and len(set(next(iter(shapes)))) == 1 else None
     smallest = min(min(s) for s in shapes)
-    test = {}
-    for f in RESIZE_FACTORS:
-        if round(smallest * f) < min_side:
-            continue
-        key = round(side * f) if side else f
-        test[key] = ImageGroups(_map_groups(groups, lambda x, f=f: resize_images(
-            x, (max(1, round(x.shape[-2] * f)), max(1, round(x.shape[-1] * f))))))  # fmt: skip
-    return FolderEval(name, params, "size" if side else "resize factor", side or 1.0, test, preprocess, names)
+    kind = Kind.of(sweep)
+    conditions = Condition.sweep(kind, SCALES if kind is Kind.SCALE else RESIZE_FACTORS, square)
+    # a scale sweep keeps every image's size; a resolution sweep drops what would fall below the model's minimum
+    conditions = [c for c in conditions if kind is Kind.SCALE or round(smallest * c.factor) >= min_side]
+    if not conditions:
+        raise UserError(f"the images of {root} are too small for a resolution sweep (model minimum {min_side} px)")
+    test = {c.key: ImageGroups(_map_groups(groups, lambda x, c=c: c.apply(x, fill="border"))) for c in conditions}
+    train = next(c.key for c in conditions if c.factor == 1.0)
+    return FolderEval(name, params, conditions[0].name, train, test, preprocess, names)
