@@ -50,6 +50,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.engine.config import load_train_config, protocol_kwargs
     from msresnet.engine.train import train
     from msresnet.evaluate import ValidationSweep, evaluate_sweep
+    from msresnet.scale.contracts import PerLevel
 
     cfg = load_train_config(None, cfg_overrides)
     if cfg.threads:
@@ -69,7 +70,7 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     if job.row != "oracle" and protocol.val is not None:
         val_sweep = ValidationSweep(protocol, val_limit)
         # pyramid models: which level recognises the object at each condition
-        per_scale = callable(getattr(model, "forward_with_scales", None))
+        per_scale = isinstance(model, PerLevel)
         val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp, per_scale=per_scale)
         val_scales = val.pop("per_scale", None)
     probe = None if job.quick else probe_record(model, protocol, info, test_limit, val_limit, cfg.amp)

@@ -17,10 +17,8 @@ either the new or the previous complete state; a partially written file only eve
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from msresnet._atomic import atomic_write_bytes as _atomic_write_bytes
 from msresnet.errors import UserError
 
 META_KEY = "msresnet"  # safetensors metadata key holding the JSON CheckpointInfo
@@ -114,28 +113,15 @@ class CheckpointInfo:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one (the package's one
+    writer, :func:`msresnet._atomic.atomic_write`).
 
     Raises:
         CheckpointWriteError: the write failed (e.g. disk full); ``path`` is untouched and the temp file removed.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        # fsync the directory too, so the rename itself survives a power cut.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _atomic_write_bytes(Path(path), data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         reason = e.strerror or str(e)
         raise CheckpointWriteError(f"cannot write {path}: {reason}; the previous checkpoint is intact") from None
 

@@ -34,6 +34,7 @@ from msresnet.engine.step import autocast
 from msresnet.errors import UserError
 from msresnet.evaluate.condition import Condition
 from msresnet.records import ScaleResult, SweepResult, data_key, scale_labels
+from msresnet.scale.contracts import PerLevel, scale_estimator
 
 __all__ = [
     "TTA_FACTORS",
@@ -224,7 +225,7 @@ def evaluate(
     """
     from msresnet.errors import UserError
 
-    if per_scale and not callable(getattr(model, "forward_with_scales", None)):
+    if per_scale and not isinstance(model, PerLevel):
         raise UserError(f"{type(model).__name__} has no forward_scales (no scale axis to diagnose)")
     require_same_classes(_info_get(info, "class_names"), getattr(protocol, "class_names", None), protocol.name)
     device = torch.device(device)
@@ -232,14 +233,14 @@ def evaluate(
     pyramid = getattr(model, "pyramid", None)
     t0 = time.perf_counter()
     conditions, accuracy, counts, level_accuracy, level_scales = [], [], [], [], []
-    estimate = getattr(model, "estimate_scale", None)  # scale-aware models: the estimate's error per condition
-    scale_errors = ScaleErrors() if callable(estimate) else None
+    estimator = scale_estimator(model)  # scale-aware models: the estimate's error per condition
+    scale_errors = ScaleErrors() if estimator is not None else None
     for condition, batches, n, truth in _condition_batches(protocol, info, test_limit, batch_size, device, True):
         correct, level_hits, kept, seen = 0, None, None, 0
         for x, labels in batches:
             if scale_errors is not None and truth is not None:
                 with torch.no_grad(), autocast(device, amp):
-                    scale_errors.add(condition, estimate(x), truth[seen : seen + len(labels)])
+                    scale_errors.add(condition, estimator.estimate_scale(x), truth[seen : seen + len(labels)])
             seen += len(labels)
             levels = None
             if per_scale and not tta:  # both from one pass through the trunk

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from msresnet.errors import UserError
+from msresnet.scale.contracts import scale_estimator
 
 __all__ = ["ModelSource", "Preprocess", "load_source", "read_state_dict"]
 
@@ -110,12 +111,12 @@ class ModelSource:
 def estimate_object_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """``model.estimate_scale(x)`` as a float ``[B]`` tensor on the CPU, or None when the model has none (or cannot
     estimate yet, e.g. an unfitted probe)."""
-    fn = getattr(model, "estimate_scale", None)
-    if not callable(fn):
+    estimator = scale_estimator(model)
+    if estimator is None:
         return None
     try:
         with torch.no_grad():
-            est = fn(x)
+            est = estimator.estimate_scale(x)
     except (UserError, RuntimeError, ValueError, NotImplementedError):
         return None
     if est is None:
@@ -366,7 +367,7 @@ def load_source(
         if kind in ("timm", "torchvision"):  # NHWC convolutions: faster on CPUs and GPUs for these CNNs
             src.module.to(memory_format=torch.channels_last)
             src.runner = _channels_last(src.module)
-        src.scale_aware = callable(getattr(module, "estimate_scale", None))
+        src.scale_aware = scale_estimator(module) is not None
     else:
         src.runner = run
     if src.fixed_size:
@@ -389,7 +390,7 @@ def wrapped_source(src: ModelSource, method: str) -> ModelSource:
                      "scores are not those of a trained scale-aware model (train it: msresnet train)")  # fmt: skip
     out = ModelSource(**{**src.__dict__, "notes": notes})
     out.label, out.module, out.runner = f"{src.label} +{method}", module, module
-    out.scale_aware = callable(getattr(module, "estimate_scale", None))
+    out.scale_aware = scale_estimator(module) is not None
     out.untrained_wrapper = added
     return out
 
