@@ -36,7 +36,7 @@ from torch import nn
 from msresnet.errors import UserError
 from msresnet.scale._factory import register_wrapper
 from msresnet.scale.estimator import ScaleEstimator
-from msresnet.scale.resample import image_size, zoom
+from msresnet.scale.resample import _tracing, image_size, zoom
 
 __all__ = ["CANVASES", "CanonicalClassifier"]
 
@@ -116,6 +116,7 @@ class CanonicalClassifier(nn.Module):
         self.estimator_weight, self.trunk_view = float(estimator_weight), trunk_view
         # (H, W) of the training images, recorded by training forwards; zeros until then
         self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
+        self._canvas_seen: tuple[int, int] | None = None  # its value, for graph capture (see _trained_size)
         self._aux: torch.Tensor | None = None
         self.num_features = int(trunk.num_features)
         self.head_hidden_size = getattr(trunk, "head_hidden_size", self.num_features)
@@ -172,16 +173,28 @@ class CanonicalClassifier(nn.Module):
         with the ratio of the two sizes.
         """
         rel = _exp2(self.log2_scale(x))
-        if int(self.train_canvas.prod()) > 0:
-            ratio = (image_size(x).prod() / self.train_canvas.to(torch.float32).prod()).sqrt()
-            rel = rel * ratio
+        trained = self._trained_size()
+        if trained is not None:
+            rel = rel * (image_size(x).prod() / float(trained[0] * trained[1])).sqrt()
         return rel
 
+    def _trained_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the training images, None before training: a Python constant of the model, so that fx,
+        ONNX and ``torch.export`` graphs take no decision on a tensor's value. Read from the buffer (the real
+        tensor, also while fx traces), except while ``torch.export``/``compile`` capture a graph, whose buffers hold
+        no data: there the value read at the last eager call or ``load_state_dict``."""
+        if not torch.compiler.is_compiling():
+            h, w = (int(v) for v in self._buffers["train_canvas"].tolist())
+            self._canvas_seen = (h, w) if h * w > 0 else None
+        return self._canvas_seen
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.train_canvas.is_meta:
+            self._trained_size()
+
     def _out_size(self) -> tuple[int, int] | None:
-        if self.canvas == "train" and int(self.train_canvas.prod()) > 0:
-            h, w = self.train_canvas.tolist()
-            return int(h), int(w)
-        return None
+        return self._trained_size() if self.canvas == "train" else None
 
     def canonicalise(self, x: torch.Tensor, log2_scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` resampled so that each object has the canonical size (``log2_scale``: else estimated)."""
@@ -192,17 +205,20 @@ class CanonicalClassifier(nn.Module):
     def _training_input(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's training view of ``x``; also sets the estimator's loss (see the module docstring)."""
         b, dev = x.shape[0], x.device
-        with torch.no_grad():
-            self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
+        if not _tracing():  # a traced training graph records no canvas (its sizes are not numbers then)
+            with torch.no_grad():
+                self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
         g = _uniform(b, *self.estimator_range, dev)
         est_logits = self.estimator.logits(self.estimator.view(x, _exp2(-g)))
-        self._aux = self.estimator.loss(est_logits, g) * self.estimator_weight
+        aux = self.estimator.loss(est_logits, g) * self.estimator_weight
+        if not _tracing():  # no graph value left on the module by a trace
+            self._aux = aux
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
         shrunk = zoom(x, _exp2(-f))
         if self.trunk_view == "estimated":
             with torch.no_grad():
-                f = self.estimator(shrunk)
+                f = self.estimator(shrunk).detach()  # detached also in a traced graph, which records no no_grad
         # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size
         return zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)))
 

@@ -61,7 +61,7 @@ class ScaleEstimator(nn.Module):
         if view_size < 8:
             raise UserError(f"estimator view_size must be at least 8 pixels, got {view_size}")
         n = int(math.floor((hi - lo) / bin_step + 1e-6)) + 1
-        self.view_size, self.window = int(view_size), int(window)
+        self.view_size, self.window, self.num_bins = int(view_size), int(window), n
         self.register_buffer("centres", lo + bin_step * torch.arange(n, dtype=torch.float32), persistent=False)
         w = int(width)
         # receptive field ~45 px of the view: the largest objects it must size fill most of it
@@ -107,12 +107,12 @@ class ScaleEstimator(nn.Module):
 
     def targets(self, log2_scale: torch.Tensor) -> torch.Tensor:
         """Two-hot bin targets ``[B, n_bins]`` of log2 labels (clamped into the bin range)."""
-        c = self.centres
+        c, n = self.centres, self.num_bins
         step = c[1] - c[0]
-        pos = ((log2_scale.float() - c[0]) / step).clamp(0, c.numel() - 1)
-        lo = pos.floor().clamp(max=c.numel() - 2).long()
+        pos = ((log2_scale.float() - c[0]) / step).clamp(0, n - 1)
+        lo = pos.floor().clamp(max=n - 2).long()
         frac = (pos - lo.float()).unsqueeze(1)
-        t = torch.zeros(log2_scale.shape[0], c.numel(), device=c.device)
+        t = c.new_zeros((log2_scale.shape[0], n))
         t.scatter_(1, lo.unsqueeze(1), 1 - frac)
         t.scatter_add_(1, lo.unsqueeze(1) + 1, frac)
         return t

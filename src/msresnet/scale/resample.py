@@ -27,11 +27,20 @@ LEVELS = 4
 
 
 def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    """A graph is being recorded (ONNX, fx, ``torch.export``/``compile``): no Python decisions on tensor values."""
+    return (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        or torch.compiler.is_compiling()
+    )
 
 
 def image_size(x: torch.Tensor) -> torch.Tensor:
-    """``(H, W)`` of ``x`` as a float tensor (a traced shape under ONNX export, so sizes stay dynamic)."""
+    """``(H, W)`` of ``x`` as a float tensor on the CPU (a traced shape under ONNX export and a symbolic one under
+    ``torch.export``, so sizes stay dynamic)."""
+    if torch.compiler.is_compiling():  # torch.export has no kernel for _shape_as_tensor; it records this symbolically
+        return torch.tensor(x.shape[-2:], dtype=torch.float32)
     return torch._shape_as_tensor(x)[-2:].to(torch.float32)
 
 
@@ -43,7 +52,7 @@ def pixel_step(span: torch.Tensor, size_in: torch.Tensor, size_out: torch.Tensor
 def _axis(n: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """Pixel-centre coordinates in [-1, 1] (``align_corners=False``) of an axis of ``n`` pixels."""
     if isinstance(n, int):
-        idx = torch.arange(n, dtype=like.dtype, device=like.device)
+        idx = like.new_ones(n).cumsum(0) - 1  # arange in ``like``'s dtype and device, from a method fx can record
         return (2 * idx + 1) / n - 1
     # a dynamic length: a cumulative sum of ones along the input's own axis traces to ONNX without a Range op
     ones = torch.ones_like(like)
@@ -76,7 +85,7 @@ def zoom(
     else:
         h_out, w_out = int(size[0]), int(size[1])
         ys, xs = _axis(h_out, x), _axis(w_out, x)
-        size_out = torch.tensor([h_out, w_out], dtype=torch.float32, device=x.device)
+        size_out = x.new_tensor([h_out, w_out], dtype=torch.float32)
     span = span.to(x.dtype).reshape(-1)
     step = pixel_step(span, size_in, size_out)  # [B]
     # normalised input coordinate of each output pixel: u_in = u_out * step * n_out / n_in, per axis
