@@ -10,9 +10,7 @@ named in the report and skipped; when no run has one the report is refused (``Us
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from msresnet.evaluate.condition import Kind
 from msresnet.evaluate.runs import count_params
 from msresnet.records import SweepResult
 from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
+from msresnet.report.render import html_page, html_table, markdown_table, png_img, render_html, render_markdown
 
 __all__ = [
     "RunSummary",
@@ -195,45 +194,6 @@ def _titles(runs: Sequence[RunSummary], keys: Sequence[str]) -> dict[str, str]:
     return titles
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table (numbers right-aligned)."""
-    align = ["---" if i < 2 else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def png_img(path: str | Path, alt: str) -> str:
-    """An ``<img>`` tag with the PNG embedded as base64, so the page needs no other file."""
-    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
-
-
-def html_page(title: str, body: Sequence[str]) -> str:
-    """A complete self-contained HTML document with the report style."""
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
-    )
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
-thead { background: #f3f3f3; } tbody tr:nth-child(even) { background: #fafafa; }
-img { max-width: 100%; } .note { color: #666; font-size: 0.9em; } code { background: #f3f3f3; padding: 0 3px; }
-"""
-
 _LEGEND = (
     "Accuracy in % per test condition; mean over conditions; worst = lowest; retention = worst / accuracy at the "
     "training condition (1.0 = no loss under the shift)."
@@ -269,9 +229,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
 
     written: dict[str, Path] = {}
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    md = ["# msresnet report", "", f"Generated {stamp} from {len(runs)} run(s).", "", _LEGEND, ""]
-    body = [f"<h1>msresnet report</h1><p class='note'>Generated {stamp} from {len(runs)} run(s).</p>"]
-    body.append(f"<p class='note'>{html.escape(_LEGEND)}</p>")
+    blocks: list[tuple] = [("h1", "msresnet report"), ("p", f"Generated {stamp} from {len(runs)} run(s)."),
+                           ("p", _LEGEND)]  # fmt: skip
     for protocol in protocols:
         members = [r for r in runs if protocol in r.evals]
         header, rows = protocol_table(members, protocol)
@@ -285,23 +244,20 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         n = first.n_per_condition
         note = f"Condition: {what}; training condition: {_fmt_cond(train) if train is not None else 'n/a'}"
         note += f"; test images per condition: {n}." if n is not None else "."
-        md += [f"## {title}", "", note, "", markdown_table(header, rows), "", f"![{title}]({png.name})", ""]
-        body += [
-            f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>",
-            html_table(header, rows),
-            png_img(png, f"{title}: accuracy against {what}"),
+        blocks += [
+            ("h2", title),
+            ("p", note),
+            ("table", header, rows),
+            ("img", png, f"{title}: accuracy against {what}"),
         ]
     if skipped:
-        md += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
-        body.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul>")
-    md += ["## Runs", "", *[f"- `{r.label}`: `{r.path}`" for r in runs], ""]
-    body.append("<h2>Runs</h2><ul>" + "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in runs))
-    body.append("</ul>")
+        blocks += [("h2", "Skipped"), ("list", skipped)]
+    blocks += [("h2", "Runs"), ("list", [f"{r.label}: {r.path}" for r in runs])]
 
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md))
+    md_path.write_text(render_markdown(blocks, out))
     html_path = out / "report.html"
-    html_path.write_text(html_page("msresnet report", body))
+    html_path.write_text(render_html(blocks))
     written["markdown"] = md_path
     written["html"] = html_path
     return written

@@ -44,8 +44,14 @@ class TrainingLoss(Protocol):
 
 
 def scale_estimator(model: Any) -> ScaleEstimator | None:
-    """``model`` as a :class:`ScaleEstimator`, or None when it estimates no scale."""
-    return model if isinstance(model, ScaleEstimator) and callable(model.estimate_scale) else None
+    """``model`` as a :class:`ScaleEstimator`, or None when it estimates no scale (or cannot yet: a pyramid whose
+    object-scale probe is not fitted declares the method but refuses it with AttributeError)."""
+    if not isinstance(model, ScaleEstimator):
+        return None
+    try:
+        return model if callable(model.estimate_scale) else None
+    except AttributeError:
+        return None
 
 
 def auxiliary_loss(model: Any) -> Tensor | None:

@@ -11,7 +11,6 @@ self-contained ``report.html`` (figures embedded) built from the same blocks, wi
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import math
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from msresnet.engine.checkpoint import atomic_write_bytes
-from msresnet.report.report import html_page, html_table, markdown_table, png_img
+from msresnet.report.render import render_html, render_markdown
 from msresnet.scan import plots
 from msresnet.scan.data import ScanData
 from msresnet.scan.sources import ModelSource
@@ -141,36 +140,6 @@ def _blocks(payload: dict[str, Any], figures: dict[str, Any], models: Sequence[M
     return out
 
 
-def _markdown(blocks: list[tuple], out: Path) -> str:
-    md: list[str] = []
-    for b in blocks:
-        if b[0] == "h1":
-            md += [f"# {b[1]}", ""]
-        elif b[0] == "h2":
-            md += [f"## {b[1]}", ""]
-        elif b[0] == "p":
-            md += [b[1], ""]
-        elif b[0] == "table":
-            md += [markdown_table(b[1], [[c.replace("|", "\\|") for c in r] for r in b[2]]), ""]
-        elif b[0] == "img":
-            md += [f"![{b[2]}]({Path(b[1]).relative_to(out)})", ""]
-    return "\n".join(md)
-
-
-def _html(blocks: list[tuple]) -> str:
-    body: list[str] = []
-    for b in blocks:
-        if b[0] in ("h1", "h2"):
-            body.append(f"<{b[0]}>{html.escape(b[1])}</{b[0]}>")
-        elif b[0] == "p":
-            body.append(f"<p class='note'>{html.escape(b[1])}</p>")
-        elif b[0] == "table":
-            body.append(html_table(b[1], b[2]))
-        elif b[0] == "img":
-            body.append(png_img(b[1], b[2]))
-    return html_page(blocks[0][1], body)
-
-
 def _csv(payload: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -225,6 +194,6 @@ def write_outputs(out: Path, models: Sequence[ModelSource], data: ScanData, swep
                "html": out / "report.html"}  # fmt: skip
     atomic_write_bytes(written["json"], (json.dumps(payload, indent=1) + "\n").encode())
     atomic_write_bytes(written["csv"], _csv(payload).encode())
-    atomic_write_bytes(written["markdown"], _markdown(blocks, out).encode())
-    atomic_write_bytes(written["html"], _html(blocks).encode())
+    atomic_write_bytes(written["markdown"], render_markdown(blocks, out).encode())
+    atomic_write_bytes(written["html"], render_html(blocks).encode())
     return written
