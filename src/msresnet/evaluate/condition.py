@@ -43,6 +43,11 @@ class Kind(str, Enum):
         except ValueError:
             return cls.OTHER
 
+    def fits(self, smallest: int, factor: float, min_side: int) -> bool:
+        """Whether a condition of this kind keeps images of shorter side ``smallest`` at or above ``min_side``
+        pixels (a scale condition keeps every image's size; a resize scales it by ``factor``)."""
+        return not self.resamples_whole_image or round(smallest * factor) >= min_side
+
     @property
     def resamples_whole_image(self) -> bool:
         """Whether the condition resizes the whole image (rather than the object inside its canvas)."""

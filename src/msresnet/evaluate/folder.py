@@ -44,6 +44,7 @@ __all__ = ["SWEEPS", "FolderEval", "ImageGroups", "border_fill", "build_folder_e
 SWEEPS = ("scale", "resolution")
 SCALES = [2 ** (k / 4) for k in range(-4, 5)]
 RESIZE_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+FACTORS = {Kind.SCALE: SCALES, Kind.RESOLUTION: RESIZE_FACTORS}  # each sweep's factors
 _CHUNK = 2048
 
 
@@ -164,9 +165,8 @@ def build_folder_eval(
     square = next(iter(shapes)) if len(shapes) == 1 and len(set(next(iter(shapes)))) == 1 else None
     smallest = min(min(s) for s in shapes)
     kind = Kind.of(sweep)
-    conditions = Condition.sweep(kind, SCALES if kind is Kind.SCALE else RESIZE_FACTORS, square)
-    # a scale sweep keeps every image's size; a resolution sweep drops what would fall below the model's minimum
-    conditions = [c for c in conditions if kind is Kind.SCALE or round(smallest * c.factor) >= min_side]
+    conditions = Condition.sweep(kind, FACTORS[kind], square)
+    conditions = [c for c in conditions if kind.fits(smallest, c.factor, min_side)]  # none below the model's minimum
     if not conditions:
         raise UserError(f"the images of {root} are too small for a resolution sweep (model minimum {min_side} px)")
     test = {c.key: ImageGroups(_map_groups(groups, lambda x, c=c: c.apply(x, fill="border"))) for c in conditions}

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from msresnet.errors import UserError
-from msresnet.evaluate.condition import Kind
 from msresnet.scan.data import ScanData, load_folder, load_protocol
 from msresnet.scan.sources import ModelSource, Preprocess, load_source, wrapped_source
 from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES, conditions_for, run_sweeps
@@ -119,8 +118,10 @@ def run_scan(
     _log(f"scanning {len(models)} model(s) on {len(data.labels)} images x {len(conditions)} conditions")
     swept = run_sweeps(models, data, conditions, batch_size=bs, device=device, interpolation=interpolation,
                        progress=progress)  # fmt: skip
+    factors: dict[str, list[float]] = {}  # each sweep's factors, as the settings record them
+    for c in conditions:
+        factors.setdefault(c.sweep_name, []).append(c.factor)
     settings = {"device": str(device), "batch_size": bs, "interpolation": interpolation, "limit": limit,
-                "scales": [c.factor for c in conditions if c.kind is Kind.SCALE],
-                "resolutions": [c.factor for c in conditions if c.kind is Kind.RESOLUTION],
+                "scales": factors.get("scale", []), "resolutions": factors.get("resolution", []),
                 "wrap": list(wrap)}  # fmt: skip
     return write_outputs(out, models, data, swept, settings, conditions)
