@@ -150,10 +150,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from msresnet.commands.common import resolve_device
-    from msresnet.scan import Preprocess, run_scan
+    from msresnet.scan import PreprocessOverrides, run_scan
     from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES
 
-    given = Preprocess(args.input_size, floats(args.mean, "--mean"), floats(args.std, "--std"), args.interpolation)
+    given = PreprocessOverrides(
+        args.input_size, floats(args.mean, "--mean"), floats(args.std, "--std"), args.interpolation
+    )
     written = run_scan(
         args.models, args.out, data_dir=args.data_dir, protocol=args.protocol,
         protocol_params=kv_pairs(args.protocol_param, "--protocol-param"), checkpoints=args.checkpoint or [],

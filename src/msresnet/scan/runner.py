@@ -11,7 +11,7 @@ import torch
 
 from msresnet.errors import UserError
 from msresnet.scan.data import ScanData, load_folder, load_protocol
-from msresnet.scan.sources import ModelSource, Preprocess, load_source, wrapped_source
+from msresnet.scan.sources import ModelSource, PreprocessOverrides, load_source, wrapped_source
 from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES, conditions_for, run_sweeps
 
 __all__ = ["run_scan"]
@@ -41,7 +41,7 @@ def run_scan(
     protocol_params: dict[str, Any] | None = None,
     checkpoints: Sequence[str] = (),
     wrap: Sequence[str] = (),
-    given: Preprocess | None = None,
+    given: PreprocessOverrides | None = None,
     image_size: int | None = None,
     limit: int | None = None,
     scales: Sequence[float] = DEFAULT_SCALES,
@@ -90,7 +90,7 @@ def run_scan(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-    given = given or Preprocess()
+    given = given or PreprocessOverrides()
     ckpts = _assign_checkpoints(specs, checkpoints)
     if protocol:
         data: ScanData = load_protocol(protocol, data_dir, protocol_params)

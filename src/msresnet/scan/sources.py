@@ -27,14 +27,16 @@ from torch import nn
 from msresnet.errors import UserError
 from msresnet.scale.contracts import scale_estimator
 
-__all__ = ["ModelSource", "Preprocess", "load_source", "read_state_dict"]
+__all__ = ["ModelSource", "PreprocessOverrides", "load_source", "read_state_dict"]
 
 SPEC_HELP = "an msresnet run directory or .safetensors checkpoint, timm:NAME, torchvision:NAME or an .onnx file"
 
 
 @dataclass
-class Preprocess:
-    """What is given on the command line; ``None`` = the model's own."""
+class PreprocessOverrides:
+    """The preprocessing options given on the command line (``--input-size``, ``--mean``, ``--std``,
+    ``--interpolation``), each overriding the model's own; ``None`` keeps the model's. Not a preprocessing itself:
+    that is :class:`msresnet.preprocess.Preprocess`, the one a checkpoint stores."""
 
     input_size: int | None = None
     mean: tuple[float, ...] | None = None
@@ -84,14 +86,13 @@ class ModelSource:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Channels, fixed size and normalisation of images in [0, 1]."""
         from msresnet.data.scaling import match_channels, resize_images
+        from msresnet.preprocess import normalize
 
         x = match_channels(x, self.in_chans)
         if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
             x = resize_images(x, self.fixed_size, mode=self.interpolation)
         if self.mean is not None and self.std is not None:
-            m = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            s = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            x = (x - m) / s
+            x = normalize(x, self.mean, self.std)
         return x
 
     @torch.inference_mode()
@@ -294,7 +295,7 @@ def load_source(
     in_chans: int,
     data_stats: tuple[tuple[float, ...], tuple[float, ...]],
     checkpoint: str | None = None,
-    given: Preprocess | None = None,
+    given: PreprocessOverrides | None = None,
     device: str | torch.device = "cpu",
 ) -> ModelSource:
     """Build the :class:`ModelSource` for one MODEL argument.
@@ -311,7 +312,7 @@ def load_source(
     Raises:
         UserError: unknown model, missing or unreadable file, class-count mismatch.
     """
-    given = given or Preprocess()
+    given = given or PreprocessOverrides()
     device = torch.device(device)
     notes: list[str] = []
     module: nn.Module | None = None
