@@ -58,7 +58,7 @@ def evaluate_checkpoint(
 
     from msresnet.data import build_protocol
     from msresnet.data.folder import BadImageWarning
-    from msresnet.engine.checkpoint import load_model, read_checkpoint_info
+    from msresnet.engine.checkpoint import load_checkpoint, read_checkpoint_info
     from msresnet.evaluate import evaluate_sweep, write_eval
 
     device = resolve_device(device)
@@ -87,12 +87,13 @@ def evaluate_checkpoint(
     # no_grad as a context, not a global switch: main() also runs in-process (tests, notebooks)
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", BadImageWarning)
-        model = load_model(checkpoint, device=device)
+        loaded = load_checkpoint(checkpoint, device=device)
+        model = loaded.model
         if own_folder:
             from msresnet.evaluate.folder import build_folder_eval
 
             min_side = int(getattr(model, "min_input_size", 1) or 1)
-            built = build_folder_eval(root, model.preprocess, model.class_names, sweep=sweep, min_side=min_side)
+            built = build_folder_eval(root, loaded.preprocess, loaded.class_names, sweep=sweep, min_side=min_side)
         else:
             built = build_protocol(name, root=root, **params)
         result = evaluate_sweep(

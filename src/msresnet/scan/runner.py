@@ -103,7 +103,7 @@ def run_scan(
     models: list[ModelSource] = []
     for spec, ckpt in zip(specs, ckpts, strict=True):
         src = load_source(spec, num_classes=data.num_classes, in_chans=data.in_chans, data_stats=stats,
-                          checkpoint=ckpt, given=given, device=device)  # fmt: skip
+                          checkpoint=ckpt, given=given, device=device, class_names=data.class_names)  # fmt: skip
         models.append(src)
         for method in wrap:
             if src.module is not None:

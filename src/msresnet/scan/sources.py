@@ -297,6 +297,7 @@ def load_source(
     checkpoint: str | None = None,
     given: PreprocessOverrides | None = None,
     device: str | torch.device = "cpu",
+    class_names: Sequence[str] | None = None,
 ) -> ModelSource:
     """Build the :class:`ModelSource` for one MODEL argument.
 
@@ -308,6 +309,7 @@ def load_source(
         checkpoint: weights for a ``timm:``/``torchvision:`` model.
         given: preprocessing given on the command line (wins over the model's own).
         device: where torch models run (ONNX runs on the CPU).
+        class_names: the data's classes; an msresnet checkpoint must have the same, index for index.
 
     Raises:
         UserError: unknown model, missing or unreadable file, class-count mismatch.
@@ -340,15 +342,17 @@ def load_source(
         notes.append("images fed in [0, 1], unnormalised (msresnet exports include it; else give --mean/--std)")
     else:
         kind = "msresnet"
-        from msresnet.engine.checkpoint import load_model
+        from msresnet.engine.checkpoint import load_checkpoint
+        from msresnet.evaluate import require_same_classes
 
         p = Path(spec)
         if not p.exists():
             raise UserError(f"model {spec}: no such file or directory (expected {SPEC_HELP})")
-        module = load_model(p, device="cpu")
-        ci = module.checkpoint_info
+        loaded = load_checkpoint(p, device="cpu")
+        module, ci = loaded.model, loaded.info
         if int(ci.num_classes) != num_classes:
             raise UserError(f"{spec}: the checkpoint has {ci.num_classes} classes but the data has {num_classes}")
+        require_same_classes(loaded.class_names, class_names, "the scan's data")
         info = {"in_chans": int(ci.in_chans), "mean": ci.mean, "std": ci.std, "fixed_size": None}
         random_init, weights = False, str(ci.path)
         label = p.name if p.is_dir() else p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
