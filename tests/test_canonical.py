@@ -280,3 +280,52 @@ def test_resume_is_exact_with_a_canonical_model(tmp_path, monkeypatch) -> None:
         train(load_train_config(None, base_config(out, **recipe, checkpoint_every=5)), on_step=crash)
     train(load_train_config(None, base_config(out, **recipe, checkpoint_every=5, resume=True)))
     assert_same_run(ref, out)
+
+
+def test_zoom_about_a_centre_moves_the_window() -> None:
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 4:8, 24:28] = 1.0  # a blob near the top-right corner: x ~ +0.62, y ~ -0.62 in normalised coordinates
+    c = torch.tensor([[26 / 16 - 1, 6 / 16 - 1]])
+    about_centre = zoom(x, torch.tensor([0.25]))
+    about_blob = zoom(x, torch.tensor([0.25]), centre=c)
+    assert about_centre.max() == 0  # the blob left the canvas
+    assert about_blob[..., 12:20, 12:20].mean() > 0.9  # the blob fills the middle of the enlarged window
+
+
+@pytest.mark.parametrize("padding", ["reflection", "border", "zeros"])
+def test_zoom_padding_of_a_shrink(padding: str) -> None:
+    x = torch.rand(1, 1, 32, 32)
+    out = zoom(x, torch.tensor([2.0]), padding=padding)
+    ring = out[..., :4, :]  # outside the shrunk image
+    if padding == "zeros":
+        assert ring.abs().max() < 1e-6
+    elif padding == "border":  # streaks: each column of the ring repeats one edge pixel
+        assert torch.allclose(ring[..., 0, :], ring[..., 1, :], atol=1e-5)
+    else:  # mirrored content: the ring varies down its columns like the image does
+        assert (ring[..., 0, :] - ring[..., 3, :]).abs().mean() > 0.05
+
+
+def test_localised_windows_stay_inside_the_image() -> None:
+    model = _canonical(fill="zeros").eval()
+    x = torch.ones(4, 1, 32, 32)
+    corners = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [0.9, -0.9], [-1.0, -1.0]])
+    spans = torch.tensor([0.25, 0.5, 0.7, 0.9])
+    out = model._zoom(x, spans, None, corners)  # enlargements about the corners: clamped to stay inside
+    assert out[..., 4:-4, 4:-4].min() > 0.99  # (the outermost pixels blend with what lies half a pixel beyond)
+    unclamped = zoom(x, spans, centre=corners, padding="zeros")
+    assert unclamped[..., 4:-4, 4:-4].min() < 0.01
+    shrunk = model._zoom(x, torch.full((4,), 2.0), None, corners)  # shrinks: the whole image stays in view
+    assert torch.allclose(shrunk.sum((-2, -1)), torch.full((4, 1), 32 * 32 / 4.0), rtol=0.02)
+
+
+def test_estimator_locates_and_its_attention_learns_from_its_loss() -> None:
+    model = _canonical(in_chans=3).train()
+    x = torch.rand(3, 3, 40, 24)
+    e, c = model.estimator.estimate(x)
+    assert e.shape == (3,) and c.shape == (3, 2) and c.abs().max() <= 1.0
+    model(torch.rand(4, 3, 32, 32))
+    model.auxiliary_loss().backward()
+    assert model.estimator.attend.weight.grad is not None and model.estimator.attend.weight.grad.abs().sum() > 0
+    assert "fill='reflection'" in repr(model) and "localise=True" in repr(model)
+    with pytest.raises(UserError, match="fill"):
+        _canonical(fill="mirror")

@@ -48,6 +48,9 @@ class Protocol:
     test_loader: Callable[[Any], ImageTensorDataset] = field(repr=False)
     root: str | None = None
     has_val: bool = True
+    #: the validation images under each test condition, where the protocol makes them itself (scenes: a fresh
+    #: background per image); ``None``: :class:`~msresnet.engine.evaluate.ValidationSweep` derives them from ``val``
+    val_loader: Callable[[Any], ImageTensorDataset] | None = field(default=None, repr=False)
     _test: LazyConditionMap | None = field(default=None, init=False, repr=False)
 
     @property

@@ -36,12 +36,13 @@ from msresnet.data._protocol import Protocol, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset
 from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
-from msresnet.data.images import DEFAULT_MAX_PIXELS
+from msresnet.data.images import DEFAULT_MAX_PIXELS, MAX_SIDE
 from msresnet.errors import UserError
 
 __all__ = ["FOLDER_PARAMS", "DataWarning", "MixedModesWarning", "SmallClassWarning", "build_plain_folder"]
 
 MAX_AUTO_SIZE = 256  # default fitted side for folders of mixed sizes: larger photos are shrunk to this
+MAX_HEADERS = 5000  # larger folders decide channels and geometry from a random sample of this many file headers
 GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 
 Files = list[tuple[str, int]]
@@ -71,7 +72,9 @@ FOLDER_PARAMS: dict[str, Param] = {
     "test_fraction": Param.float_(0.2, lo=0.0, hi=0.9),
     "seed": Param.int_(0, lo=0),
     "mode": Param(None, _mode, "L or RGB (default: from the data)"),
-    "input_size": Param.int_(None, lo=4, optional=True, doc="fit images to this square size (default: native)"),
+    "input_size": Param.int_(
+        None, lo=4, optional=True, doc="fit images to this square size (default: native)", hi=MAX_SIDE
+    ),
     "max_pixels": Param.int_(DEFAULT_MAX_PIXELS, lo=1, optional=True),
     "strict": Param.bool_(False),
 }
@@ -172,13 +175,26 @@ def _header(path: str) -> tuple[bool, tuple[int, int]] | None:
         return None
 
 
+def _header_sample(files: Files, seed: int) -> Files:
+    """The files whose headers decide channels and geometry: all of them up to :data:`MAX_HEADERS`, else a seeded
+    random :data:`MAX_HEADERS` plus the first file of every class (so the first training step of a streamed folder
+    does not wait for a pass over every file)."""
+    if len(files) <= MAX_HEADERS:
+        return files
+    g = torch.Generator().manual_seed(seed)
+    pick = set(torch.randperm(len(files), generator=g)[:MAX_HEADERS].tolist())
+    firsts = {t: i for i, (_, t) in reversed(list(enumerate(files)))}
+    return [files[i] for i in sorted(pick | set(firsts.values()))]
+
+
 def _facts(p: dict[str, Any], splits: dict[str, Files], classes: list[str], train_dir: Path) -> dict[str, Any]:
     """Channel mode and geometry decided from the training and validation images' headers."""
-    files = splits["train"] + splits["val"]
+    files = _header_sample(splits["train"] + splits["val"], p["seed"])
     with ThreadPoolExecutor(4) as pool:
         heads = list(pool.map(_header, [f for f, _ in files], chunksize=64))
     readable = Counter(t for (_, t), h in zip(files, heads, strict=True) if h is not None)
-    dead = [c for c in range(len(classes)) if not readable[c]]
+    checked = {t for _, t in files}
+    dead = [c for c in range(len(classes)) if not readable[c] and c in checked]
     if dead:
         raise UserError(f"class folder {train_dir / classes[dead[0]]} has no readable image"
                         + (f" (nor {len(dead) - 1} other class folders)" if len(dead) > 1 else ""))  # fmt: skip
@@ -248,4 +264,6 @@ def build_plain_folder(_root: str | None, p: dict[str, Any]):
     protocol = Protocol("folder", p, "scale", 1.0, len(classes), in_chans, classes, input_size, store, [1.0],
                         lambda _k: store.get("test"), root=p["root"], has_val=bool(splits["val"]))  # fmt: skip
     protocol.summary = _describe(facts, where, {k: len(v) for k, v in splits.items()}, classes)  # type: ignore[attr-defined]
+    protocol.files = splits  # type: ignore[attr-defined]  # what a streamed run reads, file by file
+    protocol.fingerprint = fingerprint  # type: ignore[attr-defined]  # the files' identity without decoding them
     return protocol

@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import struct
 import threading
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from msresnet.errors import UserError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "BadImageError", "convert_mode", "load_image", "to_8bit"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MAX_SIDE",
+    "BadImageError",
+    "convert_mode",
+    "install_bomb_filter",
+    "load_image",
+    "to_8bit",
+]
 
+EXIF_ORIENTATION = 0x0112
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpx: well above any camera image, far below a decompression bomb's size
+# The largest side (px) of anything msresnet is asked to make: a model input, a canvas, a fitted size. Sizes read from
+# checkpoint metadata or protocol parameters are checked against it, so a crafted number cannot exhaust memory.
+MAX_SIDE = 8192
 
 
 class BadImageError(UserError):
@@ -112,14 +124,14 @@ def load_image(
     """
     if mode not in ("L", "RGB"):
         raise UserError(f"image mode must be 'L' or 'RGB', not {mode!r}")
-    path = Path(path)
+    path = os.fspath(path)  # os.stat, not pathlib: this runs once per image of every training step
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
     except OSError as e:
         raise BadImageError(path, "no such file" if isinstance(e, FileNotFoundError) else str(e)) from None
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise BadImageError(path, "not a file")
-    if size == 0:
+    if st.st_size == 0:
         raise BadImageError(path, "empty file")
     try:
         with bomb_warnings_as_errors(), Image.open(path) as im:
@@ -129,8 +141,9 @@ def load_image(
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # animated: first frame
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return _convert(im, mode, background).copy()
+            if im.getexif().get(EXIF_ORIENTATION, 1) != 1:  # most files have none: skip exif_transpose's copy
+                im = ImageOps.exif_transpose(im) or im
+            return _convert(im, mode, background)  # decoded by load(): independent of the file closed here
     except BadImageError:
         raise
     except UnidentifiedImageError:
@@ -142,6 +155,17 @@ def load_image(
         raise BadImageError(path, f"truncated or corrupt: {e}") from None
 
 
+_PROCESS_FILTER = False  # set in processes that only decode images (loader workers): the filter is process-wide
+
+
+def install_bomb_filter(*_: object) -> None:
+    """Make PIL's DecompressionBombWarning an error for the whole process, once (a DataLoader ``worker_init_fn``:
+    a worker only decodes images, so a process-wide filter is right there and saves a context per image)."""
+    global _PROCESS_FILTER
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    _PROCESS_FILTER = True
+
+
 @contextlib.contextmanager
 def bomb_warnings_as_errors() -> Iterator[None]:
     """Turn PIL's DecompressionBombWarning (it only *warns* between its limit and twice it) into an error.
@@ -150,7 +174,7 @@ def bomb_warnings_as_errors() -> Iterator[None]:
     once in the main thread around its worker threads, and :func:`load_image` enters it itself only when called from
     the main thread.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if _PROCESS_FILTER or threading.current_thread() is not threading.main_thread():
         yield
         return
     with warnings.catch_warnings():

@@ -9,6 +9,13 @@ ordered mapping from test condition to dataset). Protocols (see ``docs`` / DESIG
     own log-uniform ``s``, drawn once from ``seed``); val = the last ``val_size`` (5k) train images, the same way: model
     selection uses val, never test; test = the 10k test images at ``s = 2^(k/4), k = -4..4``. Condition keys are the
     scales rounded to 4 decimals (0.5, 0.5946, ..., 2.0).
+``fmnist-ls-scene`` (objects in front of things, anywhere, in colour; :mod:`msresnet.data.scenes`)
+    RGB 64x64; each object coloured and placed uniformly where it fits, over a background drawn afresh for every
+    image at the canvas resolution (dead leaves or 1/f noise, ``backgrounds``). train = the first 55k train images
+    at ``s = 1``; val = the last 5k, at ``s = 1`` and (for the validation sweep) at every test scale with fresh
+    backgrounds and places; test = the 10k test images at the 9 fmnist-ls scales, each object keeping its colour
+    across scales while its background and place change. Test objects are resized with ``interpolation``
+    (bicubic by default: another filter than the bilinear of fmnist-ls and of the models' own resampling).
 ``fmnist-scale`` (SESN's MNIST-scale recipe)
     all 70k images pooled, stratified split 10k train / 2k val / 50k test from seed ``realization`` (0..5), each image
     resized once by ``s ~ U(0.3, 1.0)`` (bicubic, antialiased, size ``round(28 s)``) and centred on the 28x28 canvas.
@@ -50,7 +57,9 @@ from msresnet.data.datasets import ImageTensorDataset, stratified_split
 from msresnet.data.folder_protocols import FOLDER_COMMON, build_folder_ls, build_folder_res
 from msresnet.data.idx import IDX_DATASETS, find_idx_files, load_idx_arrays
 from msresnet.data.imagefolder import FOLDER_PARAMS, build_plain_folder
+from msresnet.data.images import MAX_SIDE
 from msresnet.data.scaling import rescale_in_canvas, resize_images, sample_scales
+from msresnet.data.scenes import BACKGROUNDS, scenes
 from msresnet.errors import UserError
 
 __all__ = ["PROTOCOL_VERSION", "Protocol", "build_protocol", "list_protocols"]
@@ -140,6 +149,36 @@ def _build_fmnist_ls(root: str | None, p: dict[str, Any]) -> Protocol:
         train_condition = min(keys, key=lambda k: abs(math.log2(k / centre)))
     return Protocol("fmnist-ls", p, "scale", train_condition, len(names), 1, names, (canvas, canvas), store, keys,
                     lambda k: store.get(f"test-{k:g}"), root=root)  # fmt: skip
+
+
+def _build_fmnist_ls_scene(root: str | None, p: dict[str, Any]) -> Protocol:
+    data, fingerprint, names = _fmnist_common(p, root)
+    canvas, families, seed = p["canvas"], p["backgrounds"], p["seed"]
+    unknown = sorted(set(families) - set(BACKGROUNDS))
+    if unknown:
+        raise UserError(f"unknown backgrounds {unknown} (available: {', '.join(BACKGROUNDS)})")
+
+    def part(which: int, scale: float, stream: int, mode: str) -> Callable[[], ImageTensorDataset]:
+        def make() -> ImageTensorDataset:
+            pair = data["test"] if which == 2 else _train_val(*data["train"], p["val_size"], "the train split")[which]
+            images, labels = _limit(pair, p["limit"])
+            # place and background: one stream per part; colour: one per split, the same at every scale
+            out = scenes(images, scale, canvas, families, (seed, stream, round(scale * 1e4)), mode=mode,
+                         colour_seed=(seed, which))  # fmt: skip
+            return ImageTensorDataset(out, labels.clone(), extras={"scale": torch.full((len(out),), float(scale))})
+
+        return make
+
+    keys = [scale_key(s) for s in p["scales"]]
+    exact = dict(zip(keys, p["scales"], strict=True))
+    gens = {"train": part(0, 1.0, 0, "bilinear"), "val": part(1, 1.0, 1, "bilinear")}
+    for k in keys:
+        gens[f"test-{k:g}"] = part(2, exact[k], 2, p["interpolation"])
+        gens[f"val-{k:g}"] = part(1, exact[k], 3, p["interpolation"])
+    store = PartStore(store_dir("fmnist-ls-scene", p, fingerprint), gens, names)
+    return Protocol("fmnist-ls-scene", p, "scale", 1.0 if 1.0 in keys else None, len(names), 3, names,
+                    (canvas, canvas), store, keys, lambda k: store.get(f"test-{k:g}"), root=root,
+                    val_loader=lambda k: store.get(f"val-{k:g}"))  # fmt: skip
 
 
 def _build_fmnist_scale(root: str | None, p: dict[str, Any]) -> Protocol:
@@ -237,27 +276,32 @@ _IDX = Param.choice(sorted(IDX_DATASETS), "fashion-mnist")
 
 _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dict[str, Param], str]] = {
     "fmnist-ls": (_build_fmnist_ls, {
-        "dataset": _IDX, "canvas": Param.int_(64, lo=8), "scales": Param.floats(LS_SCALES, positive=True),
+        "dataset": _IDX, "canvas": Param.int_(64, lo=8, hi=MAX_SIDE), "scales": Param.floats(LS_SCALES, positive=True),
         "train_scales": Param.range_(None), "val_size": Param.int_(5000, lo=0), "seed": Param.int_(0, lo=0),
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": LIMIT,
     }, "object rescaled by 2^(k/4), k=-4..4, in a 64x64 canvas; train at s=1"),
+    "fmnist-ls-scene": (_build_fmnist_ls_scene, {
+        "dataset": _IDX, "canvas": Param.int_(64, lo=16), "scales": Param.floats(LS_SCALES, positive=True),
+        "backgrounds": Param.choices(sorted(BACKGROUNDS), sorted(BACKGROUNDS)), "val_size": Param.int_(5000, lo=0),
+        "seed": Param.int_(0, lo=0), "interpolation": Param.choice(["bilinear", "bicubic"], "bicubic"), "limit": LIMIT,
+    }, "coloured objects anywhere on dead-leaves / 1/f backgrounds, 64x64 RGB; train at s=1, fmnist-ls scales"),
     "fmnist-scale": (_build_fmnist_scale, {
         "dataset": _IDX, "realization": Param.int_(0, lo=0), "scale_range": Param.range_((0.3, 1.0), optional=False),
         "train_size": Param.int_(10000, lo=1), "val_size": Param.int_(2000, lo=0), "test_size": Param.int_(50000, lo=1),
         "test_bins": Param.int_(5, lo=1), "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bicubic"),
     }, "SESN MNIST-scale recipe: 10k/2k/50k, s ~ U(0.3, 1) on the 28x28 canvas, realizations 0..5"),
     "fmnist-res": (_build_fmnist_res, {
-        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1), "train_size": Param.int_(28, lo=4),
-        "val_size": Param.int_(5000, lo=0),
+        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1, hi=MAX_SIDE),
+        "train_size": Param.int_(28, lo=4, hi=MAX_SIDE), "val_size": Param.int_(5000, lo=0),
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": LIMIT,
     }, "train at 28x28, test with the whole image resized to 14..112 px"),
     "folder": (build_plain_folder, FOLDER_PARAMS, "an ImageFolder as it is: its own splits, channels and size"),
     "folder-ls": (build_folder_ls, {
-        **FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True),
+        **FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True, hi=MAX_SIDE),
         "scales": Param.floats(LS_SCALES, positive=True), "train_scales": Param.range_(None),
     }, "an ImageFolder's images rescaled inside a canvas, fmnist-ls style"),
     "folder-res": (build_folder_res, {
-        **FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True),
+        **FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True, hi=MAX_SIDE),
     }, "an ImageFolder's images resized whole, fmnist-res style"),
 }  # fmt: skip
 

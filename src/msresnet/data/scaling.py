@@ -30,6 +30,7 @@ __all__ = [
     "RandomRescale",
     "RescaleInCanvas",
     "ResizeImages",
+    "paste",
     "random_degrade",
     "random_rescale",
     "rescale_in_canvas",
@@ -64,7 +65,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool) 
     return F.interpolate(x, size=size, mode=mode)
 
 
-def _paste(obj: torch.Tensor, canvas: tuple[int, int], oy: torch.Tensor, ox: torch.Tensor, fill: float) -> torch.Tensor:
+def paste(obj: torch.Tensor, canvas: tuple[int, int], oy: torch.Tensor, ox: torch.Tensor, fill: float) -> torch.Tensor:
     """Place each object at its own top-left offset (negative or overhanging offsets crop) in one gather."""
     b, _, h, w = obj.shape
     dev = obj.device
@@ -75,6 +76,21 @@ def _paste(obj: torch.Tensor, canvas: tuple[int, int], oy: torch.Tensor, ox: tor
     out = obj[bi, :, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]  # [B, H, W, C]
     out = out.permute(0, 3, 1, 2)
     return torch.where(inside[:, None], out, torch.full((), fill, dtype=obj.dtype, device=dev))
+
+
+def _pad_reflect(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad`` by ``(left, right, top, bottom)`` mirroring the image; negative amounts crop, and pads wider than the
+    image are made in steps (each reflection may only be narrower than the image it mirrors)."""
+    x = F.pad(x, tuple(min(0, p) for p in pads))
+    todo = [max(0, p) for p in pads]
+    while any(todo):
+        h, w = x.shape[-2:]
+        step = [min(todo[0], w - 1), min(todo[1], w - 1), min(todo[2], h - 1), min(todo[3], h - 1)]
+        if not any(step):  # a 1-pixel image has nothing to mirror: repeat it
+            return F.pad(x, tuple(todo), mode="replicate")
+        x = F.pad(x, tuple(step), mode="reflect")
+        todo = [t - s for t, s in zip(todo, step, strict=True)]
+    return x
 
 
 def _group_by_size(sizes: torch.Tensor) -> list[tuple[tuple[int, int], torch.Tensor]]:
@@ -91,7 +107,7 @@ def rescale_in_canvas(
     mode: str = "bilinear",
     antialias: bool = True,
     placement: str = "center",
-    fill: float = 0.0,
+    fill: float | str = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Resize each image (the "object") by ``scale`` and place it in a ``canvas``-sized image.
@@ -104,7 +120,8 @@ def rescale_in_canvas(
         antialias: low-pass filter when shrinking (bilinear/bicubic).
         placement: ``"center"`` (floor-centred) or ``"random"`` (uniform offset, the object stays fully inside the
             canvas when it fits and covers it when it does not).
-        fill: canvas value around the object.
+        fill: canvas value around the object, or ``"reflect"`` (``placement="center"`` only): the image mirrored
+            about its edges, so that a shrunk scene is surrounded by more of itself rather than by a flat frame.
         generator: random source for ``placement="random"``.
 
     Returns:
@@ -112,6 +129,8 @@ def rescale_in_canvas(
     """
     if placement not in ("center", "random"):
         raise UserError(f"placement must be 'center' or 'random', not {placement!r}")
+    if isinstance(fill, str) and (fill != "reflect" or placement != "center"):
+        raise UserError(f"fill must be a number, or 'reflect' with placement='center'; got {fill!r}")
     x, single = _check(x, mode)
     b, c, h, w = x.shape
     hh, ww = _pair(canvas) if canvas is not None else (h, w)
@@ -123,19 +142,20 @@ def rescale_in_canvas(
     if (s <= 0).any():
         raise UserError("scales must be > 0")
     sizes = torch.stack([torch.floor(h * s + 0.5), torch.floor(w * s + 0.5)], 1).long().clamp_min(1)
-    out = x.new_full((b, c, hh, ww), fill)
+    out = x.new_full((b, c, hh, ww), 0.0 if isinstance(fill, str) else fill)
     for (oh, ow), idx in _group_by_size(sizes):
         obj = _resize(x[idx] if len(idx) < b else x, (oh, ow), mode, antialias)
         if placement == "center":
             top, left = (hh - oh) // 2, (ww - ow) // 2
+            pads = (left, ww - ow - left, top, hh - oh - top)
             # F.pad with negative amounts crops, so one call handles both smaller and larger objects.
-            placed = F.pad(obj, (left, ww - ow - left, top, hh - oh - top), value=fill)
+            placed = _pad_reflect(obj, pads) if isinstance(fill, str) else F.pad(obj, pads, value=fill)
         else:
             lo_y, hi_y = min(0, hh - oh), max(0, hh - oh)
             lo_x, hi_x = min(0, ww - ow), max(0, ww - ow)
             oy = torch.randint(lo_y, hi_y + 1, (len(idx),), generator=generator)
             ox = torch.randint(lo_x, hi_x + 1, (len(idx),), generator=generator)
-            placed = _paste(obj, (hh, ww), oy, ox, fill)
+            placed = paste(obj, (hh, ww), oy, ox, fill)
         if len(idx) == b:
             out = placed
         else:
@@ -173,9 +193,10 @@ def random_rescale(
     *,
     mode: str = "bilinear",
     placement: str = "center",
-    fill: float = 0.0,
+    fill: float | str = 0.0,
 ) -> torch.Tensor:
-    """Training augmentation: rescale each sample's object by its own random factor inside the same canvas."""
+    """Training augmentation: rescale each sample's object by its own random factor inside the same canvas
+    (``fill``: as in :func:`rescale_in_canvas`)."""
     x4, single = _check(x, mode)
     s = sample_scales(len(x4), scale_range, log_uniform=log_uniform, generator=generator)
     out = rescale_in_canvas(x4, s, mode=mode, placement=placement, fill=fill, generator=generator)

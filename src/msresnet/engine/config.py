@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import platform
 import socket
 import subprocess
@@ -81,6 +82,8 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         rescale_aug: ``[lo, hi]`` object-scale range of random-rescale augmentation (None: off).
+        rescale_fill: what surrounds an image the augmentation shrinks: ``"zeros"`` (a black canvas, as objects on
+            black are made) or ``"reflect"`` (the image mirrored: scenes continue instead of gaining a frame).
         degrade_aug: ``[lo, hi]`` down-up resampling factor range of detail-loss augmentation (None: off).
         degrade_p: probability that an image gets the detail-loss augmentation.
         si_weight: weight of the scale-invariance consistency term (0: plain cross-entropy).
@@ -96,8 +99,15 @@ class TrainConfig:
         deterministic: ``torch.use_deterministic_algorithms(True)``; resume is then bit-exact on CPU.
         device: ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         threads: CPU threads for intra-op parallelism (``torch.set_num_threads``; 0 keeps torch's default).
-        workers: loader worker processes that decode streamed image folders (0: decode in the training process;
-            the in-memory protocols have none).
+        workers: loader worker processes that decode streamed image folders (0: decode in the training process).
+        loader: ``"stream"`` (decode each image when its batch comes, in ``workers`` processes; memory does not grow
+            with the folder) or ``"memory"`` (decode the whole data set once into one tensor: fastest for the small
+            benchmark protocols). Default: ``stream`` for the ``folder`` protocol, else ``memory``.
+        augment: streamed folders: comma-separated augmentations from torchvision's transforms v2, applied in this
+            order: ``rrc`` (random-resized-crop: itself a scale augmentation), ``flip``, ``trivialaugment`` or
+            ``randaugment``, ``mixup`` and/or ``cutmix`` (on batches; also for in-memory data). None: off.
+        ema_decay: keep an exponential moving average of the weights (``timm.utils.ModelEmaV3``) with this decay;
+            validation and the saved weights use the average. None: off.
         tensorboard: also write TensorBoard scalars to ``RUN/tensorboard``.
         log_every: plain log line every N steps when stderr is not a terminal.
         checkpoint_every: also checkpoint ``last`` every N steps (0: at the end of every epoch only).
@@ -134,6 +144,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     rescale_aug: tuple[float, float] | None = None
+    rescale_fill: Literal["zeros", "reflect"] = "zeros"
     degrade_aug: tuple[float, float] | None = None
     degrade_p: float = 0.5
     si_weight: float = 0.0
@@ -148,6 +159,9 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     workers: int = 2
+    loader: Literal["stream", "memory"] | None = None
+    augment: str | None = None
+    ema_decay: float | None = None
     tensorboard: bool = False
     log_every: int = 50
     checkpoint_every: int = 0
@@ -168,22 +182,31 @@ class TrainConfig:
 # Fields that are paths: written absolute into RUN/config.yaml (relative ones mean the directory it was run from).
 PATH_KEYS = ("data_root", "out")
 
-# Fields whose change between a run and its resumption would make the result meaningless.
-RESUME_INVARIANT = (
-    "model",
-    "model_kwargs",
-    "wrap",
-    "pretrained_file",
-    "protocol",
-    "protocol_params",
-    "input_size",
-    "mode",
-    "train_limit",
-    "limit_mode",
-    "batch_size",
-    "optimizer",
-    "seed",
+# Fields that may differ between a run and its resumption: how long it trains and how this process runs and reports.
+# Every other field defines what the run computes, so ``--resume`` refuses a different value for it. A change of one
+# of these is recorded in ``config.yaml`` as a resume event; the fields there keep describing the original launch.
+RESUME_MUTABLE = (
+    "out",
+    "resume",
+    "epochs",
+    "device",
+    "threads",
+    "workers",
+    "tensorboard",
+    "log_every",
+    "checkpoint_every",
+    "nan_policy",
+    "calibrate_probe",
+    "dist_timeout",
+    "compile",
+    "channels_last",
+    "deterministic",
 )
+
+# Keyword arguments every model gets from the data; a recipe may not set them through model_kwargs.
+RESERVED_MODEL_KWARGS = ("num_classes", "in_chans")
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds; the step seeds are derived modulo 2**63 - 1
 
 # Range checks: field -> (predicate, description used in the error message).
 _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
@@ -204,10 +227,11 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "si_weight": (lambda v: v >= 0, ">= 0"),
     "si_scale_range": (lambda v: 0 < v[0] <= v[1], "a range 0 < lo <= hi"),
     "si_feature_weight": (lambda v: v >= 0, ">= 0"),
-    "seed": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
     "threads": (lambda v: v >= 0, ">= 0"),
     "workers": (lambda v: v >= 0, ">= 0"),
     "trunk_lr_scale": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0"),
     "dist_timeout": (lambda v: v > 0, "> 0"),
@@ -248,9 +272,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise UserError(f"config key {key!r}: expected a number, got {value!r}")
         try:
             # YAML 1.1 reads "1e-3" as a string, so strings are accepted here too.
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):
             raise UserError(f"config key {key!r}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UserError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"config key {key!r}: expected a string, got {value!r}")
@@ -291,6 +318,12 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
                 raise UserError(f"config key {norm!r} must be {desc}, got {value!r}")
         kwargs[norm] = v
     cfg = TrainConfig(**kwargs)
+    clash = [k for k in RESERVED_MODEL_KWARGS if k in cfg.model_kwargs]
+    if clash:
+        raise UserError(
+            f"config key 'model_kwargs' may not set {clash[0]}: it comes from the data "
+            f"({', '.join(RESERVED_MODEL_KWARGS)} are taken from the protocol or folder)"
+        )
     if not cfg.model:
         raise UserError("no model given (set 'model', e.g. --model resnet8)")
     if not cfg.out:
@@ -338,6 +371,20 @@ def protocol_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kw
 
 
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a small file the user hands in (a recipe, a run's ``config.yaml``).
+
+    Raises:
+        UserError: unreadable, or not UTF-8 text.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}); is it a YAML file?") from None
+
+
 def load_train_config(yaml_path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML recipe (optional), apply ``overrides`` on top, validate.
 
@@ -349,29 +396,33 @@ def load_train_config(yaml_path: str | Path | None, overrides: dict[str, Any] | 
         UserError: unreadable or malformed YAML, unknown key (with a close-match suggestion), wrong type,
             out-of-range value, missing model or run directory.
     """
-    values: dict[str, Any] = {}
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where is not None else ""
-            raise UserError(f"config {path} is not valid YAML{line}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"config {path} must be a mapping of keys to values, not {type(loaded).__name__}")
-        loaded.pop(PROVENANCE_KEY, None)
-        values.update(loaded)
+    values: dict[str, Any] = read_recipe(yaml_path) if yaml_path is not None else {}
     for k, v in (overrides or {}).items():
         if v is not None:
             values[k] = v
     return validate_config(values)
+
+
+def read_recipe(yaml_path: str | Path) -> dict[str, Any]:
+    """The keys of a YAML recipe (or of a run's ``config.yaml``, without its ``provenance``), not yet validated.
+
+    Raises:
+        UserError: unreadable, not UTF-8, malformed YAML, or not a mapping.
+    """
+    path = Path(yaml_path)
+    text = read_text(path, "config")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UserError(f"config {path} is not valid YAML{line}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"config {path} must be a mapping of keys to values, not {type(loaded).__name__}")
+    loaded.pop(PROVENANCE_KEY, None)
+    return loaded
 
 
 def git_revision(start: Path | None = None) -> str | None:

@@ -21,10 +21,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from msresnet.engine.checkpoint import CheckpointInfo, plain_state_dict, save_state, save_weights
+from msresnet.engine.checkpoint import (
+    CheckpointInfo,
+    NonFiniteError,
+    allowed_nonfinite,
+    describe_kept,
+    nonfinite_tensors,
+    plain_state_dict,
+    save_state,
+    save_weights,
+)
 from msresnet.engine.config import TrainConfig
 from msresnet.engine.distributed import DistContext
-from msresnet.engine.step import NonFiniteError, StepResult
+from msresnet.engine.step import StepResult
 from msresnet.errors import UserError
 
 STEP_SEED = "step_seed(seed, rank, step)"  # recorded in the state file: how the step's randomness is derived
@@ -119,6 +128,8 @@ class TrainState:
         best_acc: best validation accuracy so far (-1 before the first validation).
         meter: this rank's sums over the current epoch's batches.
         seconds_in_epoch: training time spent in the current epoch (a resumed epoch reports the whole epoch's).
+        ema: the weights' moving average (``timm.utils.ModelEmaV3``), or None.
+        sampler: a streamed folder's batch sampler (its ``state_dict(batch_in_epoch)`` is saved), or None.
     """
 
     model: nn.Module
@@ -132,6 +143,8 @@ class TrainState:
     best_acc: float = -1.0
     meter: EpochMeter = field(default_factory=EpochMeter)
     seconds_in_epoch: float = 0.0
+    ema: nn.Module | None = None
+    sampler: Any = None
 
     def state_dict(self, meter: EpochMeter | None = None) -> dict[str, Any]:
         """Plain tensors and containers (loadable with ``weights_only=True``); ``meter`` replaces this rank's sums
@@ -150,13 +163,22 @@ class TrainState:
         }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = plain_state_dict(self.ema.module)
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict(self.batch_in_epoch)
         return state
 
     def load_state_dict(self, state: dict[str, Any], *, main: bool = True) -> None:
         """Restore from :meth:`state_dict` output. The saved sums are all ranks' totals: rank 0 (``main``) takes
         them, the other ranks start from zero, so the reduced epoch metrics come out the same."""
         self.rng.load_state_dict(state)
+        if self.sampler is not None and "sampler" in state:
+            self.sampler.check_state(state["sampler"])
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            # a run that had no average yet starts it from the resumed weights
+            self.ema.module.load_state_dict(state.get("ema", state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -186,21 +208,34 @@ class TrainState:
 
 
 def save_checkpoint(
-    ckdir: Path, kind: str, state: TrainState, info: CheckpointInfo, cfg: TrainConfig, meter: EpochMeter | None = None
+    ckdir: Path,
+    kind: str,
+    state: TrainState,
+    info: CheckpointInfo,
+    cfg: TrainConfig,
+    meter: EpochMeter | None = None,
+    world_size: int = 1,
 ) -> None:
-    """Write checkpoint ``kind`` (``last``/``best``): the state file first, the weights last, both atomic.
+    """Write checkpoint ``kind`` (``last``/``best``): the state file first, the weights last, both atomic. The
+    state records the config and the number of processes the run computes with (what ``--resume`` checks).
 
-    Call on rank 0 only. Raises :class:`~msresnet.engine.step.NonFiniteError` instead of replacing a good
-    checkpoint by weights that became non-finite (a finite loss and gradient can still overflow in the update).
+    Call on rank 0 only. Raises :class:`~msresnet.engine.checkpoint.NonFiniteError` instead of replacing a good
+    checkpoint by one with a non-finite parameter or buffer (a finite loss and gradient can still overflow in the
+    update, or in a BatchNorm's running statistics); nothing is written then.
     """
-    if not all(bool(torch.isfinite(p).all()) for p in state.model.parameters()):
+    models = [state.model] if state.ema is None else [state.model, state.ema.module]
+    bad = [k for m in models for k in nonfinite_tensors(m.state_dict(), allowed_nonfinite(m))]
+    if bad:
         raise NonFiniteError(
-            f"weights became non-finite by step {state.global_step}; stopped, last good checkpoint kept"
+            f"weights became non-finite by step {state.global_step} ({len(bad)} tensor(s), e.g. {bad[0]}); stopped, "
+            f"{describe_kept(ckdir)} (start a new run with a lower learning rate)"
         )
     info.epoch, info.step = state.epoch, state.global_step
     info.val_acc = state.rows[-1]["val_acc"] if state.rows else None
-    save_state(ckdir / f"{kind}.state.pt", {**state.state_dict(meter), "config": cfg.to_dict()})
-    save_weights(ckdir / f"{kind}.safetensors", state.model, info)
+    record = {"config": cfg.to_dict(), "world_size": world_size}
+    save_state(ckdir / f"{kind}.state.pt", {**state.state_dict(meter), **record})
+    # with an EMA the averaged weights are the run's model (validated and saved); the raw ones live in the state
+    save_weights(ckdir / f"{kind}.safetensors", state.ema.module if state.ema is not None else state.model, info)
 
 
 def save_mid_epoch(ckdir: Path, state: TrainState, info: CheckpointInfo, cfg: TrainConfig, ctx: DistContext) -> None:
@@ -209,5 +244,5 @@ def save_mid_epoch(ckdir: Path, state: TrainState, info: CheckpointInfo, cfg: Tr
     ctx.broadcast_module(state.model)
     meter = state.meter.reduced(ctx)
     if ctx.is_main:
-        save_checkpoint(ckdir, "last", state, info, cfg, meter)
+        save_checkpoint(ckdir, "last", state, info, cfg, meter, ctx.world_size)
     ctx.barrier()

@@ -16,18 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.engine.batches import Normalizer, TensorSplit
+from msresnet.engine.checkpoint import NonFiniteError
 from msresnet.engine.config import TrainConfig
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.progress import log
-from msresnet.errors import UserError
 from msresnet.scale.contracts import auxiliary_loss
 
 MAX_CONSECUTIVE_SKIPS = 50  # nan_policy="skip" still stops when the run has clearly diverged
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-class NonFiniteError(UserError):
-    """The loss or gradient became NaN/Inf; the run stopped and the last good checkpoint was kept."""
+__all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteError", "NonFiniteGuard", "StepResult", "TrainStep", "train_step"]
 
 
 class TrainStep(nn.Module):
@@ -102,7 +100,8 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
     from msresnet.data import scaling
 
     if cfg.rescale_aug is not None:
-        x = scaling.random_rescale(x, cfg.rescale_aug, generator=gen)
+        fill = "reflect" if cfg.rescale_fill == "reflect" else 0.0
+        x = scaling.random_rescale(x, cfg.rescale_aug, generator=gen, fill=fill)
     if cfg.degrade_aug is not None:
         x = scaling.random_degrade(x, cfg.degrade_aug, p=cfg.degrade_p, generator=gen)
     return x
@@ -112,10 +111,27 @@ def train_batch(
     split: TensorSplit, idx: torch.Tensor, norm: Normalizer, cfg: TrainConfig, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's inputs on the device: augmented (drawing from ``gen``), normalised images and their labels."""
-    x = norm(augment(norm.to_unit(split.images[idx]), cfg, gen))
+    return prepare_batch(split.images[idx], split.labels[idx], norm, cfg, gen)
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    norm: Normalizer,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    mix: Callable | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels -> the step's inputs on the device: augmented (drawing from ``gen``), mixed by
+    ``mix`` (MixUp/CutMix, drawing from torch's generator; the labels become class probabilities), normalised."""
+    x = augment(norm.to_unit(images), cfg, gen)
+    y = labels.to(norm.device, non_blocking=True)
+    if mix is not None:
+        x, y = mix(x, y)
+    x = norm(x)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, split.labels[idx].to(norm.device, non_blocking=True)
+    return x, y
 
 
 @dataclass(frozen=True)
@@ -141,7 +157,10 @@ def train_step(
     ctx: DistContext,
 ) -> StepResult:
     """Forward, backward, clip ``params``' gradients, and the optimizer update unless the loss or gradient is
-    non-finite on any rank."""
+    non-finite on any rank. A step skipped under ``nan_policy: skip`` leaves no trace: the buffers its forward pass
+    updated (BatchNorm statistics of the bad batch) are restored too."""
+    buffers = list(net.buffers()) if cfg.nan_policy == "skip" else []
+    before = [b.detach().clone() for b in buffers]
     with autocast(x.device, cfg.amp):
         loss, logits = net(x, y)
     optimizer.zero_grad(set_to_none=True)
@@ -150,31 +169,47 @@ def train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
     # One device->host copy per step for everything the loop needs to know (each copy is a GPU sync).
     loss_v, norm_v, correct_v = torch.stack(
-        [loss.detach().float(), grad_norm.detach().float(), (logits.argmax(1) == y).sum().float()]
+        [loss.detach().float(), grad_norm.detach().float(), (logits.argmax(1) == _hard(y)).sum().float()]
     ).tolist()
     # A NaN loss makes NaN gradients, and DDP's all-reduce spreads them to every rank. Under fp16 the scaler itself
     # skips inf-gradient steps (expected while it calibrates), so only the loss counts there.
     bad = not math.isfinite(loss_v) or (not scaler.is_enabled() and not math.isfinite(norm_v))
     if ctx.any_true(bad):
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip(buffers, before, strict=True):
+                b.copy_(saved)
         what = f"loss ({loss_v})" if not math.isfinite(loss_v) else f"gradient norm ({norm_v})"
-        return StepResult(loss_v, norm_v, correct_v, y.numel(), skipped=what)
+        return StepResult(loss_v, norm_v, correct_v, y.shape[0], skipped=what)
     scaler.step(optimizer)
     scaler.update()
-    return StepResult(loss_v, norm_v, correct_v, y.numel())
+    return StepResult(loss_v, norm_v, correct_v, y.shape[0])
+
+
+def _hard(y: torch.Tensor) -> torch.Tensor:
+    """Class indices of labels that may be class probabilities (MixUp/CutMix): the dominant class."""
+    return y.argmax(1) if y.ndim == 2 else y
 
 
 class NonFiniteGuard:
-    """``nan_policy``: stop at the first non-finite step, or skip it (up to :data:`MAX_CONSECUTIVE_SKIPS` in a row).
+    """``nan_policy``: stop at the first non-finite step, or skip it -- up to ``max_skips`` in a row.
+
+    The bound makes ``skip`` safe on a diverged run, where every later step is non-finite too: the run stops instead
+    of "finishing" without a single applied step. The training loop passes ``min(MAX_CONSECUTIVE_SKIPS, steps per
+    epoch)``, so a whole epoch of skipped steps always stops it.
 
     Args:
         policy: ``"stop"`` or ``"skip"``.
         kept: says which checkpoint survives (called when stopping, so it names what is on disk then).
         verbose: log skipped steps (rank 0).
+        max_skips: consecutive skipped steps that stop the run.
     """
 
-    def __init__(self, policy: str, kept: Callable[[], str], verbose: bool) -> None:
+    def __init__(
+        self, policy: str, kept: Callable[[], str], verbose: bool, max_skips: int = MAX_CONSECUTIVE_SKIPS
+    ) -> None:
         self.policy, self.kept, self.verbose = policy, kept, verbose
+        self.max_skips = max(1, max_skips)
         self.consecutive = 0
 
     def check(self, result: StepResult, where: str) -> None:
@@ -185,12 +220,13 @@ class NonFiniteGuard:
         if self.policy == "stop":
             raise NonFiniteError(
                 f"non-finite {result.skipped} at {where}; stopped, {self.kept()} "
-                "(lower the learning rate or set nan_policy: skip)"
+                "(start a new run with a lower learning rate, or set nan_policy: skip)"
             )
         self.consecutive += 1
         if self.verbose:
             log(f"warning: non-finite {result.skipped} at {where}: step skipped")
-        if self.consecutive > MAX_CONSECUTIVE_SKIPS:
+        if self.consecutive >= self.max_skips:
             raise NonFiniteError(
-                f"{self.consecutive} consecutive non-finite steps up to {where}; stopped, {self.kept()}"
+                f"{self.consecutive} consecutive non-finite steps up to {where}: the run diverged; stopped, "
+                f"{self.kept()} (start a new run with a lower learning rate)"
             )

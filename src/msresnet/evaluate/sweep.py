@@ -107,6 +107,15 @@ def require_same_classes(model_names: Any, data_names: Any, data: str) -> None:
     )
 
 
+def _require_finite_outputs(scores: torch.Tensor, condition: Any) -> None:
+    """Refuse to score a model whose outputs are NaN or +Inf: their argmax is class 0 (or arbitrary), a
+    plausible-looking accuracy. (-Inf is a class ruled out, e.g. a masked log-probability.)"""
+    from msresnet.engine.checkpoint import NonFiniteError
+
+    if bool(torch.isnan(scores).any() or torch.isposinf(scores).any()):
+        raise NonFiniteError(f"the model produced non-finite outputs at condition {condition}; no accuracy reported")
+
+
 def _condition_batches(
     protocol: Any,
     info: CheckpointInfo | dict | None,
@@ -173,6 +182,10 @@ class ValidationSweep:
         self.test: dict[Any, Any] = {}
         if protocol.train_condition is None:
             self.test = {"val": val}
+            return
+        loader = getattr(protocol, "val_loader", None)
+        if loader is not None:  # the protocol makes its own (scenes: fresh backgrounds, not a rescaled frame)
+            self.test = {c: loader(c).subset(limit) for c in protocol.test_keys}
             return
         x = val.images.float().div(255)
         for c in protocol.test:
@@ -245,13 +258,14 @@ def evaluate(
             levels = None
             if per_scale and not tta:  # both from one pass through the trunk
                 with torch.no_grad(), autocast(device, amp):
-                    logits, levels = model.forward_with_scales(x)
-                preds = logits.argmax(1)
+                    scores, levels = model.forward_with_scales(x)
             else:
-                preds = predict_probs(model, x, tta=tta, amp=amp).argmax(1)
+                scores = predict_probs(model, x, tta=tta, amp=amp)
                 if per_scale:  # levels of the untransformed images
                     with torch.no_grad(), autocast(device, amp):
                         levels = model.forward_scales(x)
+            _require_finite_outputs(scores, condition)
+            preds = scores.argmax(1)
             correct += int((preds.cpu() == labels).sum())
             if levels is not None:
                 hits = (levels.argmax(-1).cpu() == labels[:, None]).sum(0)

@@ -11,7 +11,8 @@ Training (``model.train()``): the wrapper makes its own training views from sing
 global generator (which the training loop reseeds every step, so resuming stays exact):
 
 * the estimator sees each image zoomed by a random factor ``2**U(estimator_range)`` into its coarse view and learns
-  the factor (:meth:`auxiliary_loss`);
+  the factor (:meth:`auxiliary_loss`); a random share of its views first lose detail (down-and-up resampling), so
+  that blur, which says how an image was made, not how large its object is, is no cue for size;
 * the trunk sees what canonicalisation hands it at test time: an image first shrunk inside its canvas by
   ``2**U(detail_range)`` (the detail a small test object has; with probability ``sharp_p`` not at all, the detail of
   a large one) and then zoomed so that its object has a size in ``[target**2, 1]`` of the training size — the
@@ -21,7 +22,15 @@ global generator (which the training loop reseeds every step, so resuming stays 
   estimator's (detached) estimate of the shrunk image, which brings training objects of varied sizes (a training
   set that already spans a range of scales) to the canonical size as test images will be.
 
-Canonicalisation zooms about the image centre: it suits objects near the centre (it does not localise them).
+What surrounds a shrunk view (``fill``): by default the image mirrored (``"reflection"``), so a shrunk view continues
+its own scene. Replicating the border (``"border"``) draws a frame of streaks whose width is the shrink: on any
+background the estimator can read the frame instead of the object, and a small object in a full frame of clutter
+then reads as "not shrunk".
+
+Localisation (``localise``): the estimator's attention centroid says where the object is, and canonicalisation zooms
+about that point (clamped so that an enlarged window stays inside the image and a shrunk one keeps the whole image
+in view) instead of about the image centre, so an off-centre small object is enlarged, not pushed out of the canvas.
+The estimator's training views are shifted at random for the same reason: objects anywhere in the frame.
 """
 
 from __future__ import annotations
@@ -31,17 +40,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from msresnet.errors import UserError
 from msresnet.scale._factory import register_wrapper
 from msresnet.scale.estimator import ScaleEstimator
-from msresnet.scale.resample import _tracing, image_size, zoom
+from msresnet.scale.resample import _tracing, image_size, window_extent, zoom
 
 __all__ = ["CANVASES", "CanonicalClassifier"]
 
 CANVASES = ("train", "input")
 TRUNK_VIEWS = ("true", "estimated")
+FILLS = ("reflection", "border", "zeros")
 
 
 def _range(name: str, r: Sequence[float], hi_max: float | None = None) -> tuple[float, float]:
@@ -82,6 +93,8 @@ class CanonicalClassifier(nn.Module):
             (``"true"``) or by the estimate (``"estimated"``), see the module docstring.
         estimator_weight: weight of the estimator's loss in :meth:`auxiliary_loss`.
         estimator_width: channels of the estimator's first stage.
+        fill: what surrounds a shrunk image (``"reflection"``, ``"border"``, ``"zeros"``; see the module docstring).
+        localise: zoom about the estimated object centre (else about the image centre).
     """
 
     def __init__(
@@ -97,12 +110,16 @@ class CanonicalClassifier(nn.Module):
         trunk_view: str = "true",
         estimator_weight: float = 1.0,
         estimator_width: int = 12,
+        fill: str = "reflection",
+        localise: bool = True,
     ) -> None:
         super().__init__()
         if canvas not in CANVASES:
             raise UserError(f"canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
         if trunk_view not in TRUNK_VIEWS:
             raise UserError(f"trunk_view must be one of {', '.join(TRUNK_VIEWS)}, got {trunk_view!r}")
+        if fill not in FILLS:
+            raise UserError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
         if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0:
             raise UserError("sharp_p must be in [0, 1]; tolerance, search and estimator_weight must be >= 0")
         self.trunk = trunk
@@ -114,6 +131,7 @@ class CanonicalClassifier(nn.Module):
                                         width=estimator_width)  # fmt: skip
         self.sharp_p, self.tolerance, self.canvas, self.search = float(sharp_p), float(tolerance), canvas, search
         self.estimator_weight, self.trunk_view = float(estimator_weight), trunk_view
+        self.fill, self.localise = fill, bool(localise)
         # (H, W) of the training images, recorded by training forwards; zeros until then
         self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
         self._canvas_seen: tuple[int, int] | None = None  # its value, for graph capture (see _trained_size)
@@ -164,7 +182,12 @@ class CanonicalClassifier(nn.Module):
     # --------------------------------------------------------------------------------------------- estimate
     def log2_scale(self, x: torch.Tensor) -> torch.Tensor:
         """The estimator's log2 object size relative to the frame, compared with training images ``[B]``."""
-        return self.estimator(x)
+        return self.estimator.estimate(x, padding=self.fill)[0]
+
+    def locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log2 object size ``[B]`` and, when the wrapper localises, object centre ``[B, 2]`` (normalised ``x, y``)."""
+        e, c = self.estimator.estimate(x, padding=self.fill)
+        return e, (c if self.localise else None)
 
     def estimate_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Each image's object size relative to the training objects', in pixels ``[B]`` (2.0: twice as large).
@@ -196,10 +219,26 @@ class CanonicalClassifier(nn.Module):
     def _out_size(self) -> tuple[int, int] | None:
         return self._trained_size() if self.canvas == "train" else None
 
-    def canonicalise(self, x: torch.Tensor, log2_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` resampled so that each object has the canonical size (``log2_scale``: else estimated)."""
-        e = self.log2_scale(x) if log2_scale is None else log2_scale
-        return zoom(x, _exp2(e + self.tolerance), self._out_size())
+    def canonicalise(
+        self, x: torch.Tensor, log2_scale: torch.Tensor | None = None, centre: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x`` resampled so that each object has the canonical size (``log2_scale`` and ``centre``: else
+        estimated; ``centre`` is ignored when the wrapper does not localise)."""
+        if log2_scale is None:
+            log2_scale, centre = self.locate(x)
+        return self._zoom(x, _exp2(log2_scale + self.tolerance), self._out_size(), centre)
+
+    def _zoom(
+        self, x: torch.Tensor, span: torch.Tensor, size: tuple[int, int] | None, centre: torch.Tensor | None
+    ) -> torch.Tensor:
+        if centre is not None and self.localise:
+            # an enlarged window stays inside the image; a shrunk one keeps the whole image in view
+            size_out = image_size(x) if size is None else image_size(x).new_tensor(size)
+            room = (1.0 - window_extent(span.float(), image_size(x), size_out)).abs()
+            centre = torch.maximum(torch.minimum(centre.float(), room), -room)
+        else:
+            centre = None
+        return zoom(x, span, size, centre=centre, padding=self.fill)
 
     # --------------------------------------------------------------------------------------------- training
     def _training_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,18 +248,47 @@ class CanonicalClassifier(nn.Module):
             with torch.no_grad():
                 self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
         g = _uniform(b, *self.estimator_range, dev)
-        est_logits = self.estimator.logits(self.estimator.view(x, _exp2(-g)))
+        span = _exp2(-g)
+        shift = None
+        if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
+            size_in = image_size(x)
+            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
+            shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
+        est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
         aux = self.estimator.loss(est_logits, g) * self.estimator_weight
         if not _tracing():  # no graph value left on the module by a trace
             self._aux = aux
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
-        shrunk = zoom(x, _exp2(-f))
-        if self.trunk_view == "estimated":
+        shrunk = zoom(x, _exp2(-f), padding=self.fill)
+        centre = None
+        if self.trunk_view == "estimated" or self.localise:
             with torch.no_grad():
-                f = self.estimator(shrunk).detach()  # detached also in a traced graph, which records no no_grad
-        # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size
-        return zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)))
+                e, centre = self.locate(shrunk)
+            # detached also in a traced graph, which records no no_grad
+            e, centre = e.detach(), (centre.detach() if centre is not None else None)
+            if self.trunk_view == "estimated":
+                f = e
+        # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size, zoomed about the
+        # estimated object centre as at test time
+        return self._zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)), None, centre)
+
+    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the
+        images (one factor per batch): blur says how an image was made (upsampled from fewer pixels), not how large
+        its object is, and the estimator must not read it as size."""
+        if _tracing():  # an augmentation with Python decisions on sizes: not part of a recorded graph
+            return x
+        lo, hi = self.detail_range
+        f = float(_uniform(1, lo, hi, torch.device("cpu")))
+        keep = torch.rand(x.shape[0]).to(x.device) < self.sharp_p
+        h, w = x.shape[-2:]
+        small = (max(1, round(h * 2**f)), max(1, round(w * 2**f)))
+        if small == (h, w):
+            return x
+        down = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)
+        up = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
+        return torch.where(keep.view(-1, 1, 1, 1), x, up)
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """The estimator's loss of the last training-mode forward (None before one); the training loop adds it."""
@@ -232,11 +300,11 @@ class CanonicalClassifier(nn.Module):
         view, see the module docstring)."""
         if self.training:
             return self.trunk.forward_features(self._training_input(x))
-        e = self.log2_scale(x)
+        e, c = self.locate(x)
         if not self.search:
-            return self.trunk.forward_features(self.canonicalise(x, e))
+            return self.trunk.forward_features(self.canonicalise(x, e, c))
         b = x.shape[0]
-        views = torch.cat([self.canonicalise(x, e + d) for d in (0.0, -self.search, self.search)])
+        views = torch.cat([self.canonicalise(x, e + d, c) for d in (0.0, -self.search, self.search)])
         feats = self.trunk.forward_features(views)
         conf = self.trunk.forward_head(feats).float().softmax(-1).amax(-1).view(3, b)
         best = conf.argmax(0)  # [B]
@@ -257,4 +325,5 @@ class CanonicalClassifier(nn.Module):
     def extra_repr(self) -> str:
         lo, hi = self.estimator_range
         return (f"canvas={self.canvas!r}, tolerance={self.tolerance}, estimator_range=({lo}, {hi}), "
-                f"search={self.search}, target={math.pow(2, -self.tolerance):.3f}")  # fmt: skip
+                f"search={self.search}, target={math.pow(2, -self.tolerance):.3f}, fill={self.fill!r}, "
+                f"localise={self.localise}")  # fmt: skip

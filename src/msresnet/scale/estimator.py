@@ -11,7 +11,10 @@ Against outputs compressed towards the middle of the training range (what a regr
 range does at its ends), the head is a classification over log-scale bins covering a range wider than the one it
 is asked to serve, trained with two-hot targets (the label split between its two neighbouring bins), and read out
 by a soft-argmax *local to the most probable bin*, so probability mass far from the mode does not pull the estimate
-inwards. Features are global max and average pools of the last map: the object's extent, not its position.
+inwards. Features are global max and average pools of the last map plus an *attention* pool: a learned softmax over
+the map's locations. The scale loss teaches the attention to look where the scale can be read, the object, not the
+background; the attention's centroid is then where the object is (:meth:`ScaleEstimator.estimate`), which lets the
+canonicaliser zoom about the object instead of about the frame's centre.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.errors import UserError
-from msresnet.scale.resample import zoom
+from msresnet.scale.resample import image_size, zoom
 
 __all__ = ["ScaleEstimator"]
 
@@ -74,23 +77,52 @@ class ScaleEstimator(nn.Module):
             _conv(4 * w, 4 * w, 2),
             _conv(4 * w, 4 * w, 1),
         )
-        self.head = nn.Sequential(nn.Linear(8 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, n))
+        self.attend = nn.Conv2d(4 * w, 1, 1)
+        self.head = nn.Sequential(nn.Linear(12 * w, 4 * w), nn.ReLU(inplace=True), nn.Linear(4 * w, n))
 
     @property
     def bin_range(self) -> tuple[float, float]:
         return float(self.centres[0]), float(self.centres[-1])
 
-    def view(self, x: torch.Tensor, span: torch.Tensor | None = None) -> torch.Tensor:
-        """The coarse view of ``x``: the whole image (``span`` 1) or a per-image zoom of it, ``view_size`` square."""
+    def view(
+        self,
+        x: torch.Tensor,
+        span: torch.Tensor | None = None,
+        centre: torch.Tensor | None = None,
+        padding: str = "reflection",
+    ) -> torch.Tensor:
+        """The coarse view of ``x``: the whole image (``span`` 1) or a per-image zoom of it (about ``centre``, see
+        :func:`~msresnet.scale.resample.zoom`), ``view_size`` square."""
         if span is None:
             span = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return zoom(x, span, (self.view_size, self.view_size))
+        return zoom(x, span, (self.view_size, self.view_size), centre=centre, padding=padding)
+
+    def _pooled(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(view)
+        a = self.attend(f)  # [B, 1, h, w]
+        attn = a.flatten(1).float().softmax(-1).to(f.dtype).view_as(a).squeeze(1)  # [B, h, w], sums to 1
+        pooled = torch.cat([f.amax((-2, -1)), f.mean((-2, -1)), (f * attn.unsqueeze(1)).sum((-2, -1))], 1)
+        return pooled, attn
 
     def logits(self, view: torch.Tensor) -> torch.Tensor:
         """Bin logits ``[B, n_bins]`` of coarse views."""
-        f = self.features(view)
-        pooled = torch.cat([f.amax((-2, -1)), f.mean((-2, -1))], dim=1)
-        return self.head(pooled)
+        return self.head(self._pooled(view)[0])
+
+    def estimate(self, x: torch.Tensor, padding: str = "reflection") -> tuple[torch.Tensor, torch.Tensor]:
+        """Log2 object scale ``[B]`` and object centre ``[B, 2]`` (``(x, y)`` in ``x``'s normalised coordinates:
+        the centroid of the attention over the whole-image view)."""
+        view = self.view(x, padding=padding)
+        pooled, attn = self._pooled(view)
+        # pixel-centre coordinates in [-1, 1] of the map's rows and columns, from tensor ops only (fx, ONNX)
+        ys, xs = attn[0, :, 0].detach(), attn[0, 0, :].detach()
+        ys = 2 * (torch.ones_like(ys).cumsum(0) - 0.5) / ys.numel() - 1
+        xs = 2 * (torch.ones_like(xs).cumsum(0) - 0.5) / xs.numel() - 1
+        c = torch.stack([(attn.sum(1) * xs).sum(-1), (attn.sum(2) * ys).sum(-1)], -1)  # in the view's coordinates
+        # the whole-image view is an isotropic zoom: a non-square input fills the square view along its shorter axis
+        size = image_size(x)
+        aspect = (size[0] / size[1]).sqrt()
+        c = c * torch.stack([aspect, 1 / aspect]).to(c.dtype)
+        return self.decode(self.head(pooled)), c
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Log2 scale ``[B]``: soft-argmax over the bins within ``window`` of the most probable one."""

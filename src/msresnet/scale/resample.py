@@ -1,9 +1,11 @@
-"""One batched, antialiased zoom about the image centre with a factor per image: the canonicaliser's resampler.
+"""One batched, antialiased zoom with a factor and a centre per image: the canonicaliser's resampler.
 
-``zoom(x, span, size)`` resamples every image ``b`` of ``x`` into an output canvas of ``size`` pixels showing the
-central window of the input that is ``span[b]`` times the input's extent (``span`` 1: the whole input; 0.5: its
-central half, enlarged; 2: the input shrunk to half inside the canvas, the rest filled by replicating the input's
-border). The zoom is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
+``zoom(x, span, size, centre=c)`` resamples every image ``b`` of ``x`` into an output canvas of ``size`` pixels
+showing the window of the input that is ``span[b]`` times the input's extent, centred at ``c[b]`` (default: the
+input's centre; ``span`` 1: the whole input; 0.5: its central half, enlarged; 2: the input shrunk to half inside the
+canvas, the rest filled as ``padding`` says: ``"reflection"`` mirrors the image, so what surrounds a shrunk image
+continues its scene; ``"border"`` replicates its edge pixels, streaks that mark the shrink; ``"zeros"``). The zoom
+is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
 ``span * sqrt(H_in W_in / (H_out W_out))``.
 
 Antialiasing is mipmapping: a cheap pyramid of 2x2 average pools of the input, sampled bilinearly by
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LEVELS", "image_size", "pixel_step", "zoom"]
+__all__ = ["LEVELS", "image_size", "pixel_step", "window_extent", "zoom"]
 
 LEVELS = 4
 """Mip levels (full, 1/2, 1/4, 1/8): shrinking beyond 8x by one call is filtered as if by 8x."""
@@ -49,6 +51,13 @@ def pixel_step(span: torch.Tensor, size_in: torch.Tensor, size_out: torch.Tensor
     return span * (size_in.prod() / size_out.prod()).sqrt()
 
 
+def window_extent(span: torch.Tensor, size_in: torch.Tensor, size_out: torch.Tensor) -> torch.Tensor:
+    """``[B, 2]`` half-extent ``(x, y)`` of each zoom's window in the input's normalised coordinates (1: the whole
+    input's axis)."""
+    step = pixel_step(span, size_in, size_out).view(-1, 1)
+    return step * torch.stack([size_out[1] / size_in[1], size_out[0] / size_in[0]]).view(1, 2)
+
+
 def _axis(n: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """Pixel-centre coordinates in [-1, 1] (``align_corners=False``) of an axis of ``n`` pixels."""
     if isinstance(n, int):
@@ -65,6 +74,8 @@ def zoom(
     span: torch.Tensor,
     size: Sequence[int] | None = None,
     *,
+    centre: torch.Tensor | None = None,
+    padding: str = "border",
     levels: int = LEVELS,
 ) -> torch.Tensor:
     """Resample each image of ``x`` ``[B, C, H, W]`` by its own ``span[b]`` into a ``size`` canvas (see module).
@@ -73,6 +84,9 @@ def zoom(
         x: images (any normalisation; the canvas outside the input replicates its border pixels).
         span: ``[B]`` positive, the input extent shown by the canvas (> 1 shrinks the content, < 1 enlarges it).
         size: output ``(H, W)``; ``None``: the input's own size (dynamic under ONNX export).
+        centre: ``[B, 2]`` window centres ``(x, y)`` in the input's normalised coordinates ([-1, 1] spans the
+            input); ``None``: the input's centre.
+        padding: what the canvas shows outside the input: ``"reflection"``, ``"border"`` or ``"zeros"``.
         levels: mip levels used for antialiasing when shrinking.
 
     Returns:
@@ -93,6 +107,9 @@ def zoom(
     sx = (step * size_out[1] / size_in[1]).view(-1, 1, 1)
     gy = ys.view(1, -1, 1) * sy
     gx = xs.view(1, 1, -1) * sx
+    if centre is not None:
+        c = centre.to(x.dtype).reshape(-1, 2)
+        gx, gy = gx + c[:, 0].view(-1, 1, 1), gy + c[:, 1].view(-1, 1, 1)
     grid = torch.stack([gx.expand(-1, gy.shape[1], -1), gy.expand(-1, -1, gx.shape[2])], dim=-1)
     lod = torch.log2(step.clamp_min(1.0)).clamp(max=float(levels - 1))  # [B] level of detail
     first, n_levels = 0, levels
@@ -106,7 +123,7 @@ def zoom(
             level = F.avg_pool2d(level, 2, ceil_mode=True, count_include_pad=False)
         if k < first:
             continue
-        sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode=padding, align_corners=False)
         if first == n_levels - 1:  # every image at this one level (e.g. a 2x shrink): no blending
             return sampled
         w = (1.0 - (lod - k).abs()).clamp_min(0.0).view(-1, 1, 1, 1)
