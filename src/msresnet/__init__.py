@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 from msresnet.errors import UserError
-from msresnet.models import DEFAULT_MSRESNET, DEFAULT_WRAP, create_model, list_models, register_model
-from msresnet.scale import wrap
+
+try:  # torch and timm load here (seconds); importing also registers the models with timm
+    from msresnet.models import DEFAULT_MSRESNET, DEFAULT_WRAP, create_model, list_models, register_model
+    from msresnet.scale import wrap
+except KeyboardInterrupt:
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "msresnet":
+        raise
+    # Ctrl-C while the command line starts: its usual one line and exit code, not a traceback from deep in torch
+    print("msresnet: interrupted", file=_sys.stderr)
+    raise SystemExit(130) from None
 
 __version__ = "0.2.0"
 

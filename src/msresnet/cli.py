@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config(args.config, train_overrides(args))
     precheck(cfg)
     run_dir = train(cfg)
-    print(f"run directory: {run_dir}")
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun: once for the job, not once per rank
+        print(f"run directory: {run_dir}")
     return 0
 
 

@@ -89,6 +89,11 @@ class PredictResult:
         }
 
 
+# The most pixels one image may be fed to a model with at its own size (``--max-side 0`` or a large ``--max-side``):
+# a 7000 x 7000 photo would take gigabytes per activation map of even the smallest network.
+MAX_INPUT_PIXELS = 2048 * 2048
+
+
 def _image_suffixes() -> set[str]:
     from PIL import Image
 
@@ -105,6 +110,8 @@ def expand_inputs(args: Sequence[str | Path]) -> tuple[list[Path], list[ImageFai
     Returns:
         (files to try, failures for unusable arguments, ignored paths)
     """
+    from msresnet.data.walk import walk_files
+
     suffixes = _image_suffixes()
     files: list[Path] = []
     failures: list[ImageFailure] = []
@@ -113,8 +120,8 @@ def expand_inputs(args: Sequence[str | Path]) -> tuple[list[Path], list[ImageFai
         p = Path(raw)
         if p.is_dir():
             found = []
-            for f in sorted(p.rglob("*")):
-                if f.name.startswith(".") or not f.is_file():
+            for f in sorted(walk_files(p, skip_hidden=True)):  # no symlink loops, nothing outside the folder
+                if not f.is_file():
                     continue
                 (found if f.suffix.lower() in suffixes else ignored).append(f)  # type: ignore[arg-type]
             if not found:
@@ -166,15 +173,21 @@ def prepare_unit(
     Raises:
         BadImageError: the file is not a usable image (the reason is in the message).
     """
+    from msresnet.data.images import BadImageError
     from msresnet.data.scaling import resize_images
 
     img = preprocess.load(path)
     width, height = img.size
+    size = _fit_size(height, width, min_side, max_side) if preprocess.policy == "native" else None
+    if size is not None and size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise BadImageError(
+            path,
+            f"{size[1]}x{size[0]} px is over the {MAX_INPUT_PIXELS:,} pixels one model input may have "
+            "(let --max-side shrink it)",
+        )
     x = preprocess.to_unit(img).unsqueeze(0)
-    if preprocess.policy == "native":
-        size = _fit_size(height, width, min_side, max_side)
-        if size != (height, width):
-            x = resize_images(x, size)
+    if size is not None and size != (height, width):
+        x = resize_images(x, size)
     return x, (width, height)
 
 

@@ -25,6 +25,8 @@ rounding.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,6 +80,26 @@ class Preprocess:
             raise UserError("preprocessing policy 'canvas' needs a canvas size")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise UserError(f"mean/std have {len(self.mean)}/{len(self.std)} values for {self.in_chans} channel(s)")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every size within ``1..MAX_SIDE`` px and finite statistics: a preprocessing read from a checkpoint's
+        metadata must not be able to ask for a 100000 x 100000 canvas or divide by zero."""
+        from msresnet.data.images import MAX_SIDE
+
+        if self.canvas is not None and len(self.canvas) != 2:
+            raise UserError(f"preprocessing canvas must be (H, W), not {self.canvas!r}")
+        if self.input_size is not None and len(self.input_size) != 2:
+            raise UserError(f"preprocessing input_size must be (H, W), not {self.input_size!r}")
+        sides = {"size": [self.size] if self.size is not None else [], "canvas": self.canvas or (),
+                 "input_size": self.input_size or ()}  # fmt: skip
+        for name, values in sides.items():
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= MAX_SIDE:
+                    raise UserError(f"preprocessing {name} {v!r} is not a side of 1 to {MAX_SIDE} px")
+        stats = [*self.mean, *self.std, self.fill]
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in stats) or min(self.std) <= 0:
+            raise UserError("preprocessing mean/std/fill must be finite numbers with std > 0")
 
     # ------------------------------------------------------------------------------------------------ description
 

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +65,19 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Load an ``.npz`` written by :func:`save_npz`; ``None`` when missing or unreadable (it is then regenerated)."""
+# What reading a damaged .npz raises: a truncated zip (BadZipFile), a member cut short (EOFError, ValueError), a
+# missing member (KeyError), random bytes (OSError, ValueError), a pickled member refused (ValueError).
+DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def load_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray] | None:
+    """Load an ``.npz`` written by :func:`save_npz` (only ``keys`` when given, every member must then be there);
+    ``None`` when it is missing or damaged in any way: a cache entry that fails to load is regenerated, never an
+    error (it is not the user's data)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        # A damaged cache entry is not the user's problem: regenerate it.
+            return {k: z[k] for k in (keys if keys is not None else z.files)}
+    except DAMAGED:
         return None

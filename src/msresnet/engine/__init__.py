@@ -16,7 +16,7 @@ _EXPORTS = {
     "TrainConfig": "config",
     "load_train_config": "config",
     "train": "train",
-    "NonFiniteError": "step",
+    "NonFiniteError": "checkpoint",
     "TrainState": "state",
     "TrainingInterrupted": "signals",
     "CheckpointInfo": "checkpoint",

@@ -81,6 +81,15 @@ def predict_probs(
     return total / used
 
 
+def _require_finite_outputs(scores: torch.Tensor, condition: Any) -> None:
+    """Refuse to score a model whose outputs are NaN or +Inf: their argmax is class 0 (or arbitrary), a
+    plausible-looking accuracy. (-Inf is a class ruled out, e.g. a masked log-probability.)"""
+    from msresnet.engine.checkpoint import NonFiniteError
+
+    if bool(torch.isnan(scores).any() or torch.isposinf(scores).any()):
+        raise NonFiniteError(f"the model produced non-finite outputs at condition {condition}; no accuracy reported")
+
+
 def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
     """bf16 autocast for ``amp="bf16"``, else nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
@@ -228,13 +237,14 @@ def evaluate_sweep(
             levels = None
             if per_scale and not tta:  # both from one pass through the trunk
                 with torch.no_grad(), _autocast(device, amp):
-                    logits, levels = model.forward_with_scales(x)
-                preds = logits.argmax(1)
+                    scores, levels = model.forward_with_scales(x)
             else:
-                preds = predict_probs(model, x, tta=tta, amp=amp).argmax(1)
+                scores = predict_probs(model, x, tta=tta, amp=amp)
                 if per_scale:  # levels of the untransformed images
                     with torch.no_grad(), _autocast(device, amp):
                         levels = model.forward_scales(x)
+            _require_finite_outputs(scores, condition)
+            preds = scores.argmax(1)
             correct += int((preds.cpu() == labels).sum())
             if levels is not None:
                 hits = (levels.argmax(-1).cpu() == labels[:, None]).sum(0)
