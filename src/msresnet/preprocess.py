@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from msresnet._info import info_value as _get
 from msresnet.errors import UserError
 
 __all__ = [
@@ -299,10 +300,6 @@ def protocol_geometry(protocol: str | None, params: Mapping[str, Any] | None) ->
     if protocol == "folder" and p.get("input_size"):
         return {"policy": "resize", "size": int(p["input_size"]), "canvas": None}
     return {"policy": "native", "size": None, "canvas": None}
-
-
-def _get(info: Any, key: str, default: Any = None) -> Any:
-    return info.get(key, default) if isinstance(info, Mapping) else getattr(info, key, default)
 
 
 def preprocess_from_info(info: Any) -> Preprocess:
