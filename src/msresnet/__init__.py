@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 from msresnet.errors import UserError
-from msresnet.models import DEFAULT_MSRESNET, DEFAULT_WRAP, create_model, list_models, register_model
-from msresnet.scale import wrap
+
+try:  # torch and timm load here (seconds); importing also registers the models with timm
+    from msresnet.models import DEFAULT_MSRESNET, DEFAULT_WRAP, create_model, list_models, register_model
+    from msresnet.scale import wrap
+except KeyboardInterrupt:
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "msresnet":
+        raise
+    # Ctrl-C while the command line starts: its usual one line and exit code, not a traceback from deep in torch
+    print("msresnet: interrupted", file=_sys.stderr)
+    raise SystemExit(130) from None
 
 __version__ = "0.2.0"
 
@@ -17,6 +28,14 @@ def load_model(path: str, **kwargs):
     return _load_model(path, **kwargs)
 
 
+def load_checkpoint(path: str, **kwargs):
+    """A trained model with its preprocessing, class names and training info, as one typed record
+    (:class:`msresnet.engine.checkpoint.LoadedCheckpoint`); see :func:`msresnet.engine.checkpoint.load_checkpoint`."""
+    from msresnet.engine.checkpoint import load_checkpoint as _load_checkpoint
+
+    return _load_checkpoint(path, **kwargs)
+
+
 __all__ = [
     "DEFAULT_MSRESNET",
     "DEFAULT_WRAP",
@@ -24,6 +43,7 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "load_checkpoint",
     "load_model",
     "register_model",
     "wrap",

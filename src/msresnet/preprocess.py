@@ -25,6 +25,8 @@ rounding.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,9 +37,18 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from msresnet._info import info_value as _get
 from msresnet.errors import UserError
 
-__all__ = ["POLICIES", "Preprocess", "PreprocessedClassifier", "preprocess_from_info", "protocol_geometry"]
+__all__ = [
+    "POLICIES",
+    "Normalize",
+    "Preprocess",
+    "PreprocessedClassifier",
+    "normalize",
+    "preprocess_from_info",
+    "protocol_geometry",
+]
 
 POLICIES = ("native", "resize", "canvas")
 IDX_SIDE = 28  # Fashion-MNIST / MNIST images, the source of every fmnist-* protocol
@@ -78,6 +89,26 @@ class Preprocess:
             raise UserError("preprocessing policy 'canvas' needs a canvas size")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise UserError(f"mean/std have {len(self.mean)}/{len(self.std)} values for {self.in_chans} channel(s)")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Every size within ``1..MAX_SIDE`` px and finite statistics: a preprocessing read from a checkpoint's
+        metadata must not be able to ask for a 100000 x 100000 canvas or divide by zero."""
+        from msresnet.data.images import MAX_SIDE
+
+        if self.canvas is not None and len(self.canvas) != 2:
+            raise UserError(f"preprocessing canvas must be (H, W), not {self.canvas!r}")
+        if self.input_size is not None and len(self.input_size) != 2:
+            raise UserError(f"preprocessing input_size must be (H, W), not {self.input_size!r}")
+        sides = {"size": [self.size] if self.size is not None else [], "canvas": self.canvas or (),
+                 "input_size": self.input_size or ()}  # fmt: skip
+        for name, values in sides.items():
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= MAX_SIDE:
+                    raise UserError(f"preprocessing {name} {v!r} is not a side of 1 to {MAX_SIDE} px")
+        stats = [*self.mean, *self.std, self.fill]
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in stats) or min(self.std) <= 0:
+            raise UserError("preprocessing mean/std/fill must be finite numbers with std > 0")
 
     # ------------------------------------------------------------------------------------------------ description
 
@@ -178,10 +209,7 @@ class Preprocess:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per channel for ``[C, H, W]`` or ``[B, C, H, W]`` images in [0, 1]."""
-        shape = (-1, 1, 1)
-        m = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
-        s = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
-        return (x - m) / s
+        return normalize(x, self.mean, self.std)
 
     def to_unit(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         """Geometry only: float ``[C, H, W]`` (``[B, C, H, W]`` for a float batch) in [0, 1].
@@ -214,6 +242,28 @@ class Preprocess:
         return PreprocessedClassifier(model, self)
 
 
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The one normaliser: ``(x - mean) / std`` per channel, for ``[C, H, W]`` or ``[B, C, H, W]`` images in
+    [0, 1] (float32 statistics on the images' device)."""
+    shape = (-1, 1, 1)
+    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(shape)
+    return (x - m) / s
+
+
+class Normalize(nn.Module):
+    """:func:`normalize` as a module, its statistics as buffers (they move with the model and trace as constants):
+    what the training batches, the exported classifiers and the scan all normalise with."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class PreprocessedClassifier(nn.Module):
     """Raw ``float [B, C, H, W]`` images in [0, 1] -> geometry -> normalisation -> the classifier (for export)."""
 
@@ -221,15 +271,13 @@ class PreprocessedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.preprocess = preprocess
-        shape = (1, -1, 1, 1)
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(shape))
+        self.normalize = Normalize(preprocess.mean, preprocess.std)
         # a fixed output geometry accepts any input size; a native one keeps the model's minimum
         fixed = preprocess.output_size is not None
         self.min_input_size = 1 if fixed else int(getattr(model, "min_input_size", 1) or 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((self.preprocess.geometry_tensor(x) - self.mean) / self.std)
+        return self.model(self.normalize(self.preprocess.geometry_tensor(x)))
 
 
 # --------------------------------------------------------------------------------------------------- from metadata
@@ -257,10 +305,6 @@ def protocol_geometry(protocol: str | None, params: Mapping[str, Any] | None) ->
     if protocol == "folder" and p.get("input_size"):
         return {"policy": "resize", "size": int(p["input_size"]), "canvas": None}
     return {"policy": "native", "size": None, "canvas": None}
-
-
-def _get(info: Any, key: str, default: Any = None) -> Any:
-    return info.get(key, default) if isinstance(info, Mapping) else getattr(info, key, default)
 
 
 def preprocess_from_info(info: Any) -> Preprocess:

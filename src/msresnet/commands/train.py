@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from msresnet.engine.config import TrainConfig, load_train_config
+from msresnet.engine.config import TrainConfig, load_train_config, read_recipe, validate_config
 from msresnet.errors import UserError
 
 __all__ = ["precheck", "train_config"]
@@ -14,16 +14,22 @@ __all__ = ["precheck", "train_config"]
 def train_config(config: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """The configuration of a ``train`` command: the recipe file (if any) with the options on top.
 
-    ``train --out RUN --resume`` without ``--config`` picks up the run's own ``config.yaml``.
+    ``train --out RUN --resume`` starts from the config the run was computing with (its training state's record,
+    else its ``config.yaml``; :func:`~msresnet.engine.resume.resume_values`), so it needs no other option; options
+    that are given and would change what the run computes are refused by the engine before anything is trained.
 
     Raises:
         UserError: the recipe file does not exist, or the configuration is invalid.
     """
     if config is not None and not Path(config).is_file():
         raise UserError(f"config file not found: {config}")
-    if config is None and overrides.get("resume") and overrides.get("out"):
-        saved = Path(overrides["out"]) / "config.yaml"
-        config = saved if saved.is_file() else None
+    if overrides.get("resume") and overrides.get("out"):
+        from msresnet.engine.resume import resume_values
+
+        given = {**(read_recipe(config) if config is not None else {}), **overrides}
+        values = resume_values(Path(overrides["out"]), given)
+        if values is not None:
+            return validate_config(values)
     return load_train_config(config, overrides)
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from msresnet._atomic import atomic_write
 
 __all__ = ["atomic_write_bytes", "cache_dir", "file_md5", "load_npz", "save_npz", "stable_hash"]
 
@@ -44,18 +47,9 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: Path, write_fn) -> None:
-    """Call ``write_fn(file_object)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call ``write_fn(file_object)`` on a temporary file next to ``path``, then rename it over ``path`` (the
+    package's one writer, :func:`msresnet._atomic.atomic_write`; the directory is created)."""
+    atomic_write(path, write_fn, make_parents=True)
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -63,13 +57,19 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Load an ``.npz`` written by :func:`save_npz`; ``None`` when missing or unreadable (it is then regenerated)."""
+# What reading a damaged .npz raises: a truncated zip (BadZipFile), a member cut short (EOFError, ValueError), a
+# missing member (KeyError), random bytes (OSError, ValueError), a pickled member refused (ValueError).
+DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def load_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray] | None:
+    """Load an ``.npz`` written by :func:`save_npz` (only ``keys`` when given, every member must then be there);
+    ``None`` when it is missing or damaged in any way: a cache entry that fails to load is regenerated, never an
+    error (it is not the user's data)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError):
-        # A damaged cache entry is not the user's problem: regenerate it.
+            return {k: z[k] for k in (keys if keys is not None else z.files)}
+    except DAMAGED:
         return None

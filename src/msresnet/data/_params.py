@@ -46,13 +46,17 @@ class Param:
     doc: str = ""
 
     @staticmethod
-    def int_(default: int | None, lo: int | None = None, optional: bool = False, doc: str = "") -> Param:
+    def int_(
+        default: int | None, lo: int | None = None, optional: bool = False, doc: str = "", hi: int | None = None
+    ) -> Param:
         def check(v: Any) -> int | None:
             if v is None and optional:
                 return None
             v = _num(v, int)
             if lo is not None and v < lo:
                 raise ValueError(f"must be >= {lo}")
+            if hi is not None and v > hi:
+                raise ValueError(f"must be <= {hi}")
             return v
 
         return Param(default, check, doc)
@@ -112,13 +116,15 @@ class Param:
         return Param(list(default), check)
 
     @staticmethod
-    def ints(default: Sequence[int] | None, lo: int = 1, optional: bool = False) -> Param:
+    def ints(default: Sequence[int] | None, lo: int = 1, optional: bool = False, hi: int | None = None) -> Param:
         def check(v: Any) -> list[int] | None:
             if v is None and optional:
                 return None
             out = [_num(x, int) for x in _as_list(v)]
             if not out or min(out) < lo or len(set(out)) != len(out):
                 raise ValueError(f"needs distinct integers >= {lo}")
+            if hi is not None and max(out) > hi:
+                raise ValueError(f"needs integers <= {hi}")
             return sorted(out)
 
         return Param(None if default is None else list(default), check)

@@ -94,7 +94,7 @@ class PartStore:
         if part in self._loaded:
             return self._loaded[part]
         arrays = load_npz(self._path(part))
-        if arrays is not None and "checksum" in arrays:
+        if arrays is not None and {"images", "labels", "checksum"} <= arrays.keys():
             ds, checksum = self._from_arrays(arrays), str(arrays["checksum"])
             if "bad_inputs" in arrays and arrays["bad_inputs"].size:
                 from msresnet.data.folder import BadImageWarning
@@ -112,13 +112,8 @@ class PartStore:
         if part in self._checksums:
             return self._checksums[part]
         path = self._path(part)
-        checksum = None
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as z:  # npz members load lazily: only the digest is read
-                    checksum = str(z["checksum"])
-            except (OSError, ValueError, KeyError, EOFError):
-                checksum = None
+        digest = load_npz(path, keys=("checksum",))  # npz members load lazily: only the digest is read
+        checksum = str(digest["checksum"]) if digest is not None else None
         if checksum is None:
             _, checksum = self._generate(part)
         self._checksums[part] = checksum

@@ -1,9 +1,9 @@
 """Robust ``ImageFolder`` datasets: ``root/<class>/<image>`` trees where some files may be bad.
 
-The file listing is torchvision's (``find_classes`` / ``make_dataset``, same classes, order and extensions as
-``torchvision.datasets.ImageFolder``); images are read with :func:`msresnet.data.images.load_image`. Files that are
-empty, not images, truncated or over the pixel limit are skipped with one warning giving the count and the first few
-names with their reasons, or raise in ``strict`` mode.
+The file listing has torchvision's classes, order and extensions (``torchvision.datasets.ImageFolder``), walked by
+:mod:`msresnet.data.walk` (directory symlinks never followed out of the tree or around a loop); images are read with
+:func:`msresnet.data.images.load_image`. Files that are empty, not images, truncated or over the pixel limit are
+skipped with one warning giving the count and the first few names with their reasons, or raise in ``strict`` mode.
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from msresnet.data.datasets import ImageTensorDataset
 from msresnet.data.images import DEFAULT_MAX_PIXELS, BadImageError, bomb_warnings_as_errors, load_image
+from msresnet.data.walk import class_folders
 from msresnet.errors import UserError
 
 __all__ = ["BadImageWarning", "RobustImageFolder", "folder_fingerprint", "load_folder_tensors", "scan_image_folder"]
@@ -43,22 +45,33 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[list[tuple[str, int]], l
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
-    try:
-        classes, class_to_idx = find_classes(str(root))
-    except FileNotFoundError:
-        raise UserError(f"{root} has no class sub-folders (expected {root}/<class>/<image files>)") from None
-    samples = make_dataset(str(root), class_to_idx, extensions=EXTENSIONS, allow_empty=True)
+    classes, files = class_folders(root, keep=_is_image_name)
+    if not classes:
+        raise UserError(f"{root} has no class sub-folders (expected {root}/<class>/<image files>)")
+    samples = [(str(f), i) for i, name in enumerate(classes) for f in files[name]]
     if not samples:
         raise UserError(f"{root} has no image files (extensions {', '.join(EXTENSIONS)}) in its class folders")
     return samples, classes
 
 
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(EXTENSIONS)
+
+
 def folder_fingerprint(samples: Sequence[tuple[str, int]]) -> str:
-    """A hash of the file list with each file's size and modification time: changes when the folder changes."""
+    """A hash of the file list with each file's size and modification time: changes when the folder changes.
+
+    A file that cannot be stat'ed (a dangling symlink, a file removed meanwhile) enters as unreadable; the reader
+    then skips and reports it like any other bad file.
+    """
     h = hashlib.sha256()
     for path, target in samples:
-        st = os.stat(path)
-        h.update(f"{path}\0{target}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError as e:
+            stamp = f"unreadable:{e.errno}"
+        h.update(f"{path}\0{target}\0{stamp}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -142,7 +155,7 @@ class RobustImageFolder(ImageFolder):
         strict: bool = False,
         check: bool = True,
     ) -> None:
-        scan_image_folder(root)  # friendly errors for a missing or empty tree
+        self._listing = scan_image_folder(root)  # friendly errors for a missing or empty tree; walked once
 
         def loader(path: str) -> Image.Image:
             return load_image(path, max_pixels=max_pixels, mode=mode)
@@ -169,3 +182,14 @@ class RobustImageFolder(ImageFolder):
             _report_bad(bad, root, len(self.samples))
             self.samples = self.imgs = good
             self.targets = [t for _, t in good]
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        """The class folders, listed by :mod:`msresnet.data.walk` (no symlink loops, nothing outside the tree)."""
+        classes = self._listing[1]
+        return list(classes), {c: i for i, c in enumerate(classes)}
+
+    def make_dataset(
+        self, directory: str | os.PathLike, class_to_idx: dict[str, int], *args: Any, **kwargs: Any
+    ) -> list[tuple[str, int]]:
+        """``(path, class index)`` of every image file, listed by :mod:`msresnet.data.walk`."""
+        return list(self._listing[0])

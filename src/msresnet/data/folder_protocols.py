@@ -15,7 +15,7 @@ from msresnet.data._protocol import Protocol, map_u8, scale_key, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset, stratified_split
 from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
-from msresnet.data.images import DEFAULT_MAX_PIXELS
+from msresnet.data.images import DEFAULT_MAX_PIXELS, MAX_SIDE
 from msresnet.data.scaling import rescale_in_canvas, resize_images, sample_scales
 from msresnet.errors import UserError
 
@@ -23,7 +23,7 @@ __all__ = ["FOLDER_COMMON", "build_folder_ls", "build_folder_res"]
 
 FOLDER_COMMON = {  # the parameters folder-ls and folder-res share
     "root": Param.path(),
-    "image_size": Param.int_(32, lo=4),
+    "image_size": Param.int_(32, lo=4, hi=MAX_SIDE),
     "val_fraction": Param.float_(0.1, lo=0.0, hi=0.9),
     "test_fraction": Param.float_(0.2, lo=0.0, hi=0.9),
     "seed": Param.int_(0, lo=0),

@@ -36,7 +36,7 @@ from msresnet.data._protocol import Protocol, store_dir
 from msresnet.data._store import PartStore
 from msresnet.data.datasets import ImageTensorDataset
 from msresnet.data.folder import folder_fingerprint, load_folder_tensors, scan_image_folder
-from msresnet.data.images import DEFAULT_MAX_PIXELS
+from msresnet.data.images import DEFAULT_MAX_PIXELS, MAX_SIDE
 from msresnet.errors import UserError
 
 __all__ = ["FOLDER_PARAMS", "DataWarning", "MixedModesWarning", "SmallClassWarning", "build_plain_folder"]
@@ -72,7 +72,9 @@ FOLDER_PARAMS: dict[str, Param] = {
     "test_fraction": Param.float_(0.2, lo=0.0, hi=0.9),
     "seed": Param.int_(0, lo=0),
     "mode": Param(None, _mode, "L or RGB (default: from the data)"),
-    "input_size": Param.int_(None, lo=4, optional=True, doc="fit images to this square size (default: native)"),
+    "input_size": Param.int_(
+        None, lo=4, optional=True, doc="fit images to this square size (default: native)", hi=MAX_SIDE
+    ),
     "max_pixels": Param.int_(DEFAULT_MAX_PIXELS, lo=1, optional=True),
     "strict": Param.bool_(False),
 }

@@ -23,10 +23,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from msresnet.errors import UserError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "BadImageError", "convert_mode", "install_bomb_filter", "load_image", "to_8bit"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MAX_SIDE",
+    "BadImageError",
+    "convert_mode",
+    "install_bomb_filter",
+    "load_image",
+    "to_8bit",
+]
 
 EXIF_ORIENTATION = 0x0112
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 Mpx: well above any camera image, far below a decompression bomb's size
+# The largest side (px) of anything msresnet is asked to make: a model input, a canvas, a fitted size. Sizes read from
+# checkpoint metadata or protocol parameters are checked against it, so a crafted number cannot exhaust memory.
+MAX_SIDE = 8192
 
 
 class BadImageError(UserError):

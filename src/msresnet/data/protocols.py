@@ -57,6 +57,7 @@ from msresnet.data.datasets import ImageTensorDataset, stratified_split
 from msresnet.data.folder_protocols import FOLDER_COMMON, build_folder_ls, build_folder_res
 from msresnet.data.idx import IDX_DATASETS, find_idx_files, load_idx_arrays
 from msresnet.data.imagefolder import FOLDER_PARAMS, build_plain_folder
+from msresnet.data.images import MAX_SIDE
 from msresnet.data.scaling import rescale_in_canvas, resize_images, sample_scales
 from msresnet.data.scenes import BACKGROUNDS, scenes
 from msresnet.errors import UserError
@@ -275,7 +276,7 @@ _IDX = Param.choice(sorted(IDX_DATASETS), "fashion-mnist")
 
 _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dict[str, Param], str]] = {
     "fmnist-ls": (_build_fmnist_ls, {
-        "dataset": _IDX, "canvas": Param.int_(64, lo=8), "scales": Param.floats(LS_SCALES, positive=True),
+        "dataset": _IDX, "canvas": Param.int_(64, lo=8, hi=MAX_SIDE), "scales": Param.floats(LS_SCALES, positive=True),
         "train_scales": Param.range_(None), "val_size": Param.int_(5000, lo=0), "seed": Param.int_(0, lo=0),
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": LIMIT,
     }, "object rescaled by 2^(k/4), k=-4..4, in a 64x64 canvas; train at s=1"),
@@ -290,17 +291,17 @@ _REGISTRY: dict[str, tuple[Callable[[str | None, dict[str, Any]], Protocol], dic
         "test_bins": Param.int_(5, lo=1), "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bicubic"),
     }, "SESN MNIST-scale recipe: 10k/2k/50k, s ~ U(0.3, 1) on the 28x28 canvas, realizations 0..5"),
     "fmnist-res": (_build_fmnist_res, {
-        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1), "train_size": Param.int_(28, lo=4),
-        "val_size": Param.int_(5000, lo=0),
+        "dataset": _IDX, "sizes": Param.ints(RES_SIZES, lo=1, hi=MAX_SIDE),
+        "train_size": Param.int_(28, lo=4, hi=MAX_SIDE), "val_size": Param.int_(5000, lo=0),
         "interpolation": Param.choice(["bilinear", "bicubic", "area"], "bilinear"), "limit": LIMIT,
     }, "train at 28x28, test with the whole image resized to 14..112 px"),
     "folder": (build_plain_folder, FOLDER_PARAMS, "an ImageFolder as it is: its own splits, channels and size"),
     "folder-ls": (build_folder_ls, {
-        **FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True),
+        **FOLDER_COMMON, "canvas": Param.int_(None, lo=4, optional=True, hi=MAX_SIDE),
         "scales": Param.floats(LS_SCALES, positive=True), "train_scales": Param.range_(None),
     }, "an ImageFolder's images rescaled inside a canvas, fmnist-ls style"),
     "folder-res": (build_folder_res, {
-        **FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True),
+        **FOLDER_COMMON, "sizes": Param.ints(None, lo=1, optional=True, hi=MAX_SIDE),
     }, "an ImageFolder's images resized whole, fmnist-res style"),
 }  # fmt: skip
 

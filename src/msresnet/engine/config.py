@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import platform
 import socket
 import subprocess
@@ -178,25 +179,34 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-# Fields whose change between a run and its resumption would make the result meaningless.
-RESUME_INVARIANT = (
-    "model",
-    "model_kwargs",
-    "wrap",
-    "pretrained_file",
-    "loader",
-    "augment",
-    "ema_decay",
-    "protocol",
-    "protocol_params",
-    "input_size",
-    "mode",
-    "train_limit",
-    "limit_mode",
-    "batch_size",
-    "optimizer",
-    "seed",
+# Fields that are paths: written absolute into RUN/config.yaml (relative ones mean the directory it was run from).
+PATH_KEYS = ("data_root", "out")
+
+# Fields that may differ between a run and its resumption: how long it trains and how this process runs and reports.
+# Every other field defines what the run computes, so ``--resume`` refuses a different value for it. A change of one
+# of these is recorded in ``config.yaml`` as a resume event; the fields there keep describing the original launch.
+RESUME_MUTABLE = (
+    "out",
+    "resume",
+    "epochs",
+    "device",
+    "threads",
+    "workers",
+    "tensorboard",
+    "log_every",
+    "checkpoint_every",
+    "nan_policy",
+    "calibrate_probe",
+    "dist_timeout",
+    "compile",
+    "channels_last",
+    "deterministic",
 )
+
+# Keyword arguments every model gets from the data; a recipe may not set them through model_kwargs.
+RESERVED_MODEL_KWARGS = ("num_classes", "in_chans")
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds; the step seeds are derived modulo 2**63 - 1
 
 # Range checks: field -> (predicate, description used in the error message).
 _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
@@ -217,7 +227,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "si_weight": (lambda v: v >= 0, ">= 0"),
     "si_scale_range": (lambda v: 0 < v[0] <= v[1], "a range 0 < lo <= hi"),
     "si_feature_weight": (lambda v: v >= 0, ">= 0"),
-    "seed": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
     "threads": (lambda v: v >= 0, ">= 0"),
     "workers": (lambda v: v >= 0, ">= 0"),
     "trunk_lr_scale": (lambda v: v >= 0, ">= 0"),
@@ -262,9 +272,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise UserError(f"config key {key!r}: expected a number, got {value!r}")
         try:
             # YAML 1.1 reads "1e-3" as a string, so strings are accepted here too.
-            return float(value)
-        except ValueError:
+            number = float(value)
+        except (ValueError, OverflowError):
             raise UserError(f"config key {key!r}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UserError(f"config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise UserError(f"config key {key!r}: expected a string, got {value!r}")
@@ -305,12 +318,21 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
                 raise UserError(f"config key {norm!r} must be {desc}, got {value!r}")
         kwargs[norm] = v
     cfg = TrainConfig(**kwargs)
+    clash = [k for k in RESERVED_MODEL_KWARGS if k in cfg.model_kwargs]
+    if clash:
+        raise UserError(
+            f"config key 'model_kwargs' may not set {clash[0]}: it comes from the data "
+            f"({', '.join(RESERVED_MODEL_KWARGS)} are taken from the protocol or folder)"
+        )
     if not cfg.model:
         raise UserError("no model given (set 'model', e.g. --model resnet8)")
     if not cfg.out:
         raise UserError("no run directory given (set 'out', e.g. --out runs/my-run)")
     if cfg.device != "auto" and not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    for key in PATH_KEYS:  # relative paths mean the working directory now: resolved once, stored absolute
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     return cfg
 
 
@@ -349,6 +371,20 @@ def protocol_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kw
 
 
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a small file the user hands in (a recipe, a run's ``config.yaml``).
+
+    Raises:
+        UserError: unreadable, or not UTF-8 text.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}); is it a YAML file?") from None
+
+
 def load_train_config(yaml_path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML recipe (optional), apply ``overrides`` on top, validate.
 
@@ -360,29 +396,33 @@ def load_train_config(yaml_path: str | Path | None, overrides: dict[str, Any] | 
         UserError: unreadable or malformed YAML, unknown key (with a close-match suggestion), wrong type,
             out-of-range value, missing model or run directory.
     """
-    values: dict[str, Any] = {}
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UserError(f"cannot read config {path}: {e.strerror or e}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where is not None else ""
-            raise UserError(f"config {path} is not valid YAML{line}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"config {path} must be a mapping of keys to values, not {type(loaded).__name__}")
-        loaded.pop(PROVENANCE_KEY, None)
-        values.update(loaded)
+    values: dict[str, Any] = read_recipe(yaml_path) if yaml_path is not None else {}
     for k, v in (overrides or {}).items():
         if v is not None:
             values[k] = v
     return validate_config(values)
+
+
+def read_recipe(yaml_path: str | Path) -> dict[str, Any]:
+    """The keys of a YAML recipe (or of a run's ``config.yaml``, without its ``provenance``), not yet validated.
+
+    Raises:
+        UserError: unreadable, not UTF-8, malformed YAML, or not a mapping.
+    """
+    path = Path(yaml_path)
+    text = read_text(path, "config")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UserError(f"config {path} is not valid YAML{line}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"config {path} must be a mapping of keys to values, not {type(loaded).__name__}")
+    loaded.pop(PROVENANCE_KEY, None)
+    return loaded
 
 
 def git_revision(start: Path | None = None) -> str | None:
@@ -434,9 +474,15 @@ def provenance(checksum: str | None = None, world_size: int = 1) -> dict[str, An
 
 
 def to_yaml(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
-    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section."""
+    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section.
+
+    Paths (``data_root``, ``out``) are written absolute, so that ``msresnet train --config RUN/config.yaml``
+    reproduces the run from any working directory."""
     d = cfg.to_dict()
     d.pop("resume", None)  # how this process was started, not what the run is
+    for key in PATH_KEYS:
+        if d.get(key):
+            d[key] = str(Path(d[key]).expanduser().resolve())
     if prov is not None:
         d[PROVENANCE_KEY] = prov
     return yaml.safe_dump(d, sort_keys=False)

@@ -142,14 +142,17 @@ class DistContext:
             f"stopped, {how}"
         ) from None
 
-    def check_resume_world_size(self, run: str | Path) -> None:
+    def check_resume_world_size(self, run: str | Path, recorded: int | None = None) -> None:
         """Refuse to resume ``run`` with another number of processes than it was trained with (the world size its
-        ``config.yaml`` records from the first launch; nothing to check when that file is gone).
+        ``config.yaml`` records from the first launch; without a readable one, ``recorded``: what the training
+        state says).
 
         Raises:
             UserError: the numbers differ.
         """
         saved = _provenance_world_size(Path(run))
+        if saved is None:
+            saved = recorded
         if saved is None or saved == self.world_size:
             return
         how = "as one process, without torchrun" if saved == 1 else f"with {saved} processes in all under torchrun"
@@ -210,8 +213,10 @@ def _provenance_world_size(run: Path) -> int | None:
     import yaml
 
     try:
-        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):  # missing, not UTF-8 or not YAML: nothing recorded
         return None
-    world = (saved.get("provenance") or {}).get("world_size")
+    if not isinstance(saved, dict) or not isinstance(saved.get("provenance"), dict):
+        return None
+    world = saved["provenance"].get("world_size")
     return int(world) if isinstance(world, int) else None

@@ -177,9 +177,13 @@ def hold_checkpoint(checkpoint: str | Path, command: str) -> Iterator[Path | Non
     Raises:
         RunLocked: a training (or another rewrite) of that run is in progress.
     """
+    from msresnet.engine.checkpoint import remove_stale_temp_files
+
     run = run_dir_of(checkpoint)
     if run is None:
         yield None
         return
     with hold_run(run, command):
+        # the holder is the only writer: a temp file in the run is what a killed writer left behind
+        remove_stale_temp_files(Path(checkpoint).parent)
         yield run

@@ -21,10 +21,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from msresnet.engine.checkpoint import CheckpointInfo, plain_state_dict, save_state, save_weights
+from msresnet.engine.checkpoint import (
+    CheckpointInfo,
+    NonFiniteError,
+    allowed_nonfinite,
+    describe_kept,
+    nonfinite_tensors,
+    plain_state_dict,
+    save_state,
+    save_weights,
+)
 from msresnet.engine.config import TrainConfig
 from msresnet.engine.distributed import DistContext
-from msresnet.engine.step import NonFiniteError, StepResult
+from msresnet.engine.step import StepResult
 from msresnet.errors import UserError
 
 STEP_SEED = "step_seed(seed, rank, step)"  # recorded in the state file: how the step's randomness is derived
@@ -199,20 +208,32 @@ class TrainState:
 
 
 def save_checkpoint(
-    ckdir: Path, kind: str, state: TrainState, info: CheckpointInfo, cfg: TrainConfig, meter: EpochMeter | None = None
+    ckdir: Path,
+    kind: str,
+    state: TrainState,
+    info: CheckpointInfo,
+    cfg: TrainConfig,
+    meter: EpochMeter | None = None,
+    world_size: int = 1,
 ) -> None:
-    """Write checkpoint ``kind`` (``last``/``best``): the state file first, the weights last, both atomic.
+    """Write checkpoint ``kind`` (``last``/``best``): the state file first, the weights last, both atomic. The
+    state records the config and the number of processes the run computes with (what ``--resume`` checks).
 
-    Call on rank 0 only. Raises :class:`~msresnet.engine.step.NonFiniteError` instead of replacing a good
-    checkpoint by weights that became non-finite (a finite loss and gradient can still overflow in the update).
+    Call on rank 0 only. Raises :class:`~msresnet.engine.checkpoint.NonFiniteError` instead of replacing a good
+    checkpoint by one with a non-finite parameter or buffer (a finite loss and gradient can still overflow in the
+    update, or in a BatchNorm's running statistics); nothing is written then.
     """
-    if not all(bool(torch.isfinite(p).all()) for p in state.model.parameters()):
+    models = [state.model] if state.ema is None else [state.model, state.ema.module]
+    bad = [k for m in models for k in nonfinite_tensors(m.state_dict(), allowed_nonfinite(m))]
+    if bad:
         raise NonFiniteError(
-            f"weights became non-finite by step {state.global_step}; stopped, last good checkpoint kept"
+            f"weights became non-finite by step {state.global_step} ({len(bad)} tensor(s), e.g. {bad[0]}); stopped, "
+            f"{describe_kept(ckdir)} (start a new run with a lower learning rate)"
         )
     info.epoch, info.step = state.epoch, state.global_step
     info.val_acc = state.rows[-1]["val_acc"] if state.rows else None
-    save_state(ckdir / f"{kind}.state.pt", {**state.state_dict(meter), "config": cfg.to_dict()})
+    record = {"config": cfg.to_dict(), "world_size": world_size}
+    save_state(ckdir / f"{kind}.state.pt", {**state.state_dict(meter), **record})
     # with an EMA the averaged weights are the run's model (validated and saved); the raw ones live in the state
     save_weights(ckdir / f"{kind}.safetensors", state.ema.module if state.ema is not None else state.model, info)
 
@@ -223,5 +244,5 @@ def save_mid_epoch(ckdir: Path, state: TrainState, info: CheckpointInfo, cfg: Tr
     ctx.broadcast_module(state.model)
     meter = state.meter.reduced(ctx)
     if ctx.is_main:
-        save_checkpoint(ckdir, "last", state, info, cfg, meter)
+        save_checkpoint(ckdir, "last", state, info, cfg, meter, ctx.world_size)
     ctx.barrier()

@@ -16,17 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.engine.batches import Normalizer, TensorSplit
+from msresnet.engine.checkpoint import NonFiniteError
 from msresnet.engine.config import TrainConfig
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.progress import log
-from msresnet.errors import UserError
+from msresnet.scale.contracts import auxiliary_loss
 
 MAX_CONSECUTIVE_SKIPS = 50  # nan_policy="skip" still stops when the run has clearly diverged
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-class NonFiniteError(UserError):
-    """The loss or gradient became NaN/Inf; the run stopped and the last good checkpoint was kept."""
+__all__ = ["MAX_CONSECUTIVE_SKIPS", "NonFiniteError", "NonFiniteGuard", "StepResult", "TrainStep", "train_step"]
 
 
 class TrainStep(nn.Module):
@@ -54,8 +53,7 @@ class TrainStep(nn.Module):
         else:
             loss, parts = self.criterion(self.model, x, y)
             logits = parts["logits"]
-        aux = getattr(self.model, "auxiliary_loss", None)  # a model's own training loss (a scale estimator's)
-        extra = aux() if callable(aux) else None
+        extra = auxiliary_loss(self.model)  # a model's own training term (a scale estimator's), declared
         return (loss if extra is None else loss + extra), logits
 
 
@@ -162,7 +160,10 @@ def train_step(
     ctx: DistContext,
 ) -> StepResult:
     """Forward, backward, clip ``params``' gradients, and the optimizer update unless the loss or gradient is
-    non-finite on any rank."""
+    non-finite on any rank. A step skipped under ``nan_policy: skip`` leaves no trace: the buffers its forward pass
+    updated (BatchNorm statistics of the bad batch) are restored too."""
+    buffers = list(net.buffers()) if cfg.nan_policy == "skip" else []
+    before = [b.detach().clone() for b in buffers]
     with autocast(x.device, cfg.amp):
         loss, logits = net(x, y)
     optimizer.zero_grad(set_to_none=True)
@@ -178,6 +179,9 @@ def train_step(
     bad = not math.isfinite(loss_v) or (not scaler.is_enabled() and not math.isfinite(norm_v))
     if ctx.any_true(bad):
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip(buffers, before, strict=True):
+                b.copy_(saved)
         what = f"loss ({loss_v})" if not math.isfinite(loss_v) else f"gradient norm ({norm_v})"
         return StepResult(loss_v, norm_v, correct_v, y.shape[0], skipped=what)
     scaler.step(optimizer)
@@ -191,16 +195,24 @@ def _hard(y: torch.Tensor) -> torch.Tensor:
 
 
 class NonFiniteGuard:
-    """``nan_policy``: stop at the first non-finite step, or skip it (up to :data:`MAX_CONSECUTIVE_SKIPS` in a row).
+    """``nan_policy``: stop at the first non-finite step, or skip it -- up to ``max_skips`` in a row.
+
+    The bound makes ``skip`` safe on a diverged run, where every later step is non-finite too: the run stops instead
+    of "finishing" without a single applied step. The training loop passes ``min(MAX_CONSECUTIVE_SKIPS, steps per
+    epoch)``, so a whole epoch of skipped steps always stops it.
 
     Args:
         policy: ``"stop"`` or ``"skip"``.
         kept: says which checkpoint survives (called when stopping, so it names what is on disk then).
         verbose: log skipped steps (rank 0).
+        max_skips: consecutive skipped steps that stop the run.
     """
 
-    def __init__(self, policy: str, kept: Callable[[], str], verbose: bool) -> None:
+    def __init__(
+        self, policy: str, kept: Callable[[], str], verbose: bool, max_skips: int = MAX_CONSECUTIVE_SKIPS
+    ) -> None:
         self.policy, self.kept, self.verbose = policy, kept, verbose
+        self.max_skips = max(1, max_skips)
         self.consecutive = 0
 
     def check(self, result: StepResult, where: str) -> None:
@@ -211,12 +223,13 @@ class NonFiniteGuard:
         if self.policy == "stop":
             raise NonFiniteError(
                 f"non-finite {result.skipped} at {where}; stopped, {self.kept()} "
-                "(lower the learning rate or set nan_policy: skip)"
+                "(start a new run with a lower learning rate, or set nan_policy: skip)"
             )
         self.consecutive += 1
         if self.verbose:
             log(f"warning: non-finite {result.skipped} at {where}: step skipped")
-        if self.consecutive > MAX_CONSECUTIVE_SKIPS:
+        if self.consecutive >= self.max_skips:
             raise NonFiniteError(
-                f"{self.consecutive} consecutive non-finite steps up to {where}; stopped, {self.kept()}"
+                f"{self.consecutive} consecutive non-finite steps up to {where}: the run diverged; stopped, "
+                f"{self.kept()} (start a new run with a lower learning rate)"
             )

@@ -13,6 +13,7 @@ on CPU with ``deterministic: true``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -35,20 +35,19 @@ from msresnet.engine.batches import (
     num_batches,
     train_val_splits,
 )
-from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes, load_state, remove_stale_temp_files
-from msresnet.engine.config import (
-    PROVENANCE_KEY,
-    RESUME_INVARIANT,
-    TrainConfig,
-    model_build_kwargs,
-    protocol_kwargs,
-    provenance,
-    to_yaml,
+from msresnet.engine.checkpoint import (
+    CheckpointInfo,
+    allowed_nonfinite,
+    describe_kept,
+    load_state,
+    remove_stale_temp_files,
 )
+from msresnet.engine.config import TrainConfig, model_build_kwargs, protocol_kwargs
 from msresnet.engine.distributed import DistContext
-from msresnet.engine.lock import hold_run
+from msresnet.engine.lock import LOCK_NAME, hold_run
 from msresnet.engine.optim import build_optimizer, lr_at, set_lr
 from msresnet.engine.progress import StepReporter, TensorBoardLog, log, write_metrics_csv
+from msresnet.engine.resume import check_resume, rebuild_weights, stored_config, write_run_config
 from msresnet.engine.settings import TorchSettings, set_cudnn_autotune
 from msresnet.engine.signals import GracefulStop, TrainingInterrupted
 from msresnet.engine.state import (
@@ -60,6 +59,7 @@ from msresnet.engine.state import (
     seed_everything,
 )
 from msresnet.engine.step import (
+    MAX_CONSECUTIVE_SKIPS,
     NonFiniteError,
     NonFiniteGuard,
     TrainStep,
@@ -100,38 +100,6 @@ def validate(
     return loss_sum / n, correct / n
 
 
-def _check_resumable(cfg: TrainConfig, run: Path) -> None:
-    """Refuse to resume a run directory made with a different model/protocol/data/batch/seed."""
-    saved_path = run / "config.yaml"
-    if not saved_path.is_file():
-        return
-    try:
-        saved = yaml.safe_load(saved_path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return  # the state file is the authority; a damaged config.yaml is rewritten below
-    current = cfg.to_dict()
-    for key in RESUME_INVARIANT:
-        if key in saved and saved[key] != current[key]:
-            raise UserError(
-                f"cannot resume {run}: it was trained with {key}={saved[key]!r}, not {current[key]!r} "
-                "(use a new --out for a different run)"
-            )
-
-
-def _write_config(cfg: TrainConfig, run: Path, checksum: str | None, world: int, resumed_at: int | None) -> None:
-    prov = provenance(checksum, world)
-    old = run / "config.yaml"
-    if resumed_at is not None and old.is_file():
-        try:
-            first = (yaml.safe_load(old.read_text()) or {}).get(PROVENANCE_KEY) or {}
-        except (OSError, yaml.YAMLError):
-            first = {}
-        history = list(first.get("resumes", []))
-        history.append({"step": resumed_at, "created": prov["created"], "git_revision": prov["git_revision"]})
-        prov = {**first, "resumes": history} if first else {**prov, "resumes": history}
-    atomic_write_bytes(run / "config.yaml", to_yaml(cfg, prov).encode())
-
-
 def train(cfg: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochHook | None = None) -> Path:
     """Train ``cfg.model`` on ``cfg.protocol`` and write the run directory ``cfg.out``.
 
@@ -153,10 +121,16 @@ def train(cfg: TrainConfig, *, on_step: StepHook | None = None, on_epoch: EpochH
         PeerLost: under torchrun, another rank died or stopped answering for ``cfg.dist_timeout`` seconds.
     """
     ctx = DistContext.from_env(cfg.device, cfg.dist_timeout)
+    fresh = not Path(cfg.out).exists()
     try:
         # the writer lock comes first: the "already holds a run" test below is only sound under it
         with hold_run(cfg.out, "train", ctx), TorchSettings(cfg), GracefulStop() as stop:
-            return _train(cfg, ctx, stop, on_step, on_epoch)
+            try:
+                return _train(cfg, ctx, stop, on_step, on_epoch)
+            except BaseException:
+                if fresh and ctx.is_main:
+                    _remove_unstarted_run(Path(cfg.out))
+                raise
     except RuntimeError as e:  # under torchrun: another rank died or hung (one line, not a hang or a traceback)
         ctx.raise_if_peer_failure(e, cfg.out)
         raise
@@ -172,8 +146,11 @@ def _train(
     run, main, device = Path(cfg.out), ctx.is_main, ctx.device
     ckdir = run / "checkpoints"
     saved = _open_run_dir(cfg, run, main)  # the resume point, or None for a new run
+    changes: dict[str, tuple[Any, Any]] = {}
     if saved is not None:
-        ctx.check_resume_world_size(run)
+        ctx.check_resume_world_size(run, saved.get("world_size"))
+        stored = saved.get("config") or stored_config(run)  # state files record their config; older ones do not
+        changes = check_resume(cfg, stored, run) if stored else {}
 
     # ---- data, model, state
     protocol = build_protocol(cfg.protocol, root=cfg.data_root, **protocol_kwargs(cfg))
@@ -199,15 +176,24 @@ def _train(
                        sampler=streamed.sampler if streamed is not None else None)  # fmt: skip
     info = _checkpoint_info(cfg, protocol, mean, std)
     if saved is not None:
-        state.load_state_dict(saved, main=main)
+        try:
+            state.load_state_dict(saved, main=main)
+        except (RuntimeError, KeyError, ValueError) as e:  # a state of another shape than this config's model
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot resume {run}: its training state does not fit this model ({first})") from None
         if main:
-            log(f"resuming {run} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step}")
+            _log_resume(run, state, cfg, changes)
     if main:
         resumed_at = state.global_step if saved is not None else None
         # a streamed folder is identified by its files (names, sizes, times), not by a checksum of decoded pixels
         checksum = f"files:{protocol.fingerprint}" if streamed is not None else getattr(protocol, "checksum", None)
-        _write_config(cfg, run, checksum, ctx.world_size, resumed_at)
+        stored = (saved or {}).get("config")
+        write_run_config(cfg, run, checksum, ctx.world_size, resumed_at, changes, stored)
         write_metrics_csv(run / "metrics.csv", state.rows)  # after a resume: exactly the checkpoint's epochs
+        if saved is not None:  # weights lost or older than their state (deleted; killed between the two writes)
+            for kind, kind_state in (("last", saved), ("best", None)):
+                if rebuild_weights(ckdir, kind, info, kind_state, allowed_nonfinite(model)):
+                    log(f"rebuilt {ckdir / (kind + '.safetensors')} from its training state")
 
     compiled: nn.Module = torch.compile(model) if cfg.compile else model
     # Validation uses the un-wrapped model: DDP's forward is a collective, and shards may differ in batch count.
@@ -215,7 +201,8 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = num_batches(ctx.shard_train(torch.arange(n_train)).numel(), cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    guard = NonFiniteGuard(cfg.nan_policy, lambda: _kept(ckdir), verbose=main)
+    max_skips = min(MAX_CONSECUTIVE_SKIPS, steps_per_epoch)  # a whole epoch of skipped steps always stops the run
+    guard = NonFiniteGuard(cfg.nan_policy, lambda: describe_kept(ckdir), verbose=main, max_skips=max_skips)
     tb = TensorBoardLog(run / "tensorboard") if cfg.tensorboard and main else None
     reporter = StepReporter(main, cfg.log_every)
     if main:
@@ -280,14 +267,16 @@ def _train(
             reporter.end_epoch(row)
             if main:
                 if improved:
-                    save_checkpoint(ckdir, "best", state, info, cfg)
-                save_checkpoint(ckdir, "last", state, info, cfg)
+                    save_checkpoint(ckdir, "best", state, info, cfg, world_size=ctx.world_size)
+                save_checkpoint(ckdir, "last", state, info, cfg, world_size=ctx.world_size)
                 write_metrics_csv(run / "metrics.csv", state.rows)
                 if tb is not None:
                     tb.scalars({k: v for k, v in row.items() if k != "epoch"}, state.epoch, "epoch")
             ctx.barrier()
             if on_epoch is not None:
                 on_epoch(state.epoch, row)
+            if ctx.any_true(stop.requested):  # a signal during validation or the checkpoint: stop now, all saved
+                raise _interrupted(stop, state.global_step, ckdir, main)
     finally:
         reporter.close()
         if tb is not None:
@@ -297,6 +286,15 @@ def _train(
             _calibrate_checkpoints(ckdir, cfg, device)
         log(f"done: best val_acc {state.best_acc:.4f}; run directory {run}")
     return run
+
+
+def _log_resume(run: Path, state: TrainState, cfg: TrainConfig, changes: dict[str, tuple[Any, Any]]) -> None:
+    changed = "".join(f"; {k} {a} -> {b}" for k, (a, b) in changes.items())
+    if state.epoch >= cfg.epochs:
+        log(f"{run} has finished its {cfg.epochs} epoch(s) (step {state.global_step}): nothing to train{changed}")
+    else:
+        where = f"epoch {state.epoch + 1} of {cfg.epochs}, batch {state.batch_in_epoch}, step {state.global_step}"
+        log(f"resuming {run} at {where}{changed}")
 
 
 def _epoch_row(state: TrainState, totals: EpochMeter, val_loss: float, val_acc: float, seconds: float) -> dict:
@@ -322,10 +320,17 @@ def _interrupted(stop: GracefulStop, step: int, ckdir: Path, main: bool) -> Trai
     return TrainingInterrupted(signum, str(ckdir / "last.state.pt"))
 
 
-def _kept(ckdir: Path) -> str:
-    """Which checkpoint survives a stop for non-finite values."""
-    last = ckdir / "last.safetensors"
-    return f"last good checkpoint {last}" if last.exists() else "no checkpoint was written yet"
+def _remove_unstarted_run(run: Path) -> None:
+    """A run directory this process created and that failed before its first checkpoint is removed again (its
+    header-only metrics and config say nothing the error message did not). Called while holding its lock."""
+    ckdir = run / "checkpoints"
+    if ckdir.is_dir() and any(ckdir.iterdir()):
+        return
+    for name in ("metrics.csv", "config.yaml", LOCK_NAME):
+        (run / name).unlink(missing_ok=True)
+    for d in (ckdir, run):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty: anything else the user or another tool put there stays
 
 
 def _open_run_dir(cfg: TrainConfig, run: Path, main: bool) -> dict[str, Any] | None:
@@ -338,7 +343,6 @@ def _open_run_dir(cfg: TrainConfig, run: Path, main: bool) -> dict[str, Any] | N
     if (ckdir / "last.state.pt").exists() or (ckdir / "last.safetensors").exists():
         if not cfg.resume:
             raise UserError(f"{run} already holds a run; pass --resume to continue it or choose another --out")
-        _check_resumable(cfg, run)
         if not (ckdir / "last.state.pt").exists():
             raise UserError(f"cannot resume {run}: checkpoints/last.state.pt is missing")
         saved = load_state(ckdir / "last.state.pt")
@@ -391,7 +395,7 @@ def _checkpoint_info(cfg: TrainConfig, protocol: Any, mean: Sequence[float], std
         std=tuple(float(v) for v in std),
         protocol=protocol.name,
         protocol_params=dict(protocol.params),
-        data_root=cfg.data_root,
+        data_root=str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else None,  # from any directory
         train_condition=protocol.train_condition,
         condition_name=protocol.condition_name,
         input_size=tuple(protocol.input_size),

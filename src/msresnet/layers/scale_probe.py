@@ -65,6 +65,9 @@ class ObjectScaleProbe(nn.Module):
     checkpoint written before the probe existed loads into it unchanged, and one fitted before the refinement existed
     (no ``centre_log2``) keeps the median estimate it was calibrated with."""
 
+    # buffers whose NaN is a marker, not divergence (the checkpoint finiteness rule skips them)
+    nonfinite_buffers = ("centre_log2",)
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(channels))
