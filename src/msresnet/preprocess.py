@@ -37,9 +37,18 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from msresnet._info import info_value as _get
 from msresnet.errors import UserError
 
-__all__ = ["POLICIES", "Preprocess", "PreprocessedClassifier", "preprocess_from_info", "protocol_geometry"]
+__all__ = [
+    "POLICIES",
+    "Normalize",
+    "Preprocess",
+    "PreprocessedClassifier",
+    "normalize",
+    "preprocess_from_info",
+    "protocol_geometry",
+]
 
 POLICIES = ("native", "resize", "canvas")
 IDX_SIDE = 28  # Fashion-MNIST / MNIST images, the source of every fmnist-* protocol
@@ -181,8 +190,13 @@ class Preprocess:
             return x
         size = int(self.size)  # type: ignore[arg-type]
         h, w = x.shape[-2], x.shape[-1]
-        side = torch.minimum(torch.as_tensor(h), torch.as_tensor(w))
-        top, left = (torch.as_tensor(h) - side) // 2, (torch.as_tensor(w) - side) // 2
+        if torch.compiler.is_compiling():  # torch.export: symbolic sizes (torch.as_tensor would fix them)
+            side = torch.sym_min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+        else:  # eager, and ONNX, which records the sizes as tensors
+            side = torch.minimum(torch.as_tensor(h), torch.as_tensor(w))
+            top, left = (torch.as_tensor(h) - side) // 2, (torch.as_tensor(w) - side) // 2
+        # index_select, not slicing: a slice of symbolic bounds makes torch.export assume an orientation (H <= W)
         rows = torch.arange(side, device=x.device) + top
         cols = torch.arange(side, device=x.device) + left
         x = x.index_select(-2, rows).index_select(-1, cols)
@@ -195,10 +209,7 @@ class Preprocess:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per channel for ``[C, H, W]`` or ``[B, C, H, W]`` images in [0, 1]."""
-        shape = (-1, 1, 1)
-        m = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
-        s = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
-        return (x - m) / s
+        return normalize(x, self.mean, self.std)
 
     def to_unit(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         """Geometry only: float ``[C, H, W]`` (``[B, C, H, W]`` for a float batch) in [0, 1].
@@ -231,6 +242,28 @@ class Preprocess:
         return PreprocessedClassifier(model, self)
 
 
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The one normaliser: ``(x - mean) / std`` per channel, for ``[C, H, W]`` or ``[B, C, H, W]`` images in
+    [0, 1] (float32 statistics on the images' device)."""
+    shape = (-1, 1, 1)
+    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(shape)
+    return (x - m) / s
+
+
+class Normalize(nn.Module):
+    """:func:`normalize` as a module, its statistics as buffers (they move with the model and trace as constants):
+    what the training batches, the exported classifiers and the scan all normalise with."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class PreprocessedClassifier(nn.Module):
     """Raw ``float [B, C, H, W]`` images in [0, 1] -> geometry -> normalisation -> the classifier (for export)."""
 
@@ -238,15 +271,13 @@ class PreprocessedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.preprocess = preprocess
-        shape = (1, -1, 1, 1)
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(shape))
+        self.normalize = Normalize(preprocess.mean, preprocess.std)
         # a fixed output geometry accepts any input size; a native one keeps the model's minimum
         fixed = preprocess.output_size is not None
         self.min_input_size = 1 if fixed else int(getattr(model, "min_input_size", 1) or 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((self.preprocess.geometry_tensor(x) - self.mean) / self.std)
+        return self.model(self.normalize(self.preprocess.geometry_tensor(x)))
 
 
 # --------------------------------------------------------------------------------------------------- from metadata
@@ -274,10 +305,6 @@ def protocol_geometry(protocol: str | None, params: Mapping[str, Any] | None) ->
     if protocol == "folder" and p.get("input_size"):
         return {"policy": "resize", "size": int(p["input_size"]), "canvas": None}
     return {"policy": "native", "size": None, "canvas": None}
-
-
-def _get(info: Any, key: str, default: Any = None) -> Any:
-    return info.get(key, default) if isinstance(info, Mapping) else getattr(info, key, default)
 
 
 def preprocess_from_info(info: Any) -> Preprocess:
