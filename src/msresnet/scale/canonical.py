@@ -215,15 +215,7 @@ class CanonicalClassifier(ScaleWrapper):
         if not _tracing():  # a traced training graph records no canvas (its sizes are not numbers then)
             with torch.no_grad():
                 self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
-        g = _uniform(b, *self.estimator_range, dev)
-        span = _exp2(-g)
-        shift = None
-        if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
-            size_in = image_size(x)
-            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
-            shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
-        est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
-        self._aux = self.estimator.loss(est_logits, g) * self.estimator_weight
+        self._aux = self.estimator_loss(x)
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
         shrunk = zoom(x, _exp2(-f), padding=self.fill)
@@ -238,6 +230,20 @@ class CanonicalClassifier(ScaleWrapper):
         # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size, zoomed about the
         # estimated object centre as at test time
         return self._zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)), None, centre)
+
+    def estimator_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The estimator's weighted loss on training images ``x``: each zoomed by a known random factor (and, when
+        localising, about a random point), a random share blurred; the factor's log2 is the label."""
+        b, dev = x.shape[0], x.device
+        g = _uniform(b, *self.estimator_range, dev)
+        span = _exp2(-g)
+        shift = None
+        if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
+            size_in = image_size(x)
+            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
+            shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
+        est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
+        return self.estimator.loss(est_logits, g) * self.estimator_weight
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the
