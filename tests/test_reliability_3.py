@@ -518,3 +518,18 @@ def test_no_warning_noise_from_the_walker_on_a_plain_folder(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(scan_image_folder(root / "train")[0]) == 10
+
+
+def test_ddp_wrapping_warns_nothing():
+    """9: the DDP wrapper names no deprecated argument (its FutureWarning was printed once per rank)."""
+    import torch.distributed as dist
+
+    from msresnet.engine.distributed import DistContext
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            DistContext(world_size=2).wrap(torch.nn.Linear(2, 2))
+    finally:
+        dist.destroy_process_group()
