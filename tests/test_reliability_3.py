@@ -325,6 +325,7 @@ def test_resume_of_a_finished_run_says_so(finished, tmp_path, monkeypatch, capsy
         (lambda d: d["model_kwargs"].update(num_classes=5), "model_kwargs sets num_classes"),
         (lambda d: d.update(num_classes=10**9), "num_classes 1000000000"),
         (lambda d: d["preprocess"].update(std=[0.0]), "std > 0"),
+        (lambda d: d["model_kwargs"].update(width=64.0), "describes a model of .* values, the file holds"),
     ],
 )
 def test_crafted_metadata_is_refused(finished, tmp_path, edit, message):
