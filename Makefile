@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,onnx,tensorboard]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench,onnx,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,8 +39,8 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: install data
-	$(BIN)/python benchmarks/speed.py
-	$(BIN)/python benchmarks/data_speed.py
+	$(BIN)/python -m benchmarks.speed
+	$(BIN)/python -m benchmarks.data_speed
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,5 +1,5 @@
 """The scale benchmark's plan: the recipes and rows files, the runs a benchmark makes (``Job``) and the engine
-configuration of each run. No training here: ``scale_bench.py`` runs the plan, ``bench_pages.py`` renders it."""
+configuration of each run. No training here: ``scale_bench`` runs the plan, ``pipeline`` renders its records."""
 
 from __future__ import annotations
 
@@ -10,34 +10,43 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs" / "bench"
-PROTOCOLS = ("fmnist-ls", "fmnist-scale", "fmnist-res")
+from benchmarks.layout import CONFIGS, PROTOCOLS, Budget
 
 
 @dataclass
 class Job:
-    """One training run: a row of the table on one protocol with one seed (or an oracle run)."""
+    """One training run: a row of the table on one protocol with one seed (or an oracle run), at one budget."""
 
     protocol: str
     row: str
     seed: int
-    quick: bool
+    budget: Budget = Budget.FULL
     oracle_condition: float | int | None = None
-    full_model: bool = False  # with ``quick``: the row's own (full-depth) model instead of its ``quick_model``
-    depth8: bool = False  # without ``quick``: the full recipe with the row's depth-8 ``quick_model`` (CPU-sized)
 
     @property
-    def key(self) -> str:
-        tag = f"__oracle{self.oracle_condition}" if self.oracle_condition is not None else ""
-        budget = ("quick__" if self.quick else "") + ("fullmodel__" if self.full_model else "")
-        budget += "depth8__" if self.depth8 else ""
-        return f"{budget}{self.protocol}__{self.row}{tag}__seed{self.seed}"
+    def quick(self) -> bool:
+        return self.budget.quick
 
     @property
     def small_model(self) -> bool:
         """Whether the run uses the depth-8 ``quick_model`` (the reduced table, or ``depth8``)."""
-        return (self.quick and not self.full_model) or self.depth8
+        return self.budget.small_model
+
+    @property
+    def key(self) -> str:
+        tag = f"__oracle{self.oracle_condition}" if self.oracle_condition is not None else ""
+        return f"{self.budget.key_prefix}{self.protocol}__{self.row}{tag}__seed{self.seed}"
+
+    def record(self) -> dict[str, Any]:
+        """The job as run records store it (the budget as its three flags, the records' format)."""
+        return {"protocol": self.protocol, "row": self.row, "seed": self.seed, "quick": self.budget.quick,
+                "oracle_condition": self.oracle_condition, "full_model": self.budget.full_model,
+                "depth8": self.budget.depth8}  # fmt: skip
+
+    @classmethod
+    def from_record(cls, job: dict[str, Any]) -> Job:
+        """The job a record (or a ``--run-job`` spec) stores."""
+        return cls(job["protocol"], job["row"], int(job["seed"]), Budget.of_job(job), job.get("oracle_condition"))
 
 
 def load_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -51,20 +60,20 @@ def make_jobs(
     rows: list[dict],
     recipes: dict,
     seeds: list[int],
-    quick: bool,
+    budget: Budget,
     explicit_seeds: bool = False,
     explicit_rows: bool = False,
-    full_model: bool = False,
-    depth8: bool = False,
     oracles: bool = True,
     oracle_conditions: Collection[float] | None = None,
 ) -> list[Job]:
-    """The runs to do. ``--quick`` takes the rows marked ``quick: true`` unless ``--rows`` names rows itself (then
-    those rows run at the reduced budget with their ``quick_model``, or their own model with ``full_model``).
-    ``depth8`` (without ``quick``): every row, or the ``--rows`` ones, on the full budget with its ``quick_model``.
+    """The runs to do at ``budget``. A quick budget takes the rows marked ``quick: true`` unless ``--rows`` names rows
+    itself (then those rows run at the reduced budget with their ``quick_model``, or their own model at
+    ``Budget.QUICK_DEPTH20``).
+    ``Budget.DEPTH8``: every row, or the ``--rows`` ones, on the full budget with its ``quick_model``.
     ``oracles``: also each protocol's oracle runs (the plain ResNet trained at a test condition), all of the
     recipe's conditions or only ``oracle_conditions``."""
     jobs = []
+    quick = budget.quick
     only = None if oracle_conditions is None else {float(c) for c in oracle_conditions}
     use_recipe = quick and not explicit_seeds  # --quick takes the recipe's seeds unless --seeds says otherwise
     per_protocol = {p: (recipes[p]["quick"].get("seeds", seeds) if use_recipe else seeds) for p in protocols}
@@ -76,10 +85,10 @@ def make_jobs(
             for r in rows:
                 if quick and not (explicit_rows or r.get("quick") is True or p in (r.get("quick") or ())):
                     continue
-                jobs.append(Job(p, r["id"], seed, quick, full_model=full_model, depth8=depth8))
+                jobs.append(Job(p, r["id"], seed, budget))
             conds = [c for c in recipes[p].get("oracle", []) if only is None or float(c) in only] if oracles else []
             for cond in conds:
-                jobs.append(Job(p, "oracle", seed, quick, oracle_condition=cond, full_model=full_model, depth8=depth8))
+                jobs.append(Job(p, "oracle", seed, budget, oracle_condition=cond))
 
     def cost(j: Job) -> float:
         return relative_cost(job_config(j, rows, recipes, "cpu", Path(".")))
@@ -139,4 +148,4 @@ def job_config(job: Job, rows: list[dict], recipes: dict, device: str, runs: Pat
 def full_table_runs() -> int:
     """How many runs the full table plans (every row on every protocol, seeds 0-2, oracles included)."""
     recipes, rows = load_plan()
-    return len(make_jobs(list(PROTOCOLS), rows, recipes, [0, 1, 2], False, False, explicit_rows=False))
+    return len(make_jobs(list(PROTOCOLS), rows, recipes, [0, 1, 2], Budget.FULL, False, explicit_rows=False))

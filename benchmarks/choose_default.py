@@ -9,22 +9,20 @@ mean score over the protocols. Test accuracies play no part.
 ``msresnet.DEFAULT_MSRESNET`` names the chosen row's model; ``tests/test_results_table.py`` fails when the stored
 data choose another one. ``benchmarks/render_results.py`` prints the comparison in the README and the results page.
 
-    python benchmarks/choose_default.py        # prints the comparison and the choice
+    python -m benchmarks.choose_default      # prints the comparison and the choice
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
-from summarize import BUDGETS, CALIBRATED, ROWS_FILE, SUMMARY  # noqa: E402  (one definition of budgets, files)
+from benchmarks.layout import BUDGETS, CALIBRATED, ROWS_FILE, SUMMARY
 
 HEADLINE_PROTOCOL = "fmnist-ls"
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/data_speed.py [--threads 1] [--protocols fmnist-ls fmnist-scale fmnist-res] [--out FILE]
+    python -m benchmarks.data_speed [--threads 1] [--protocols fmnist-ls fmnist-scale fmnist-res] [--out FILE]
 
 Cold runs use a fresh temporary cache (``MSRESNET_CACHE``), so nothing from ``~/.cache`` is reused; warm runs build
 the same protocol again in that cache and load every part from disk. Loader figures: the uint8-tensor batch path the
@@ -107,12 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from msresnet import __version__
 
     result = {
         "benchmark": "data_speed",
-        "command": "python benchmarks/data_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.data_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
         "msresnet": __version__,
         "torch": torch.__version__,
         "threads": args.threads,

@@ -3,8 +3,8 @@ of the process tree, and seconds to the first training step, for two folder size
 
 Usage::
 
-    python benchmarks/folder_stream.py --make 50000 --root /tmp/folders   # generate the folders once (not in the repo)
-    python benchmarks/folder_stream.py --root /tmp/folders --workers 2 --batches 30
+    python -m benchmarks.folder_stream --make 50000 --root /tmp/folders   # generate the folders once (not in the repo)
+    python -m benchmarks.folder_stream --root /tmp/folders --workers 2 --batches 30
 
 ``--make N`` writes ``ROOT/small`` (N/10 images) and ``ROOT/large`` (N images): RGB JPEGs of mixed sizes (32-96 px,
 random aspect), 10 classes. For each folder, in this process and with the same workers, batch size and transforms
@@ -181,8 +181,7 @@ def first_step(root: Path, workers: int, out: Path) -> dict[str, float]:
     code = f"""
 import time, json, sys
 t0 = time.perf_counter()
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from folder_stream import PeakRSS
+from benchmarks.folder_stream import PeakRSS
 with PeakRSS() as mem:
     from msresnet.engine.config import load_train_config
     from msresnet.engine.train import train
@@ -200,7 +199,9 @@ with PeakRSS() as mem:
 print(json.dumps({{"first_step_s": t, "imports_s": t_imp, "peak_rss_mb": mem.peak, "peak_pss_mb": mem.peak_pss}}))
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    # run from the repository root: the benchmarks package is imported from there, as `python -m benchmarks...` does
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     if res.returncode:
         raise SystemExit(f"the training process failed: {res.stderr.strip().splitlines()[-1]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -21,9 +21,9 @@ nvidia-smi -L
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
 
 stamp "0. one profiled step per model and mode"
-timeout 150 $PY benchmarks/profile_step.py --device cuda --batch 128 --out "$OUT/profile_step_cuda.json" 2>&1 \
+timeout 150 $PY -m benchmarks.profile_step --device cuda --batch 128 --out "$OUT/profile_step_cuda.json" 2>&1 \
     | grep -v USDT | tail -n 14
-timeout 240 $PY benchmarks/profile_step.py --device cuda --batch 128 --models resnet20,msresnet20 --modes fp32,bf16-cl \
+timeout 240 $PY -m benchmarks.profile_step --device cuda --batch 128 --models resnet20,msresnet20 --modes fp32,bf16-cl \
     --si-view --autotune on,off --warmup 2 --repeats 2 --iters 8 --out "$OUT/profile_step_cuda_si.json" 2>&1 \
     | grep -v USDT | tail -n 10
 
@@ -36,7 +36,7 @@ cp /tmp/gpucheck/eval/fmnist-ls.json "$OUT/gpucheck_eval.json" 2>/dev/null
 
 if [ -z "${SKIP_SPEED:-}" ]; then
   stamp "2. speed benchmark on cuda"
-  timeout 120 $PY benchmarks/speed.py --device cuda --quick 2>&1 | tail -n 30
+  timeout 120 $PY -m benchmarks.speed --device cuda --quick 2>&1 | tail -n 30
   cp benchmarks/results/speed*.json "$OUT/" 2>/dev/null
 fi
 
@@ -48,7 +48,7 @@ packer=$!
 # autotuner re-tuning at each new size of the loss's resized view (the fmnist-res and fmnist-scale recipes; fmnist-ls
 # compares a degraded view of the same size). The engine now keeps the autotuner off for such runs; step 0's second
 # profile says whether that was the cause.
-$PY benchmarks/scale_bench.py --device cuda ${SCALE_AMP:+--amp "$SCALE_AMP"} --jobs "${SCALE_JOBS:-4}" \
+$PY -m benchmarks.scale_bench --device cuda ${SCALE_AMP:+--amp "$SCALE_AMP"} --jobs "${SCALE_JOBS:-4}" \
     --time-budget "${SCALE_BUDGET:-240}" --deadline "${SCALE_DEADLINE:-400}" ${SCALE_ARGS:-} 2>&1 | tail -n 200
 kill $packer 2>/dev/null
 tar czf "$OUT/scale.tgz" -C benchmarks/results scale

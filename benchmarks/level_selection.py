@@ -26,9 +26,9 @@ rule: the best single level per condition, chosen with the labels - the ceiling 
 with other pyramid factors than it was trained with (the pyramid has no parameters, so any factors load): does a
 finer pyramid at test time fill the dips between the trained levels?
 
-    python benchmarks/level_selection.py runs/bench/quick__fullmodel__fmnist-ls__msresnet_conf_sd__seed0
-    python benchmarks/level_selection.py RUN --pyramid 1,0.8409,0.7071,0.5946,0.5,0.4204,0.3536,0.2973,0.25
-    python benchmarks/level_selection.py runs/depth8/depth8__fmnist-ls__msresnet_jitter__seed0 --test-limit 2000
+    python -m benchmarks.level_selection runs/bench/quick__fullmodel__fmnist-ls__msresnet_conf_sd__seed0
+    python -m benchmarks.level_selection RUN --pyramid 1,0.8409,0.7071,0.5946,0.5,0.4204,0.3536,0.2973,0.25
+    python -m benchmarks.level_selection runs/depth8/depth8__fmnist-ls__msresnet_jitter__seed0 --test-limit 2000
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def collect(
     when ``test_limit`` is given); ``pyramid``: evaluate with these factors instead of the trained ones."""
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import ValidationSweep
+    from msresnet.evaluate import ValidationSweep
     from msresnet.layers import ImagePyramid
 
     model = load_model(run_dir)

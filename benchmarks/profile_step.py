@@ -14,9 +14,9 @@ off: it re-tunes every convolution at each new shape, which is why the engine tu
 
 Usage::
 
-    python benchmarks/profile_step.py --device cuda --batch 128       # the GPU question: bf16 + channels-last
-    python benchmarks/profile_step.py --quick                         # CPU, small batch, a few seconds a model
-    python benchmarks/profile_step.py --device cuda --si-view --autotune on,off --models resnet20,msresnet20
+    python -m benchmarks.profile_step --device cuda --batch 128       # the GPU question: bf16 + channels-last
+    python -m benchmarks.profile_step --quick                         # CPU, small batch, a few seconds a model
+    python -m benchmarks.profile_step --device cuda --si-view --autotune on,off --models resnet20,msresnet20
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import msresnet
+from benchmarks.speed import git_revision, sync_device
 from msresnet.engine.step import TrainStep, autocast, to_channels_last
 from msresnet.losses import ScaleInvarianceLoss
-
-sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
-from speed import git_revision, sync_device  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp32-cl", "bf16-cl")
 DEFAULT_MODELS = ("resnet20", "msresnet20", "msresnet20_canonical")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results_stats import cond_label, conditions, is_oracle, row_label, row_stats
+from benchmarks.results_stats import cond_label, conditions, is_oracle, row_label, row_stats
 
 
 def plot_protocol(d: pd.DataFrame, out: Path) -> Path:

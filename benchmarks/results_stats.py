@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from summarize import SUMMARY
+from benchmarks.layout import SUMMARY
+from msresnet.evaluate.condition import Kind
 
 # the rows the field compares (plain, plain + augmentation, oracles, the pyramid default as trained and calibrated);
 # canonicalising rows are added by name
@@ -61,9 +62,8 @@ def is_oracle(r: pd.Series) -> bool:
 
 
 def cond_label(c: float, name: str) -> str:
-    if name == "size":
-        return f"{int(c)} px"
-    return f"{c:.2f}".rstrip("0").rstrip(".") if name == "scale" else f"{c:g}"
+    """A condition as the results tables write it (:meth:`msresnet.evaluate.Kind.short`)."""
+    return Kind.of(name).short(c)
 
 
 def conditions(d: pd.DataFrame) -> tuple[list[float], str]:

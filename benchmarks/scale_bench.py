@@ -3,20 +3,20 @@
 Every run trains through the engine (``msresnet.engine.train``), evaluates the protocol's test sweep and a
 *validation* sweep (held-out training images under the same scale / size changes — the only data used to choose
 "the best msresnet"), and writes one JSON per run into ``benchmarks/results/scale/``. ``--render`` (also done at the
-end of every run) turns the JSONs into ``docs/results-<budget>.md`` with tables (mean +- std over seeds), the
-targets of the results issue with their measured values, and plots, then refreshes ``summary.csv`` and the pages
-rendered from it (``benchmarks/summarize.py --render``).
+end of every run) publishes the records through :func:`benchmarks.pipeline.publish`: ``summary.csv``, the pages
+rendered from it, and ``docs/results-<budget>.md`` with tables (mean +- std over seeds), the targets of the results
+issue with their measured values, and plots.
 
-    python benchmarks/scale_bench.py --quick              # reduced table, < 20 min on 2 CPU cores
-    python benchmarks/scale_bench.py --device cuda --jobs 8   # the full table
-    python benchmarks/scale_bench.py --render             # re-render docs/results-full.md from the stored JSONs
-    python benchmarks/scale_bench.py --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
-    python benchmarks/scale_bench.py --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd,oracle --seeds 0
+    python -m benchmarks.scale_bench --quick              # reduced table, < 20 min on 2 CPU cores
+    python -m benchmarks.scale_bench --device cuda --jobs 8   # the full table
+    python -m benchmarks.scale_bench --render             # re-render docs/results-full.md from the stored JSONs
+    python -m benchmarks.scale_bench --quick --full-models --protocols fmnist-ls   # depth-20 models, quick budget
+    python -m benchmarks.scale_bench --depth8 --protocols fmnist-ls --rows resnet,msresnet_conf_sd,oracle --seeds 0
                                                    # full budget, depth-8 models
 
 Runs already stored are skipped, and a run stopped mid-way continues from its last epoch checkpoint when it is
 started again with the same configuration, so an interrupted benchmark continues where it stopped. The plan (which
-runs, each run's configuration) is ``bench_plan.py``; the per-budget pages are ``bench_pages.py``.
+runs, each run's configuration) is :mod:`benchmarks.bench_plan`; the pages are :mod:`benchmarks.pipeline`.
 """
 
 from __future__ import annotations
@@ -30,15 +30,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, also when this file is loaded by path
-from bench_pages import PUBLISHED, refresh_summary, render  # noqa: E402
-from bench_plan import PROTOCOLS, ROOT, Job, job_config, load_plan, make_jobs  # noqa: E402
+from benchmarks.bench_plan import Job, job_config, load_plan, make_jobs
+from benchmarks.layout import PROTOCOLS, PUBLISHED, ROOT, Budget
+from benchmarks.pipeline import publish
 
 
 def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val_limit: int | None) -> dict:
@@ -49,8 +48,9 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.config import load_train_config, protocol_kwargs
-    from msresnet.engine.evaluate import ValidationSweep, evaluate_sweep
     from msresnet.engine.train import train
+    from msresnet.evaluate import ValidationSweep, evaluate_sweep
+    from msresnet.scale.contracts import PerLevel
 
     cfg = load_train_config(None, cfg_overrides)
     if cfg.threads:
@@ -70,13 +70,13 @@ def run_job(job: Job, cfg_overrides: dict[str, Any], test_limit: int | None, val
     if job.row != "oracle" and protocol.val is not None:
         val_sweep = ValidationSweep(protocol, val_limit)
         # pyramid models: which level recognises the object at each condition
-        per_scale = callable(getattr(model, "forward_with_scales", None))
+        per_scale = isinstance(model, PerLevel)
         val = evaluate_sweep(model, val_sweep, info=info, device=dev, amp=cfg.amp, per_scale=per_scale)
         val_scales = val.pop("per_scale", None)
     probe = None if job.quick else probe_record(model, protocol, info, test_limit, val_limit, cfg.amp)
     metrics = pd.read_csv(Path(run_dir) / "metrics.csv")
     return {
-        "job": asdict(job),
+        "job": job.record(),
         "key": job.key,
         "config": {k: v for k, v in cfg.to_dict().items() if k != "resume"},  # what the run is, as config.yaml
         "params": sum(p.numel() for p in model.parameters()),
@@ -102,7 +102,7 @@ def probe_record(
     validation images at the training condition (``msresnet calibrate``), measure the test sweep with it, and
     record whether ``keep="auto"`` would keep it (validation sweep). The model is left uncalibrated."""
     from msresnet.engine.calibrate import calibrate_model
-    from msresnet.engine.evaluate import evaluate_sweep
+    from msresnet.evaluate import evaluate_sweep
 
     if getattr(model, "scale_probe", None) is None or protocol.train_condition is None:
         return None
@@ -240,17 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     elif os.environ.get("MSRESNET_BENCH_RESULTS"):
         results = Path(os.environ["MSRESNET_BENCH_RESULTS"])
     sets = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    command = "python benchmarks/scale_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.scale_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.run_job:
         spec = json.loads(Path(args.run_job).read_text())
-        job = Job(**spec["job"])
+        job = Job.from_record(spec["job"])
         result = run_job(job, spec["cfg"], spec["test_limit"], spec["val_limit"])
         result["command"] = spec.get("command")
         write_json(results / f"{job.key}.json", result)
         return 0
+    if args.full_models and not args.quick:
+        raise SystemExit("scale_bench: --full-models goes with --quick (the full table already uses the full models)")
+    if args.depth8 and args.quick:
+        raise SystemExit("scale_bench: --depth8 is the full recipe with the depth-8 models; --quick already uses them")
+    budget = Budget.of(args.quick, args.full_models, args.depth8)
     if args.render:
-        print(render(args.quick, command, results, full_model=args.full_models, depth8=args.depth8))
-        refresh_summary(results)
+        _print_written(publish(results, (budget,), command))
         return 0
     recipes, all_rows = load_plan()
     rows = all_rows
@@ -270,18 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     # --quick: seed 0, except where the recipe's quick section lists seeds (fmnist-scale needs 3 realizations)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1, 2] if not args.quick else [0])
     protocols = [p for p in args.protocols.split(",") if p]
-    if args.full_models and not args.quick:
-        raise SystemExit("scale_bench: --full-models goes with --quick (the full table already uses the full models)")
-    if args.depth8 and args.quick:
-        raise SystemExit("scale_bench: --depth8 is the full recipe with the depth-8 models; --quick already uses them")
-    jobs = make_jobs(protocols, rows, recipes, seeds, args.quick, bool(args.seeds), explicit_rows=bool(args.rows),
-                     full_model=args.full_models, depth8=args.depth8,
+    jobs = make_jobs(protocols, rows, recipes, seeds, budget, bool(args.seeds), explicit_rows=bool(args.rows),
                      oracles=wanted is None or "oracle" in wanted, oracle_conditions=oracle_conditions)  # fmt: skip
     if args.calibrate_stored:
         val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
         calibrate_stored(jobs, results, Path(args.runs_dir), args.test_limit, val_limits)
-        print(render(args.quick, command, results, full_model=args.full_models, depth8=args.depth8))
-        refresh_summary(results)
+        _print_written(publish(results, (budget,), command))
         return 0
     todo = [j for j in jobs if not (results / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.update(sets)
         spec_path = spec_dir / f"{job.key}.json"
         cfg["resume"] = open_run_dir(spec_path, cfg)
-        spec = {"job": asdict(job), "cfg": cfg, "test_limit": args.test_limit or quick.get("test_limit"),
+        spec = {"job": job.record(), "cfg": cfg, "test_limit": args.test_limit or quick.get("test_limit"),
                 "val_limit": quick.get("val_limit", 5000), "command": command}  # fmt: skip
         spec_path.write_text(json.dumps(spec))
         t0 = time.perf_counter()
@@ -315,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         left = args.deadline - (time.perf_counter() - t_start) if args.deadline else None
         with open(log, "a" if cfg["resume"] else "w") as fh:
             try:
-                rc = subprocess.run([sys.executable, __file__, "--run-job", str(spec_path)], stdout=fh,
-                                    stderr=subprocess.STDOUT, cwd=ROOT, timeout=left).returncode  # fmt: skip
+                cmd = [sys.executable, "-m", "benchmarks.scale_bench", "--run-job", str(spec_path)]
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, timeout=left).returncode
             except subprocess.TimeoutExpired:
                 rc = "deadline"
         status = "ok" if rc == 0 else f"FAILED (rc {rc}, see {log})"
@@ -328,10 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         for msg in pool.map(launch, todo):
             print(msg, flush=True)
     wall = time.perf_counter() - t_start
-    out = render(args.quick, command, results, wall, full_model=args.full_models, depth8=args.depth8)
-    print(f"wrote {out} ({wall / 60:.1f} min)")
-    refresh_summary(results)
+    _print_written(publish(results, (budget,), command, wall))
+    print(f"{wall / 60:.1f} min")
     return 0
+
+
+def _print_written(paths: list[Path]) -> None:
+    for path in paths:
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 if __name__ == "__main__":

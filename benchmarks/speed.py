@@ -12,9 +12,9 @@ which is what dominates a training step's peak.
 
 Usage::
 
-    python benchmarks/speed.py --quick                      # CPU, 64 and 128 px, batch 16, 3 repeats
-    python benchmarks/speed.py --device cuda --repeats 10
-    python benchmarks/speed.py --models resnet20,msresnet20 --sizes 64
+    python -m benchmarks.speed --quick                      # CPU, 64 and 128 px, batch 16, 3 repeats
+    python -m benchmarks.speed --device cuda --repeats 10
+    python -m benchmarks.speed --models resnet20,msresnet20 --sizes 64
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 Reads the run records in ``benchmarks/results/scale/*.json`` (one per run: the job, the resolved engine config, the
 test sweep, the validation sweep, timings, git revision, command) and writes ``benchmarks/results/summary.csv``,
 one line per run and test condition. That file is the only source of the published results: the README's table,
-``docs/results.md`` and its plots are rendered from it by ``benchmarks/render_results.py``.
+``docs/results.md`` and its plots are rendered from it by :mod:`benchmarks.render_results`, and
+:mod:`benchmarks.pipeline` runs both steps.
 
-    python benchmarks/summarize.py                    # rewrite benchmarks/results/summary.csv
-    python benchmarks/summarize.py --render           # and re-render docs/results.md, the plots and the README table
+    python -m benchmarks.summarize                    # rewrite benchmarks/results/summary.csv
+    python -m benchmarks.pipeline                     # and re-render every page from it
 
 Columns: ``protocol``; ``budget`` (``full``: the recipe's training budget with each row's own model; ``depth8``:
 that budget with the row's depth-8 model; ``quick``: the reduced budget with depth-8 models; ``quick-depth20``:
@@ -38,14 +39,18 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "scale"
-SUMMARY = ROOT / "benchmarks" / "results" / "summary.csv"
-TRAIN_COST = ROOT / "benchmarks" / "results" / "train_cost.json"
-ROWS_FILE = ROOT / "configs" / "bench" / "rows.yaml"
-BUDGETS = ("full", "depth8", "quick-depth20", "quick")  # most training first: the headline takes the first present
-SMALL_MODEL_BUDGETS = ("depth8", "quick")  # the budgets that train each row's depth-8 model
-CALIBRATED = "+calibrate"  # row id suffix of a pyramid run as `msresnet calibrate` leaves it
+from benchmarks.layout import (
+    BUDGETS,
+    CALIBRATED,
+    PUBLISHED,
+    ROWS_FILE,
+    SMALL_MODEL_BUDGETS,
+    SUMMARY,
+    TRAIN_COST,
+    Budget,
+)
+
+RESULTS = PUBLISHED
 COLUMNS = [
     "protocol", "budget", "row", "row_id", "label", "model", "depth", "seed", "condition", "condition_name",
     "accuracy", "n_images", "train_condition", "val_accuracy", "calibrated", "train_seconds", "test_seconds",
@@ -56,9 +61,7 @@ COLUMNS = [
 
 def budget_of(job: dict[str, Any]) -> str:
     """The training budget a record was made with (see the module docstring)."""
-    if job.get("quick"):
-        return "quick-depth20" if job.get("full_model") else "quick"
-    return "depth8" if job.get("depth8") else "full"
+    return Budget.of_job(job).value
 
 
 def depth_of(model: str) -> int | None:
@@ -198,16 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results-dir", default=str(RESULTS), help="run records (default: benchmarks/results/scale)")
     ap.add_argument("--out", default=str(SUMMARY), help="CSV to write (default: benchmarks/results/summary.csv)")
-    ap.add_argument("--render", action="store_true", help="then render docs/results.md, its plots and the README")
     args = ap.parse_args(argv)
     lines = summarize(Path(args.results_dir))
     out = write_csv(lines, Path(args.out))
     runs = len({d["record"] for d in lines})
     print(f"wrote {out} ({len(lines)} lines from {runs} run records)")
-    if args.render:
-        import render_results
-
-        return render_results.main(["--summary", str(out)])
     return 0
 
 

@@ -14,9 +14,9 @@ machine only ever adds time; the median is kept beside it). Run it on an
 otherwise idle machine. ``summarize.py`` takes the ``train_cost`` column from this file where it has the row
 (``train_cost_source`` = ``step``) and from the runs' throughput otherwise (``runs``).
 
-    python benchmarks/train_cost.py                                # the full-budget rows stored in summary.csv
-    python benchmarks/train_cost.py --protocols fmnist-ls --rows resnet,canonical --repeats 5
-    python benchmarks/train_cost.py --depth8                       # the same rows with their depth-8 models
+    python -m benchmarks.train_cost                                # the full-budget rows stored in summary.csv
+    python -m benchmarks.train_cost --protocols fmnist-ls --rows resnet,canonical --repeats 5
+    python -m benchmarks.train_cost --depth8                       # the same rows with their depth-8 models
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # sibling scripts, also when this file is loaded by path
-from bench_plan import PROTOCOLS, Job, job_config, load_plan  # noqa: E402
-from speed import git_revision  # noqa: E402
-from summarize import CALIBRATED, SUMMARY, row_id_of  # noqa: E402
+from benchmarks.bench_plan import Job, job_config, load_plan
+from benchmarks.layout import CALIBRATED, PROTOCOLS, SUMMARY, Budget
+from benchmarks.speed import git_revision
+from benchmarks.summarize import row_id_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "train_cost.json"
@@ -82,7 +81,7 @@ def stored_rows(summary: Path, small_model: bool) -> dict[str, list[str]]:
     import pandas as pd
 
     df = pd.read_csv(summary)
-    df = df[df.budget == ("depth8" if small_model else "full")]
+    df = df[df.budget == Budget.of(depth8=small_model).value]
     return {
         str(proto): sorted({str(r).removesuffix(CALIBRATED) for r in g.row_id}) for proto, g in df.groupby("protocol")
     }
@@ -93,8 +92,8 @@ def make_job(protocol: str, row: str, small_model: bool) -> Job:
     if row.startswith("oracle@"):
         cond = float(row.partition("@")[2])
         cond = int(cond) if protocol == "fmnist-res" else cond
-        return Job(protocol, "oracle", 0, False, oracle_condition=cond, depth8=small_model)
-    return Job(protocol, row, 0, False, depth8=small_model)
+        return Job(protocol, "oracle", 0, Budget.of(depth8=small_model), oracle_condition=cond)
+    return Job(protocol, row, 0, Budget.of(depth8=small_model))
 
 
 def measure(

@@ -9,7 +9,6 @@ import gzip
 import importlib.util
 import os
 import struct
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -38,13 +37,8 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool = True) -> Path:
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (a script folder, not a package) under the module name ``name``."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
+    """The module ``benchmarks.<name>`` (the repository root is on the test path: ``pythonpath`` in pyproject)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def make_fake_images(n: int, seed: int, size: int = 28, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -229,12 +229,12 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         def no_space(src, dst):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(ckpt.os, "replace", no_space)
+        monkeypatch.setattr(os, "replace", no_space)
 
     cfg = load_train_config(None, base_config(out, **TINY, epochs=2))
     with pytest.raises(CheckpointWriteError, match="No space left on device; the previous checkpoint is intact"):
         train(cfg, on_epoch=full_after_epoch_1)
-    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert ckpt.load_state(out / "checkpoints" / "last.state.pt")["epoch"] == 1
     assert read_checkpoint_info(out).epoch == 1
     load_model(out)

@@ -448,7 +448,7 @@ def test_messages_do_not_claim_a_checkpoint_that_does_not_exist(tmp_path, monkey
     def no_space(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt.os, "replace", no_space)
+    monkeypatch.setattr(os, "replace", no_space)  # the one atomic writer (msresnet._atomic) renames with it
     with pytest.raises(ckpt.CheckpointWriteError, match="No space left on device; nothing was written"):
         ckpt.atomic_write_bytes(tmp_path / "x.safetensors", b"x")
     (tmp_path / "y.safetensors").write_bytes(b"old")

@@ -138,7 +138,7 @@ def test_readme_results_table_matches_summary_csv(render):
     summary = ROOT / "benchmarks" / "results" / "summary.csv"
     readme = (ROOT / "README.md").read_text()
     assert render.readme_block(readme) == render.headline_block(render.load(summary)), (
-        "README results table is stale: run `python benchmarks/summarize.py --render`"
+        "README results table is stale: run `python -m benchmarks.pipeline`"
     )
 
 
@@ -146,7 +146,7 @@ def test_summary_csv_is_up_to_date_with_the_records(summarize, tmp_path):
     """summary.csv holds exactly what the stored run records say (no hand edits, no missing run)."""
     fresh = summarize.write_csv(summarize.summarize(), tmp_path / "summary.csv")
     stored = ROOT / "benchmarks" / "results" / "summary.csv"
-    assert fresh.read_text() == stored.read_text(), "summary.csv is stale: run `python benchmarks/summarize.py`"
+    assert fresh.read_text() == stored.read_text(), "summary.csv is stale: run `python -m benchmarks.pipeline`"
 
 
 def test_no_hand_typed_figures_in_the_readme_outside_the_block():

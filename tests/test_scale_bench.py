@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from benchmarks.layout import Budget
 
 from conftest import load_benchmark
 from msresnet.engine.config import load_train_config
@@ -19,12 +20,12 @@ def bench():
 
 @pytest.fixture(scope="module")
 def pages():
-    return load_benchmark("bench_pages")
+    return load_benchmark("pipeline")
 
 
 def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(bench):
     recipes, rows = bench.load_plan()
-    jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0], quick=True)
+    jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0], budget=Budget.QUICK)
     keys = {j.key for j in jobs}
     assert "quick__fmnist-ls__oracle__oracle0.5__seed0" in keys and "quick__fmnist-ls__oracle__oracle2.0__seed0" in keys
     assert "quick__fmnist-res__oracle__oracle14__seed0" in keys
@@ -38,7 +39,7 @@ def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(be
 
 def test_full_plan_runs_seed_zero_of_everything_first(bench):
     recipes, rows = bench.load_plan()
-    jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0, 1, 2], quick=False)
+    jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0, 1, 2], budget=Budget.FULL)
     assert len({j.row for j in jobs}) == len(rows) + 1  # every row and the oracles
     first = jobs[: sum(j.seed == 0 for j in jobs)]
     assert all(j.seed == 0 for j in first)  # a run cut short by its time budget still covers every row once
@@ -49,7 +50,7 @@ def test_full_plan_runs_seed_zero_of_everything_first(bench):
 def test_quick_with_named_rows_runs_those_rows(bench):
     recipes, rows = bench.load_plan()
     wanted = [r for r in rows if r["id"] in ("msresnet_sd", "msresnet_max")]
-    jobs = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=True, explicit_rows=True)
+    jobs = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], budget=Budget.QUICK, explicit_rows=True)
     assert {j.row for j in jobs} == {"msresnet_sd", "msresnet_max", "oracle"}
 
 
@@ -60,7 +61,7 @@ QUICK_ROWS = [r["id"] for r in yaml.safe_load(ROWS_FILE.read_text())["rows"] if 
 @pytest.mark.parametrize("row", QUICK_ROWS)
 def test_quick_job_configs_are_valid_and_build(bench, row, tmp_path):
     recipes, rows = bench.load_plan()
-    job = bench.Job("fmnist-ls", row, 0, True)
+    job = bench.Job("fmnist-ls", row, 0, Budget.QUICK)
     cfg = load_train_config(None, bench.job_config(job, rows, recipes, "cpu", tmp_path))
     assert cfg.epochs == recipes["fmnist-ls"]["quick"]["epochs"]
     assert (cfg.rescale_aug is not None) == (row == "resnet_aug")  # object-size augmentation only in its row
@@ -71,19 +72,19 @@ def test_quick_job_configs_are_valid_and_build(bench, row, tmp_path):
 
 def test_oracle_trains_sharp_at_its_condition(bench, tmp_path):
     recipes, rows = bench.load_plan()
-    cfg = bench.job_config(bench.Job("fmnist-ls", "oracle", 0, True, 0.5), rows, recipes, "cpu", tmp_path)
+    cfg = bench.job_config(bench.Job("fmnist-ls", "oracle", 0, Budget.QUICK, 0.5), rows, recipes, "cpu", tmp_path)
     assert cfg["protocol_params"] == {"train_scales": [0.5, 0.5]} and cfg["degrade_aug"] is None
-    cfg = bench.job_config(bench.Job("fmnist-res", "oracle", 0, False, 14), rows, recipes, "cpu", tmp_path)
+    cfg = bench.job_config(bench.Job("fmnist-res", "oracle", 0, Budget.FULL, 14), rows, recipes, "cpu", tmp_path)
     assert cfg["protocol_params"] == {"train_size": 14} and cfg["model"] == "resnet20"
 
 
 def test_full_models_at_the_quick_budget_are_kept_apart(bench, tmp_path):
     recipes, rows = bench.load_plan()
-    jobs = bench.make_jobs(["fmnist-ls"], rows, recipes, [0], quick=True, full_model=True)  # the quick rows
+    jobs = bench.make_jobs(["fmnist-ls"], rows, recipes, [0], budget=Budget.QUICK_DEPTH20)  # the quick rows
     assert all(j.key.startswith("quick__fullmodel__fmnist-ls__") for j in jobs)  # never mistaken for a quick run
     by_row = {j.row: bench.job_config(j, rows, recipes, "cpu", tmp_path) for j in jobs if j.row != "oracle"}
     assert by_row["msresnet_conf_sd"]["model"] == "msresnet20" and by_row["msresnet_conf_sd"]["epochs"] == 4
-    lite = bench.job_config(bench.Job("fmnist-ls", "msresnet_lite_avg_sd", 0, True, full_model=True), rows, recipes,
+    lite = bench.job_config(bench.Job("fmnist-ls", "msresnet_lite_avg_sd", 0, Budget.QUICK_DEPTH20), rows, recipes,
                             "cpu", tmp_path)  # fmt: skip
     assert lite["model"] == "msresnet20_lite" and "pyramid_scales" not in lite["model_kwargs"]  # no quick_kwargs
     assert all(bench.job_config(j, rows, recipes, "cpu", tmp_path)["model"] == "resnet20"
@@ -93,7 +94,7 @@ def test_full_models_at_the_quick_budget_are_kept_apart(bench, tmp_path):
 def test_depth8_runs_the_full_budget_with_the_small_models_kept_apart(bench, tmp_path):
     recipes, rows = bench.load_plan()
     wanted = [r for r in rows if r["id"] in ("resnet", "msresnet_lite_avg_sd")]
-    jobs = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True, depth8=True)
+    jobs = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], budget=Budget.DEPTH8, explicit_rows=True)
     assert {j.row for j in jobs} == {"resnet", "msresnet_lite_avg_sd", "oracle"}
     assert all(j.key.startswith("depth8__fmnist-ls__") for j in jobs)  # never mistaken for a full-table run
     full = recipes["fmnist-ls"]["train"]
@@ -144,7 +145,7 @@ def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(pages, t
     record["probe"] = {"kept": True, "test": better, "calibration": {"probe": [99.0] * n}}
     (results / stored.name).write_text(json.dumps(record))
     shutil.copy(stored.parent / "depth8__fmnist-res__resnet__seed0.json", results)
-    page = pages.render(False, "test", results, depth8=True, docs=docs).read_text()
+    page = pages.render(Budget.DEPTH8, "test", results, docs=docs).read_text()
     calibrated = next(line for line in page.splitlines() if "+ `msresnet calibrate` (probe kept: 1/1)" in line)
     assert "99.0" in calibrated
     assert "Best msresnet on validation data: **" in page
@@ -154,11 +155,12 @@ def test_render_adds_the_calibrated_row_and_may_choose_it_on_validation(pages, t
 def test_oracle_runs_only_when_asked(bench):
     recipes, rows = bench.load_plan()
     wanted = [r for r in rows if r["id"] == "resnet"]
-    without = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True, oracles=False)
+    full = Budget.FULL
+    without = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], budget=full, explicit_rows=True, oracles=False)
     assert [j.row for j in without] == ["resnet"]
-    with_oracles = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], quick=False, explicit_rows=True)
+    with_oracles = bench.make_jobs(["fmnist-ls"], wanted, recipes, [0], budget=Budget.FULL, explicit_rows=True)
     assert sorted(j.oracle_condition for j in with_oracles if j.row == "oracle") == [0.5, 2.0]
-    one = bench.make_jobs(["fmnist-ls"], [], recipes, [1, 2], quick=False, explicit_rows=True, oracle_conditions=[0.5])
+    one = bench.make_jobs(["fmnist-ls"], [], recipes, [1, 2], budget=full, explicit_rows=True, oracle_conditions=[0.5])
     assert [(j.oracle_condition, j.seed) for j in one] == [(0.5, 1), (0.5, 2)]
 
 
@@ -209,7 +211,7 @@ def test_run_job_resumes_a_stopped_run_and_counts_its_earlier_epochs(bench, tiny
            "log_every": 10**9}  # fmt: skip
     train(load_train_config(None, cfg))  # the earlier process, stopped after its last epoch's checkpoint
     earlier = float(pd.read_csv(tmp_path / "run" / "metrics.csv")["seconds"].sum())
-    job = bench.Job("fmnist-ls", "resnet", 0, quick=False)
+    job = bench.Job("fmnist-ls", "resnet", 0, budget=Budget.FULL)
     record = bench.run_job(job, {**cfg, "resume": True}, test_limit=10, val_limit=10)
     assert record["resumed_after_epochs"] == 1 and record["train_seconds"] >= earlier
     assert "resume" not in record["config"] and len(record["test"]["accuracy"]) == 9

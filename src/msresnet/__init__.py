@@ -28,6 +28,14 @@ def load_model(path: str, **kwargs):
     return _load_model(path, **kwargs)
 
 
+def load_checkpoint(path: str, **kwargs):
+    """A trained model with its preprocessing, class names and training info, as one typed record
+    (:class:`msresnet.engine.checkpoint.LoadedCheckpoint`); see :func:`msresnet.engine.checkpoint.load_checkpoint`."""
+    from msresnet.engine.checkpoint import load_checkpoint as _load_checkpoint
+
+    return _load_checkpoint(path, **kwargs)
+
+
 __all__ = [
     "DEFAULT_MSRESNET",
     "DEFAULT_WRAP",
@@ -35,6 +43,7 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "load_checkpoint",
     "load_model",
     "register_model",
     "wrap",

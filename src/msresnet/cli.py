@@ -94,6 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         out=args.out,
+        progress=True,
     )
     print_sweep(run.result)
     if run.result.get("per_scale"):
@@ -131,7 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from msresnet.commands.predict import predict_checkpoint, print_predictions
+    from msresnet.commands.predict import predict_checkpoint, print_predictions, stream_prediction
 
     result = predict_checkpoint(
         checkpoint_path(args.checkpoint),
@@ -142,17 +143,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_side=args.max_side,
         native_size=args.native_size,
+        on_prediction=None if args.json else stream_prediction,  # text: each image's lines as soon as it is done
     )
-    print_predictions(result, as_json=args.json)
+    print_predictions(result, as_json=args.json, streamed=not args.json)
     return result.exit_code
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from msresnet.commands.common import resolve_device
-    from msresnet.scan import Preprocess, run_scan
+    from msresnet.scan import PreprocessOverrides, run_scan
     from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES
 
-    given = Preprocess(args.input_size, floats(args.mean, "--mean"), floats(args.std, "--std"), args.interpolation)
+    given = PreprocessOverrides(
+        args.input_size, floats(args.mean, "--mean"), floats(args.std, "--std"), args.interpolation
+    )
     written = run_scan(
         args.models, args.out, data_dir=args.data_dir, protocol=args.protocol,
         protocol_params=kv_pairs(args.protocol_param, "--protocol-param"), checkpoints=args.checkpoint or [],
@@ -350,6 +354,15 @@ def _show_warning(default: Any) -> Any:
     return show
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (in-process use): nothing to flush there
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 partial failure, 2 user error, 130 interrupted)."""
     debug = bool(os.environ.get("MSRESNET_DEBUG"))
@@ -366,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`msresnet predict ... | head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 1
     except OSError as exc:
         msg = _user_os_error(exc)
         if msg is None or debug:

@@ -71,8 +71,8 @@ def _train_and_evaluate(name: str, run_dir: Path, plan: DemoPlan, device: str, r
     from msresnet.data import build_protocol
     from msresnet.engine.checkpoint import load_model, read_checkpoint_info
     from msresnet.engine.config import load_train_config
-    from msresnet.engine.evaluate import evaluate_sweep, write_eval
     from msresnet.engine.train import train
+    from msresnet.evaluate import evaluate_sweep, write_eval
 
     record = plan.run_record(name)
     t0 = time.perf_counter()

@@ -70,13 +70,14 @@ class NormalizedClassifier(nn.Module):
     """``model((x - mean) / std)``: the deployable form that takes [0, 1] images."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        from msresnet.preprocess import Normalize
+
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.normalize = Normalize(mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(self.normalize(x))
 
 
 def _check_sizes(min_side: int) -> list[tuple[int, int]]:

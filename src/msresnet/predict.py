@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ __all__ = [
     "PredictResult",
     "expand_inputs",
     "predict_files",
+    "format_prediction",
     "format_text",
     "prepare_image",
     "prepare_unit",
@@ -250,11 +251,13 @@ def predict_files(
     batch_size: int = 64,
     max_side: int | None = 1024,
     preprocess: Preprocess | None = None,
+    on_prediction: Callable[[ImagePrediction], None] | None = None,
 ) -> PredictResult:
     """Classify image files and directories of images.
 
-    Images of the same prepared size are batched together (up to ``batch_size``); everything else runs one size at
-    a time, so any mix of sizes works.
+    Files are taken ``batch_size`` at a time in input order; within such a window images of the same prepared size
+    are batched together and other sizes run one size at a time, so any mix of sizes works and each window's
+    predictions are out (``on_prediction``, in input order) before the next window is read.
 
     Args:
         model: a classifier in eval mode (normalised input, logits out).
@@ -263,12 +266,13 @@ def predict_files(
             ``preprocess``).
         topk: classes reported per image.
         tta: average the softmax over whole-image rescalings by ``2**-0.5, 1, 2**0.5``, as ``evaluate --tta``
-            does (:func:`msresnet.engine.evaluate.predict_probs`).
+            does (:func:`msresnet.evaluate.predict_probs`).
         device: where the model runs.
         batch_size: images per forward pass.
         max_side: longest side fed to the model at native size (larger images are shrunk); None keeps every image
             as is.
-        preprocess: the checkpoint's preprocessing (``load_model(run).preprocess``); without it, native size.
+        preprocess: the checkpoint's preprocessing (``load_checkpoint(run).preprocess``); without it, native size.
+        on_prediction: called with each prediction as soon as its window is done (streaming output).
 
     Returns:
         The predictions (input order) and failures.
@@ -280,54 +284,78 @@ def predict_files(
     min_side = int(getattr(model, "min_input_size", 1) or 1)
     if max_side is not None and max_side < min_side:
         raise UserError(f"--max-side {max_side} is below the model's minimum input size {min_side}")
+    prep = preprocess or _native_preprocess(in_chans, mean, std)
+    model.eval()
+    for start in range(0, len(files), batch_size):
+        window = _predict_window(model, files[start : start + batch_size], start, prep, min_side, max_side, topk, tta,
+                                 device, class_names, result.failures)  # fmt: skip
+        for p in window:
+            result.predictions.append(p)
+            if on_prediction is not None:
+                on_prediction(p)
+    return result
+
+
+def _predict_window(
+    model: nn.Module,
+    files: list[Path],
+    offset: int,
+    prep: Preprocess,
+    min_side: int,
+    max_side: int | None,
+    topk: int,
+    tta: bool,
+    device: str | torch.device,
+    class_names: Sequence[str],
+    failures: list[ImageFailure],
+) -> list[ImagePrediction]:
+    """The predictions of one window of files (input order); unreadable files and non-finite scores go to
+    ``failures``."""
     from msresnet.data.images import BadImageError
-    from msresnet.engine.evaluate import predict_probs
+    from msresnet.evaluate import predict_probs
     from msresnet.scan.sources import estimate_object_scale
 
-    prep = preprocess or _native_preprocess(in_chans, mean, std)
     prepared: dict[tuple[int, ...], list[tuple[int, Path, torch.Tensor, tuple[int, int]]]] = defaultdict(list)
-    for order, path in enumerate(files):
+    for order, path in enumerate(files, start=offset):
         try:
             x, wh = prepare_image(path, min_side=min_side, max_side=max_side, preprocess=prep)
         except BadImageError as exc:
-            result.failures.append(ImageFailure(str(path), getattr(exc, "reason", None) or str(exc)))
+            failures.append(ImageFailure(str(path), getattr(exc, "reason", None) or str(exc)))
             continue
         except (OSError, UserError) as exc:  # permission denied, a file that vanished, ...
             reason = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
-            result.failures.append(ImageFailure(str(path), reason))
+            failures.append(ImageFailure(str(path), reason))
             continue
         prepared[tuple(x.shape[1:])].append((order, path, x, wh))
-
-    model.eval()
     preds: list[tuple[int, ImagePrediction]] = []
-    for shape, items in prepared.items():
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            batch = torch.cat([x for _, _, x, _ in chunk]).to(device)
-            probs = predict_probs(model, batch, tta=tta).cpu()
-            if not torch.isfinite(probs).all():
-                for _, path, _, _ in chunk:
-                    result.failures.append(ImageFailure(str(path), "the model produced non-finite scores"))
-                continue
-            est = estimate_object_scale(model, batch)  # None unless the model has estimate_scale
-            tops = _topk(probs, topk, class_names)
-            for i, ((order, path, _, (w, h)), top) in enumerate(zip(chunk, tops, strict=True)):
-                scale = round(float(est[i]), 4) if est is not None and i < len(est) else None
-                preds.append((order, ImagePrediction(str(path), w, h, (int(shape[-2]), int(shape[-1])), top, scale)))
-    result.predictions = [p for _, p in sorted(preds, key=lambda t: t[0])]
-    return result
+    for shape, chunk in prepared.items():
+        batch = torch.cat([x for _, _, x, _ in chunk]).to(device)
+        probs = predict_probs(model, batch, tta=tta).cpu()
+        if not torch.isfinite(probs).all():
+            for _, path, _, _ in chunk:
+                failures.append(ImageFailure(str(path), "the model produced non-finite scores"))
+            continue
+        est = estimate_object_scale(model, batch)  # None unless the model has estimate_scale
+        tops = _topk(probs, topk, class_names)
+        for i, ((order, path, _, (w, h)), top) in enumerate(zip(chunk, tops, strict=True)):
+            scale = round(float(est[i]), 4) if est is not None and i < len(est) else None
+            preds.append((order, ImagePrediction(str(path), w, h, (int(shape[-2]), int(shape[-1])), top, scale)))
+    return [p for _, p in sorted(preds, key=lambda t: t[0])]
+
+
+def format_prediction(p: ImagePrediction) -> str:
+    """One image's block: path and size, then its top-k classes with percentages."""
+    size = f"{p.width}x{p.height}"
+    if (p.input_size[1], p.input_size[0]) != (p.width, p.height):
+        size += f" -> {p.input_size[1]}x{p.input_size[0]}"
+    lines = [f"{p.path} ({size})" + (f"  object x{p.object_scale:.2g}" if p.object_scale else "")]
+    width = max(len(t["class"]) for t in p.top)
+    for t in p.top:
+        pct = 100.0 * t["prob"]
+        lines.append(f"  {t['rank']}. {t['class']:<{width}}  {pct:6.2f}%" if math.isfinite(pct) else "")
+    return "\n".join(lines)
 
 
 def format_text(result: PredictResult) -> str:
     """Human-readable predictions: one block per image, top-k classes with percentages."""
-    lines = []
-    for p in result.predictions:
-        size = f"{p.width}x{p.height}"
-        if (p.input_size[1], p.input_size[0]) != (p.width, p.height):
-            size += f" -> {p.input_size[1]}x{p.input_size[0]}"
-        lines.append(f"{p.path} ({size})" + (f"  object x{p.object_scale:.2g}" if p.object_scale else ""))
-        width = max(len(t["class"]) for t in p.top)
-        for t in p.top:
-            pct = 100.0 * t["prob"]
-            lines.append(f"  {t['rank']}. {t['class']:<{width}}  {pct:6.2f}%" if math.isfinite(pct) else "")
-    return "\n".join(lines)
+    return "\n".join(format_prediction(p) for p in result.predictions)

@@ -39,7 +39,15 @@ from torch import nn
 
 from msresnet.errors import UserError
 
-__all__ = ["POLICIES", "Preprocess", "PreprocessedClassifier", "preprocess_from_info", "protocol_geometry"]
+__all__ = [
+    "POLICIES",
+    "Normalize",
+    "Preprocess",
+    "PreprocessedClassifier",
+    "normalize",
+    "preprocess_from_info",
+    "protocol_geometry",
+]
 
 POLICIES = ("native", "resize", "canvas")
 IDX_SIDE = 28  # Fashion-MNIST / MNIST images, the source of every fmnist-* protocol
@@ -195,10 +203,7 @@ class Preprocess:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - mean) / std`` per channel for ``[C, H, W]`` or ``[B, C, H, W]`` images in [0, 1]."""
-        shape = (-1, 1, 1)
-        m = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
-        s = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
-        return (x - m) / s
+        return normalize(x, self.mean, self.std)
 
     def to_unit(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         """Geometry only: float ``[C, H, W]`` (``[B, C, H, W]`` for a float batch) in [0, 1].
@@ -231,6 +236,28 @@ class Preprocess:
         return PreprocessedClassifier(model, self)
 
 
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The one normaliser: ``(x - mean) / std`` per channel, for ``[C, H, W]`` or ``[B, C, H, W]`` images in
+    [0, 1] (float32 statistics on the images' device)."""
+    shape = (-1, 1, 1)
+    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(shape)
+    return (x - m) / s
+
+
+class Normalize(nn.Module):
+    """:func:`normalize` as a module, its statistics as buffers (they move with the model and trace as constants):
+    what the training batches, the exported classifiers and the scan all normalise with."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class PreprocessedClassifier(nn.Module):
     """Raw ``float [B, C, H, W]`` images in [0, 1] -> geometry -> normalisation -> the classifier (for export)."""
 
@@ -238,15 +265,13 @@ class PreprocessedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.preprocess = preprocess
-        shape = (1, -1, 1, 1)
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(shape))
+        self.normalize = Normalize(preprocess.mean, preprocess.std)
         # a fixed output geometry accepts any input size; a native one keeps the model's minimum
         fixed = preprocess.output_size is not None
         self.min_input_size = 1 if fixed else int(getattr(model, "min_input_size", 1) or 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((self.preprocess.geometry_tensor(x) - self.mean) / self.std)
+        return self.model(self.normalize(self.preprocess.geometry_tensor(x)))
 
 
 # --------------------------------------------------------------------------------------------------- from metadata

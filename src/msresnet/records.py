@@ -11,12 +11,14 @@ command line (which read them) depend on it rather than on each other.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["ConditionResult", "ScaleResult", "SweepResult", "scale_labels"]
+__all__ = ["ConditionResult", "ScaleResult", "SweepResult", "data_key", "scale_labels"]
 
 
 def _kwargs(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,6 +150,11 @@ class SweepResult:
             for c, a, k in zip(self.conditions, self.accuracy, counts, strict=True)
         ]
 
+    @property
+    def data_key(self) -> str:
+        """The identity of the data this sweep measured (:func:`data_key`)."""
+        return data_key(self.protocol, self.protocol_params)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of ``RUN/eval/<protocol>.json`` (``scale_error`` and ``per_scale`` only when present)."""
         d = {name: getattr(self, name) for name in _JSON_ORDER}
@@ -193,6 +200,14 @@ _JSON_ORDER = (
     "checkpoint",
     "seconds",
 )
+
+
+def data_key(protocol: str, params: Mapping[str, Any] | None) -> str:
+    """A short stable identity of the data a sweep measured: its protocol name and resolved parameters (for a
+    folder, its absolute path and sweep). Two folders both named ``test`` get different keys; the same data
+    evaluated again gets the same one."""
+    text = json.dumps({"protocol": str(protocol), "params": dict(params or {})}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -38,14 +38,11 @@ def info_value(info: Any, name: str, default: Any = None) -> Any:
 
 
 def resolve_device(name: str | None) -> str:
-    """``--device``: ``auto`` picks CUDA when there is one; asking for CUDA without one is a user error."""
-    import torch
+    """``--device``: ``auto`` picks CUDA when there is one; a device that is not there is a user error. The one
+    resolver, :func:`msresnet.engine.distributed.resolve_device`, as the string the commands pass on."""
+    from msresnet.engine.distributed import resolve_device as _resolve
 
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available")
-    return name
+    return str(_resolve(name or "auto"))
 
 
 def as_paths(written: Any) -> list[Path]:

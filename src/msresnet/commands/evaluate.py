@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msresnet.commands.common import info_value, resolve_device, run_dir_of, terminal_width
+from msresnet.commands.common import PROG, info_value, resolve_device, run_dir_of, terminal_width
 from msresnet.errors import UserError
 from msresnet.records import SweepResult
 
@@ -40,6 +40,7 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     device: str | None = "auto",
     out: str | Path | None = None,
+    progress: bool = False,
 ) -> Evaluation:
     """Sweep ``checkpoint`` (a run directory or ``.safetensors`` file) over ``protocol``'s test conditions and write
     ``eval/<protocol>.{json,csv,png}`` into ``out`` (default: the run directory).
@@ -47,7 +48,7 @@ def evaluate_checkpoint(
     The protocol defaults to the one the checkpoint was trained on, with its recorded parameters and data directory;
     ``protocol_params`` and ``data_dir`` override them. ``data_dir`` without ``protocol`` evaluates that labelled
     folder as it is (or, with ``sweep``, under object rescale or whole-image resize) through the model's own
-    preprocessing.
+    preprocessing. ``progress``: one line on stderr per condition as it finishes.
 
     Raises:
         UserError: no protocol recorded or given, a missing data directory, ``sweep`` without a folder, a
@@ -57,8 +58,8 @@ def evaluate_checkpoint(
 
     from msresnet.data import build_protocol
     from msresnet.data.folder import BadImageWarning
-    from msresnet.engine.checkpoint import load_model, read_checkpoint_info
-    from msresnet.engine.evaluate import evaluate_sweep, write_eval
+    from msresnet.engine.checkpoint import load_checkpoint, read_checkpoint_info
+    from msresnet.evaluate import evaluate_sweep, write_eval
 
     device = resolve_device(device)
     info = read_checkpoint_info(checkpoint)
@@ -86,12 +87,13 @@ def evaluate_checkpoint(
     # no_grad as a context, not a global switch: main() also runs in-process (tests, notebooks)
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", BadImageWarning)
-        model = load_model(checkpoint, device=device)
+        loaded = load_checkpoint(checkpoint, device=device)
+        model = loaded.model
         if own_folder:
-            from msresnet.data.folder_eval import build_folder_eval
+            from msresnet.evaluate.folder import build_folder_eval
 
             min_side = int(getattr(model, "min_input_size", 1) or 1)
-            built = build_folder_eval(root, model.preprocess, model.class_names, sweep=sweep, min_side=min_side)
+            built = build_folder_eval(root, loaded.preprocess, loaded.class_names, sweep=sweep, min_side=min_side)
         else:
             built = build_protocol(name, root=root, **params)
         result = evaluate_sweep(
@@ -103,6 +105,7 @@ def evaluate_checkpoint(
             batch_size=batch_size,
             device=device,
             per_scale=per_scale,
+            progress=_report_progress if progress else None,
         )
     skipped = [w for w in caught if issubclass(w.category, BadImageWarning)]
     for w in caught:
@@ -110,6 +113,12 @@ def evaluate_checkpoint(
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     written = write_eval(Path(out) if out else run_dir_of(checkpoint), result)  # json, csv and the png plot
     return Evaluation(result, list(written), skipped)
+
+
+def _report_progress(done: int, total: int, condition: Any, accuracy: float) -> None:
+    from msresnet.engine.progress import log
+
+    log(f"{PROG}: evaluated condition {done}/{total} ({condition}): {accuracy * 100:.2f}%")
 
 
 def print_sweep(result: dict[str, Any] | SweepResult) -> None:

@@ -13,18 +13,19 @@ __all__ = ["export_checkpoint", "input_description"]
 def export_checkpoint(
     checkpoint: Path, out: str | Path, *, format: str = "onnx", opset: int = 18, check: bool = True
 ) -> tuple[list[Any], Any]:
-    """Export ``checkpoint`` to ``out`` (its preprocessing inside); returns the parity checks and the model.
+    """Export ``checkpoint`` to ``out`` (its preprocessing inside); returns the parity checks and the loaded
+    checkpoint.
 
     Raises:
         ExportMismatchError: the exported model's outputs differ from the eager model's beyond tolerance.
     """
-    from msresnet.engine.checkpoint import load_model
+    from msresnet.engine.checkpoint import load_checkpoint
     from msresnet.export import export_model
 
-    model = load_model(checkpoint, device="cpu").eval()
-    info = model.checkpoint_info
+    loaded = load_checkpoint(checkpoint, device="cpu")
+    info = loaded.info
     checks = export_model(
-        model,
+        loaded.model,
         out,
         format=format,
         in_chans=int(info_value(info, "in_chans")),
@@ -32,13 +33,14 @@ def export_checkpoint(
         std=info_value(info, "std"),
         opset=opset,
         check=check,
-        preprocess=getattr(model, "preprocess", None),
+        preprocess=loaded.preprocess,
     )
-    return checks, model
+    return checks, loaded
 
 
-def input_description(model: Any) -> str:
-    """What the model exported from a checkpoint takes as input, and the preprocessing it does inside."""
-    prep = getattr(model, "preprocess", None)
+def input_description(loaded: Any) -> str:
+    """What the model exported from a checkpoint (a :class:`~msresnet.engine.checkpoint.LoadedCheckpoint`) takes
+    as input, and the preprocessing it does inside."""
+    prep = loaded.preprocess
     inside = f"; inside: {prep.describe()}, normalised" if prep is not None else ""
-    return f"float32 [B, {info_value(model.checkpoint_info, 'in_chans')}, H, W] in [0, 1]{inside}"
+    return f"float32 [B, {info_value(loaded.info, 'in_chans')}, H, W] in [0, 1]{inside}"

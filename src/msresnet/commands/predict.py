@@ -10,7 +10,7 @@ from typing import Any
 from msresnet.commands.common import PROG, info_value, resolve_device
 from msresnet.errors import UserError
 
-__all__ = ["predict_checkpoint", "print_predictions"]
+__all__ = ["predict_checkpoint", "print_predictions", "stream_prediction"]
 
 
 def predict_checkpoint(
@@ -23,53 +23,62 @@ def predict_checkpoint(
     batch_size: int = 64,
     max_side: int | None = 1024,
     native_size: bool = False,
+    on_prediction: Any = None,
 ) -> Any:
     """Load ``checkpoint`` and classify ``images`` with its own preprocessing (``native_size``: its geometry
     dropped, every image at its own size); returns the ``predict_files`` result (predictions, failures, ignored
-    files and the exit code).
+    files and the exit code). ``on_prediction`` is called with each prediction as soon as it is made.
 
     Raises:
         UserError: a batch size below 1, or a checkpoint that cannot be loaded.
     """
-    from msresnet.engine.checkpoint import load_model
+    from msresnet.engine.checkpoint import load_checkpoint
     from msresnet.predict import predict_files
 
     device = resolve_device(device)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    model = load_model(checkpoint, device=device).eval()
-    info = model.checkpoint_info
+    loaded = load_checkpoint(checkpoint, device=device)
+    info = loaded.info
     return predict_files(
-        model,
+        loaded.model,
         images,
         in_chans=int(info_value(info, "in_chans")),
         mean=info_value(info, "mean"),
         std=info_value(info, "std"),
-        class_names=list(info_value(info, "class_names") or []),
+        class_names=loaded.class_names,
         topk=topk,
         tta=tta,
         device=device,
         batch_size=batch_size,
         max_side=max_side or None,
-        preprocess=_preprocess(model, native_size),
+        preprocess=_preprocess(loaded.preprocess, native_size),
+        on_prediction=on_prediction,
     )
 
 
-def _preprocess(model: Any, native: bool) -> Any:
+def _preprocess(prep: Any, native: bool) -> Any:
     """The checkpoint's preprocessing; with ``native`` its geometry is dropped (images at their own size)."""
     import dataclasses
 
-    prep = getattr(model, "preprocess", None)
     return dataclasses.replace(prep, policy="native", size=None, canvas=None) if prep and native else prep
 
 
-def print_predictions(result: Any, *, as_json: bool = False) -> None:
-    """Predictions on stdout (text or JSON); failures, ignored files and the tally on stderr."""
+def stream_prediction(prediction: Any) -> None:
+    """One image's lines on stdout, flushed at once (``predict`` prints as it goes, not at the end)."""
+    from msresnet.predict import format_prediction
+
+    print(format_prediction(prediction), flush=True)
+
+
+def print_predictions(result: Any, *, as_json: bool = False, streamed: bool = False) -> None:
+    """Predictions on stdout (text or JSON; none when ``streamed`` printed them already); failures, ignored files
+    and the tally on stderr."""
     from msresnet.predict import format_text
 
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
-    elif result.predictions:
+    elif result.predictions and not streamed:
         print(format_text(result))
     for f in result.failures:
         print(f"{PROG}: error: {f.path}: {f.reason}", file=sys.stderr)

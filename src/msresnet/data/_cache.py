@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from msresnet._atomic import atomic_write
 
 __all__ = ["atomic_write_bytes", "cache_dir", "file_md5", "load_npz", "save_npz", "stable_hash"]
 
@@ -46,18 +47,9 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: Path, write_fn) -> None:
-    """Call ``write_fn(file_object)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call ``write_fn(file_object)`` on a temporary file next to ``path``, then rename it over ``path`` (the
+    package's one writer, :func:`msresnet._atomic.atomic_write`; the directory is created)."""
+    atomic_write(path, write_fn, make_parents=True)
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -1,6 +1,7 @@
 """Training and evaluation engine: config, training loop, checkpoints, scale-sweep evaluation, torchrun support.
 
 Public entry points: :func:`~msresnet.engine.config.load_train_config`, :func:`~msresnet.engine.train.train`,
+:func:`~msresnet.engine.checkpoint.load_checkpoint` (model, preprocessing, class names, info),
 :func:`~msresnet.engine.checkpoint.load_model`, :func:`~msresnet.engine.checkpoint.read_checkpoint_info`,
 :func:`~msresnet.engine.evaluate.evaluate_sweep`, :func:`~msresnet.engine.evaluate.evaluate_scales` (which scale
 carries each decision), :func:`~msresnet.engine.evaluate.write_eval` and
@@ -22,8 +23,10 @@ _EXPORTS = {
     "CheckpointInfo": "checkpoint",
     "CheckpointWriteError": "checkpoint",
     "load_model": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "LoadedCheckpoint": "checkpoint",
     "read_checkpoint_info": "checkpoint",
-    "evaluate_sweep": "evaluate",
+    "evaluate_sweep": "evaluate",  # the evaluation core, msresnet.evaluate (engine.evaluate re-exports it)
     "evaluate_scales": "evaluate",
     "write_eval": "evaluate",
     "ValidationSweep": "evaluate",

@@ -110,8 +110,10 @@ class Normalizer:
     """uint8 images to normalised float32 on the device: ``(x / 255 - mean) / std`` per channel."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        from msresnet.preprocess import Normalize
+
+        self.normalize = Normalize(mean, std).to(device)  # the package's one normaliser
+        self.mean, self.std = self.normalize.mean, self.normalize.std
         self.device = device
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,4 +122,4 @@ class Normalizer:
 
     def __call__(self, unit: torch.Tensor) -> torch.Tensor:
         """Normalise images already in [0, 1]."""
-        return (unit - self.mean) / self.std
+        return self.normalize(unit)

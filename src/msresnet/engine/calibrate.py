@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from msresnet.engine.checkpoint import CheckpointInfo, resolve_checkpoint, save_weights
-from msresnet.engine.evaluate import ValidationSweep, _condition_batches
 from msresnet.engine.lock import hold_checkpoint
 from msresnet.errors import UserError
+from msresnet.evaluate.sweep import ValidationSweep, _condition_batches
 from msresnet.layers import best_level_log2
 from msresnet.layers.scale_probe import DEFAULT_BAND, ESTIMATE
 
@@ -114,11 +114,12 @@ class Calibration:
         return {**asdict(self), **means, "confidence_worst": min(self.confidence), "probe_worst": min(self.probe)}
 
 
-def require_calibratable(model: nn.Module, protocol: Any | None = None) -> None:
-    """Raise a one-line UserError unless ``model`` carries an object-scale probe and ``protocol`` (when given)
-    trains at one condition that its sweep contains (the probe needs images at one known object size)."""
+def require_calibratable(model: nn.Module, protocol: Any | None = None, name: str | None = None) -> None:
+    """Raise a one-line UserError unless ``model`` (registered as ``name``) carries an object-scale probe and
+    ``protocol`` (when given) trains at one condition that its sweep contains (the probe needs images at one known
+    object size)."""
     if getattr(model, "scale_probe", None) is None:
-        name = getattr(model, "_msresnet_name", None) or type(model).__name__
+        name = name or type(model).__name__
         raise UserError(
             f"{name} has no object-scale probe to calibrate: only pyramid models that select a level "
             "(scale_pool='confidence', e.g. msresnet20) choose between levels"
@@ -205,13 +206,13 @@ def calibrate_checkpoint(
     place (atomically) with the probe and, in its metadata, the :class:`Calibration` record. Returns the file and
     the record."""
     from msresnet.data import build_protocol
-    from msresnet.engine.checkpoint import load_model
+    from msresnet.engine.checkpoint import load_checkpoint
 
     file = resolve_checkpoint(path)
     with hold_checkpoint(file, "calibrate"):
-        model = load_model(file, device=device)
-        require_calibratable(model)
-        info = model.checkpoint_info
+        loaded = load_checkpoint(file, device=device)
+        model, info = loaded.model, loaded.info
+        require_calibratable(model, name=loaded.name)
         if not info.protocol:
             raise UserError(f"{file} does not say which protocol it was trained on; nothing to calibrate against")
         protocol = build_protocol(info.protocol, root=info.data_root, **(info.protocol_params or {}))
@@ -225,14 +226,14 @@ def calibrate_checkpoint(
 
 def remove_calibration(path: str | Path) -> Path:
     """Reset the probe of a checkpoint (back to the most confident level) and rewrite it atomically."""
-    from msresnet.engine.checkpoint import load_model
+    from msresnet.engine.checkpoint import load_checkpoint
 
     file = resolve_checkpoint(path)
     with hold_checkpoint(file, "calibrate --remove"):
-        model = load_model(file)
-        require_calibratable(model)
+        loaded = load_checkpoint(file)
+        model, info = loaded.model, loaded.info
+        require_calibratable(model, name=loaded.name)
         model.scale_probe.reset()
-        info = model.checkpoint_info
         info.scale_probe = None
         save_weights(file, model, info)
     return file

@@ -17,10 +17,8 @@ either the new or the previous complete state; a partially written file only eve
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,6 +31,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from msresnet._atomic import atomic_write_bytes as _atomic_write_bytes
 from msresnet.errors import UserError
 
 META_KEY = "msresnet"  # safetensors metadata key holding the JSON CheckpointInfo
@@ -163,28 +162,15 @@ class CheckpointInfo:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one (the package's one
+    writer, :func:`msresnet._atomic.atomic_write`).
 
     Raises:
         CheckpointWriteError: the write failed (e.g. disk full); ``path`` is untouched and the temp file removed.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        # fsync the directory too, so the rename itself survives a power cut.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _atomic_write_bytes(Path(path), data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         reason = e.strerror or str(e)
         noun = "checkpoint" if path.suffix in (".safetensors", ".pt") else "file"
         kept = f"the previous {noun} is intact" if path.exists() else "nothing was written"
@@ -306,8 +292,11 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         raise UserError(f"{file} has corrupt msresnet metadata: {e}") from None
 
 
-def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], file: Path, expected: str) -> None:
-    """``load_state_dict`` with the mismatch turned into a one-line UserError naming both architectures."""
+def load_weights_into(
+    model: nn.Module, weights: dict[str, torch.Tensor], file: Path, expected: str, got: str | None = None
+) -> None:
+    """``load_state_dict`` with the mismatch turned into a one-line UserError naming both architectures (``got``:
+    the name the model was built as, default its class name)."""
     own = model.state_dict()
     shapes = [k for k in own if k in weights and own[k].shape != weights[k].shape]
     missing: list[str] = []
@@ -318,7 +307,7 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], file: 
         result = model.load_state_dict(weights, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected or shapes:
-        got = getattr(model, "_msresnet_name", None) or type(model).__name__
+        got = got or type(model).__name__
         if expected and expected != got:
             raise UserError(f"checkpoint {file} is for model {expected}, not {got}")
         if shapes:
@@ -330,48 +319,24 @@ def load_weights_into(model: nn.Module, weights: dict[str, torch.Tensor], file: 
         raise UserError(f"checkpoint {file} does not match model {got}: {detail}")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> nn.Module:
-    """Rebuild a trained model in eval mode from a run directory or a ``.safetensors`` checkpoint.
+@dataclass
+class LoadedCheckpoint:
+    """A trained model with what it needs to be used: its preprocessing, class names and training record.
 
-    Args:
-        path: run directory (uses ``checkpoints/best``, else ``last``), its ``checkpoints`` directory, or a file.
-        device: where to put the model.
-        model: expected model name; a checkpoint of another architecture is then refused by name.
-
-    Returns:
-        The model, with ``model.checkpoint_info`` (a :class:`CheckpointInfo`), ``model.preprocess`` (the
-        :class:`~msresnet.preprocess.Preprocess` turning a raw image into its input; None for a model that takes
-        neither 1 nor 3 channels) and ``model.class_names`` attached.
-
-    Raises:
-        UserError: missing/unreadable file, unknown model, or weights that do not fit the architecture.
+    Attributes:
+        model: the rebuilt model, in eval mode.
+        preprocess: raw image -> model input (:class:`~msresnet.preprocess.Preprocess`); None for a model that
+            takes neither 1 nor 3 channels (its images cannot be prepared from files).
+        class_names: one name per output index.
+        info: the checkpoint's :class:`CheckpointInfo` (``info.path``: the file it was read from).
+        name: the registered model name it was built as.
     """
-    from msresnet import create_model
 
-    info = read_checkpoint_info(path)
-    file = info.path
-    name = model or info.model
-    try:
-        weights = st_load(Path(file).read_bytes())
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{file} is not a readable safetensors checkpoint: {str(e).splitlines()[0]}") from None
-    kwargs = dict(info.model_kwargs)
-    if "scale_pool.beta" in weights and "scale_pool" not in kwargs:
-        # written before msresnet* defaulted to scale_pool="confidence": its head is the softmax over levels
-        kwargs.update(scale_pool="softmax", scale_dropout=kwargs.get("scale_dropout", 0.0))
-    _check_model_size(name, kwargs, info, weights, file)
-    net = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **kwargs)
-    net._msresnet_name = name
-    bad = nonfinite_tensors(weights, allowed_nonfinite(net))
-    if bad:
-        raise NonFiniteError(
-            f"checkpoint {file} holds non-finite values in {len(bad)} tensor(s), e.g. {bad[0]}: the run diverged "
-            "and these weights cannot classify anything"
-        )
-    load_weights_into(net, weights, file, expected=info.model)
-    net.checkpoint_info = info
-    _attach_preprocess(net, info)
-    return net.to(device).eval()
+    model: nn.Module
+    preprocess: Any
+    class_names: list[str]
+    info: CheckpointInfo
+    name: str
 
 
 def _check_model_size(
@@ -396,18 +361,64 @@ def _check_model_size(
         )
 
 
-def _attach_preprocess(net: nn.Module, info: CheckpointInfo) -> None:
-    """``net.preprocess`` and ``net.class_names`` (also ``pretrained_cfg["label_names"]`` where timm has one)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> LoadedCheckpoint:
+    """Rebuild a trained model from a run directory or a ``.safetensors`` checkpoint, with its preprocessing,
+    class names and info as one typed record.
+
+    Args:
+        path: run directory (uses ``checkpoints/best``, else ``last``), its ``checkpoints`` directory, or a file.
+        device: where to put the model.
+        model: expected model name; a checkpoint of another architecture is then refused by name.
+
+    Raises:
+        UserError: missing/unreadable file, unknown model, or weights that do not fit the architecture.
+    """
+    from msresnet import create_model
     from msresnet.preprocess import preprocess_from_info
 
+    info = read_checkpoint_info(path)
+    file = info.path
+    name = model or info.model
     try:
-        net.preprocess = preprocess_from_info(info)
+        weights = st_load(Path(file).read_bytes())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{file} is not a readable safetensors checkpoint: {str(e).splitlines()[0]}") from None
+    kwargs = dict(info.model_kwargs)
+    if "scale_pool.beta" in weights and "scale_pool" not in kwargs:
+        # written before msresnet* defaulted to scale_pool="confidence": its head is the softmax over levels
+        kwargs.update(scale_pool="softmax", scale_dropout=kwargs.get("scale_dropout", 0.0))
+    _check_model_size(name, kwargs, info, weights, file)
+    net = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **kwargs)
+    bad = nonfinite_tensors(weights, allowed_nonfinite(net))
+    if bad:
+        raise NonFiniteError(
+            f"checkpoint {file} holds non-finite values in {len(bad)} tensor(s), e.g. {bad[0]}: the run diverged "
+            "and these weights cannot classify anything"
+        )
+    load_weights_into(net, weights, file, expected=info.model, got=name)
+    try:
+        prep = preprocess_from_info(info)
     except UserError:
-        net.preprocess = None
-    net.class_names = list(info.class_names)
+        prep = None
     cfg = getattr(net, "pretrained_cfg", None)
     if isinstance(cfg, dict):
-        cfg["label_names"] = list(info.class_names)
+        cfg["label_names"] = list(info.class_names)  # where timm users look for them
+    return LoadedCheckpoint(net.to(device).eval(), prep, list(info.class_names), info, name)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> nn.Module:
+    """The model of :func:`load_checkpoint` alone (the timm-style loader: a module in eval mode).
+
+    For backward compatibility the module also carries ``checkpoint_info``, ``preprocess`` and ``class_names``;
+    new code reads them from :func:`load_checkpoint`'s typed record instead.
+
+    Raises:
+        UserError: missing/unreadable file, unknown model, or weights that do not fit the architecture.
+    """
+    loaded = load_checkpoint(path, device=device, model=model)
+    net = loaded.model
+    net.checkpoint_info, net.preprocess, net.class_names = loaded.info, loaded.preprocess, loaded.class_names
+    return net
 
 
 # --------------------------------------------------------------------------------------------------- training state

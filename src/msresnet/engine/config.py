@@ -179,6 +179,9 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+# Fields that are paths: written absolute into RUN/config.yaml (relative ones mean the directory it was run from).
+PATH_KEYS = ("data_root", "out")
+
 # Fields that may differ between a run and its resumption: how long it trains and how this process runs and reports.
 # Every other field defines what the run computes, so ``--resume`` refuses a different value for it. A change of one
 # of these is recorded in ``config.yaml`` as a resume event; the fields there keep describing the original launch.
@@ -327,6 +330,9 @@ def validate_config(values: dict[str, Any]) -> TrainConfig:
         raise UserError("no run directory given (set 'out', e.g. --out runs/my-run)")
     if cfg.device != "auto" and not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
         raise UserError(f"config key 'device': {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    for key in PATH_KEYS:  # relative paths mean the working directory now: resolved once, stored absolute
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     return cfg
 
 
@@ -468,9 +474,15 @@ def provenance(checksum: str | None = None, world_size: int = 1) -> dict[str, An
 
 
 def to_yaml(cfg: TrainConfig, prov: dict[str, Any] | None = None) -> str:
-    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section."""
+    """The resolved config as YAML (loadable by :func:`load_train_config`), with a ``provenance`` section.
+
+    Paths (``data_root``, ``out``) are written absolute, so that ``msresnet train --config RUN/config.yaml``
+    reproduces the run from any working directory."""
     d = cfg.to_dict()
     d.pop("resume", None)  # how this process was started, not what the run is
+    for key in PATH_KEYS:
+        if d.get(key):
+            d[key] = str(Path(d[key]).expanduser().resolve())
     if prov is not None:
         d[PROVENANCE_KEY] = prov
     return yaml.safe_dump(d, sort_keys=False)

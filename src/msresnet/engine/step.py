@@ -20,6 +20,7 @@ from msresnet.engine.checkpoint import NonFiniteError
 from msresnet.engine.config import TrainConfig
 from msresnet.engine.distributed import DistContext
 from msresnet.engine.progress import log
+from msresnet.scale.contracts import auxiliary_loss
 
 MAX_CONSECUTIVE_SKIPS = 50  # nan_policy="skip" still stops when the run has clearly diverged
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,8 +50,7 @@ class TrainStep(nn.Module):
         else:
             loss, parts = self.criterion(self.model, x, y)
             logits = parts["logits"]
-        aux = getattr(self.model, "auxiliary_loss", None)  # a model's own training loss (a scale estimator's)
-        extra = aux() if callable(aux) else None
+        extra = auxiliary_loss(self.model)  # a model's own training term (a scale estimator's), declared
         return (loss if extra is None else loss + extra), logits
 
 

@@ -395,7 +395,7 @@ def _checkpoint_info(cfg: TrainConfig, protocol: Any, mean: Sequence[float], std
         std=tuple(float(v) for v in std),
         protocol=protocol.name,
         protocol_params=dict(protocol.params),
-        data_root=cfg.data_root,
+        data_root=str(Path(cfg.data_root).expanduser().resolve()) if cfg.data_root else None,  # from any directory
         train_condition=protocol.train_condition,
         condition_name=protocol.condition_name,
         input_size=tuple(protocol.input_size),

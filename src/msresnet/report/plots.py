@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only: never open a window, work on machines witho
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
+from msresnet.evaluate.condition import Kind  # noqa: E402
 from msresnet.records import ScaleResult, SweepResult  # noqa: E402
 
 Result = SweepResult | Mapping[str, Any]  # a record, or its JSON form (``evaluate_sweep``'s return value)
@@ -43,7 +44,7 @@ def as_record(result: Result) -> SweepResult:
 def condition_label(result: Result) -> str:
     """Axis label for the result's condition: object scale or image size in pixels."""
     name = str(as_record(result).condition_name)
-    return "image size (px)" if name == "size" else f"object {name}" if name == "scale" else name
+    return Kind.of(name).axis_label(name)
 
 
 def _numeric(conditions: list[Any]) -> list[float] | None:

@@ -1,16 +1,16 @@
 """The comparison report of several runs: ``report.md`` and a self-contained ``report.html``.
 
 Each run contributes the sweeps already in ``RUN/eval/<protocol>.json`` (written by ``msresnet evaluate``); the
-report never re-evaluates, so it is fast and shows exactly the numbers on disk. Runs are grouped by protocol: one
-table (accuracy per condition, mean, worst, retention) and one overlaid plot per protocol. A run without any eval is
+report never re-evaluates, so it is fast and shows exactly the numbers on disk. Runs are grouped by the data they
+were measured on (:func:`~msresnet.records.data_key`: protocol and its parameters, a folder's absolute path): one
+table (accuracy per condition, mean, worst, retention) and one overlaid plot per dataset, never two datasets in one
+table even when their names agree (two folders called ``test``). A run without any eval is
 named in the report and skipped; when no run has one the report is refused (``UserError``).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -21,8 +21,11 @@ from typing import Any
 import yaml
 
 from msresnet.errors import UserError
+from msresnet.evaluate.condition import Kind
+from msresnet.evaluate.runs import count_params
 from msresnet.records import SweepResult
 from msresnet.report.plots import accuracy_percent, condition_label, plot_comparison
+from msresnet.report.render import html_page, html_table, markdown_table, png_img, render_html, render_markdown
 
 __all__ = [
     "RunSummary",
@@ -44,7 +47,7 @@ class RunSummary:
     label: str
     model: str
     params: int | None
-    evals: dict[str, SweepResult] = field(default_factory=dict)  # protocol -> its sweep
+    evals: dict[str, SweepResult] = field(default_factory=dict)  # data key (records.data_key) -> its sweep
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -56,28 +59,6 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise UserError(f"{cfg_path}: not valid YAML ({exc.__class__.__name__})") from None
     return data if isinstance(data, dict) else {}
-
-
-def _count_params(run_dir: Path, model_name: str) -> int | None:
-    """Number of trainable parameters, from the architecture the checkpoint names (built on the meta device, so no
-    memory or time is spent on weights). None when the run has no readable checkpoint."""
-    try:
-        import torch
-
-        import msresnet
-        from msresnet.engine.checkpoint import read_checkpoint_info
-
-        info = read_checkpoint_info(run_dir)
-        with torch.device("meta"):
-            model = msresnet.create_model(
-                info.model,
-                num_classes=info.num_classes,
-                in_chans=info.in_chans,
-                **dict(info.model_kwargs or {}),
-            )
-        return sum(p.numel() for p in model.parameters())
-    except (UserError, OSError, ImportError, AttributeError, ValueError):
-        return None
 
 
 def _unique_labels(paths: Sequence[Path]) -> list[str]:
@@ -125,13 +106,13 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list
                 except (KeyError, TypeError, ValueError) as exc:
                     skipped.append(f"{label}: malformed {f.name} ({exc.__class__.__name__})")
                     continue
-                evals[result.protocol] = result
+                evals[result.data_key] = result
         if not evals:
             skipped.append(f"{label}: no evaluation yet (run `msresnet evaluate {path}`)")
             continue
         cfg = _read_config(path)
         model = str(cfg.get("model", "?"))
-        runs.append(RunSummary(path, label, model, _count_params(path, model), evals))
+        runs.append(RunSummary(path, label, model, count_params(path), evals))
     if not runs:
         raise UserError("none of the runs has an evaluation: " + "; ".join(skipped))
     return runs, skipped
@@ -162,16 +143,16 @@ def _ratio(v: Any) -> str:
 
 
 def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one protocol's table (conditions in the order of the first run, then any extra)."""
+    """Header and rows of one dataset's table (conditions in the order of the first run, then any extra).
+    ``protocol``: a data key of the runs' ``evals``, or a protocol name (its first dataset)."""
+    protocol = _key_of(runs, protocol)
     conditions: list[Any] = []
     for run in runs:
         for c in run.evals[protocol].conditions:
             if _fmt_cond(c) not in [_fmt_cond(x) for x in conditions]:
                 conditions.append(c)
-    first = next(r.evals[protocol] for r in runs)
-    unit = "s=" if first.condition_name == "scale" else ""
-    suffix = "px" if first.condition_name == "size" else ""
-    header = ["run", "model", "params", *[f"{unit}{_fmt_cond(c)}{suffix}" for c in conditions]]
+    kind = Kind.of(next(r.evals[protocol] for r in runs).condition_name)
+    header = ["run", "model", "params", *[kind.heading(_fmt_cond(c)) for c in conditions]]
     header += ["mean", "worst", "retention"]
     rows = []
     for run in runs:
@@ -185,44 +166,33 @@ def protocol_table(runs: Sequence[RunSummary], protocol: str) -> tuple[list[str]
     return header, rows
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured markdown table (numbers right-aligned)."""
-    align = ["---" if i < 2 else "---:" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def _key_of(runs: Sequence[RunSummary], name: str) -> str:
+    """``name`` itself when it is a data key of the runs, else the key of the first sweep of protocol ``name``."""
+    for run in runs:
+        if name in run.evals:
+            return name
+    return next((k for run in runs for k, r in run.evals.items() if r.protocol == name), name)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _first(runs: Sequence[RunSummary], key: str) -> SweepResult:
+    """The first run's sweep of the dataset ``key``."""
+    return next(r.evals[key] for r in runs if key in r.evals)
 
 
-def png_img(path: str | Path, alt: str) -> str:
-    """An ``<img>`` tag with the PNG embedded as base64, so the page needs no other file."""
-    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'>"
+def _titles(runs: Sequence[RunSummary], keys: Sequence[str]) -> dict[str, str]:
+    """Data key -> the section's title: the protocol's name, with the folder (or the key) where names clash."""
+    first = {k: _first(runs, k) for k in keys}
+    names = [first[k].protocol for k in keys]
+    titles = {}
+    for k in keys:
+        res = first[k]
+        if names.count(res.protocol) == 1:
+            titles[k] = res.protocol
+        else:
+            root = res.protocol_params.get("root")
+            titles[k] = f"{res.protocol} ({root})" if root else f"{res.protocol} [{k}]"
+    return titles
 
-
-def html_page(title: str, body: Sequence[str]) -> str:
-    """A complete self-contained HTML document with the report style."""
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
-    )
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
-th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
-thead { background: #f3f3f3; } tbody tr:nth-child(even) { background: #fafafa; }
-img { max-width: 100%; } .note { color: #666; font-size: 0.9em; } code { background: #f3f3f3; padding: 0 3px; }
-"""
 
 _LEGEND = (
     "Accuracy in % per test condition; mean over conditions; worst = lowest; retention = worst / accuracy at the "
@@ -249,43 +219,45 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create report directory {out}: {exc.strerror}") from None
-    protocols: list[str] = []
+    protocols: list[str] = []  # data keys, in the order the runs show them
     for run in runs:
         protocols += [p for p in run.evals if p not in protocols]
+    titles = _titles(runs, protocols)
+    # file names: the protocol's name, with the data key where two datasets share it
+    stems = {k: titles[k] if titles[k] == _first(runs, k).protocol else f"{_first(runs, k).protocol}-{k}"
+             for k in protocols}  # fmt: skip
 
     written: dict[str, Path] = {}
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    md = ["# msresnet report", "", f"Generated {stamp} from {len(runs)} run(s).", "", _LEGEND, ""]
-    body = [f"<h1>msresnet report</h1><p class='note'>Generated {stamp} from {len(runs)} run(s).</p>"]
-    body.append(f"<p class='note'>{html.escape(_LEGEND)}</p>")
+    blocks: list[tuple] = [("h1", "msresnet report"), ("p", f"Generated {stamp} from {len(runs)} run(s)."),
+                           ("p", _LEGEND)]  # fmt: skip
     for protocol in protocols:
         members = [r for r in runs if protocol in r.evals]
         header, rows = protocol_table(members, protocol)
         first = members[0].evals[protocol]
-        png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{protocol}.png", title=protocol)
-        written[protocol] = png
+        title = titles[protocol]
+        png = plot_comparison({r.label: r.evals[protocol] for r in members}, out / f"{stems[protocol]}.png",
+                              title=title)  # fmt: skip
+        written[stems[protocol]] = png
         what = condition_label(first)
         train = first.train_condition
         n = first.n_per_condition
         note = f"Condition: {what}; training condition: {_fmt_cond(train) if train is not None else 'n/a'}"
         note += f"; test images per condition: {n}." if n is not None else "."
-        md += [f"## {protocol}", "", note, "", markdown_table(header, rows), "", f"![{protocol}]({png.name})", ""]
-        body += [
-            f"<h2>{html.escape(protocol)}</h2><p class='note'>{html.escape(note)}</p>",
-            html_table(header, rows),
-            png_img(png, f"{protocol}: accuracy against {what}"),
+        blocks += [
+            ("h2", title),
+            ("p", note),
+            ("table", header, rows),
+            ("img", png, f"{title}: accuracy against {what}"),
         ]
     if skipped:
-        md += ["## Skipped", "", *[f"- {s}" for s in skipped], ""]
-        body.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in skipped) + "</ul>")
-    md += ["## Runs", "", *[f"- `{r.label}`: `{r.path}`" for r in runs], ""]
-    body.append("<h2>Runs</h2><ul>" + "".join(f"<li><code>{html.escape(str(r.path))}</code></li>" for r in runs))
-    body.append("</ul>")
+        blocks += [("h2", "Skipped"), ("list", skipped)]
+    blocks += [("h2", "Runs"), ("list", [f"{r.label}: {r.path}" for r in runs])]
 
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md))
+    md_path.write_text(render_markdown(blocks, out))
     html_path = out / "report.html"
-    html_path.write_text(html_page("msresnet report", body))
+    html_path.write_text(render_html(blocks))
     written["markdown"] = md_path
     written["html"] = html_path
     return written

@@ -7,6 +7,6 @@ runs both sweeps (:mod:`msresnet.scan.sweep`) and writes the report (:mod:`msres
 from __future__ import annotations
 
 from msresnet.scan.runner import run_scan
-from msresnet.scan.sources import ModelSource, Preprocess, load_source
+from msresnet.scan.sources import ModelSource, PreprocessOverrides, load_source
 
-__all__ = ["ModelSource", "Preprocess", "load_source", "run_scan"]
+__all__ = ["ModelSource", "PreprocessOverrides", "load_source", "run_scan"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from msresnet.evaluate.condition import Kind
 from msresnet.report.plots import plot_comparison, plt
 
 __all__ = ["plot_curves", "plot_examples", "plot_heatmap", "plot_scale_estimates"]
@@ -18,11 +19,9 @@ MAX_HEATMAP_CLASSES = 40
 
 def _curve(rows: Sequence[Mapping[str, Any]], sweep: str) -> dict[str, Any]:
     """A sweep in ``evaluate_sweep``'s shape, as :func:`plot_comparison` draws it."""
-    if sweep == "scale":
-        conditions, name = [r["factor"] for r in rows], "scale"
-    else:
-        conditions, name = [r["size"][0] for r in rows], "size"
-    return {"conditions": conditions, "accuracy": [r["accuracy"] for r in rows], "condition_name": name}
+    points = [Kind.of(sweep).curve_point(r["factor"], r["size"]) for r in rows]
+    name = points[0][1].value if points else sweep
+    return {"conditions": [x for x, _ in points], "accuracy": [r["accuracy"] for r in rows], "condition_name": name}
 
 
 def plot_curves(results: Mapping[str, Mapping[str, Any]], sweep: str, path: Path, title: str) -> Path:
@@ -52,9 +51,9 @@ def plot_heatmap(per: Mapping[str, Sequence[Mapping[str, Any]]], class_names: Se
     for ax, s in zip(axes[0], sweeps, strict=True):
         m = mat[s][keep] * 100
         im = ax.imshow(m.numpy(), vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        labels = [f"{r['factor']:.2g}" if s == "scale" else f"{r['size'][0]}" for r in per[s]]
+        labels = [Kind.of(s).tick(r["factor"], r["size"]) for r in per[s]]
         ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 12 else 0, fontsize=7)
-        ax.set_xlabel("object scale" if s == "scale" else "image size (px)")
+        ax.set_xlabel(Kind.of(s).axis_label())
         ax.set_yticks(range(len(names)), names if s == sweeps[0] else [""] * len(names), fontsize=7)
         if len(keep) <= 20 and len(labels) <= 12:
             for i in range(m.shape[0]):

@@ -11,7 +11,6 @@ self-contained ``report.html`` (figures embedded) built from the same blocks, wi
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import math
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from msresnet.engine.checkpoint import atomic_write_bytes
-from msresnet.report.report import html_page, html_table, markdown_table, png_img
+from msresnet.report.render import render_html, render_markdown
 from msresnet.scan import plots
 from msresnet.scan.data import ScanData
 from msresnet.scan.sources import ModelSource
@@ -38,8 +37,9 @@ _CSV_COLUMNS = ("model", "sweep", "condition", "factor", "size", "n", "accuracy"
 
 
 def scan_title(models: Sequence[ModelSource]) -> str:
-    """``Scale-robustness scan: A, B (random weights)``: random models are named as such."""
-    names = [m.label + (" (random weights)" if m.random_init else "") for m in models]
+    """``Scale-robustness scan: A, B (random weights)``: random models and untrained wrappers are named as such."""
+    names = [m.label + (" (random weights)" if m.random_init else " (untrained wrapper)" if m.untrained_wrapper
+                        else "") for m in models]  # fmt: skip
     return "Scale-robustness scan: " + ", ".join(names)
 
 
@@ -140,36 +140,6 @@ def _blocks(payload: dict[str, Any], figures: dict[str, Any], models: Sequence[M
     return out
 
 
-def _markdown(blocks: list[tuple], out: Path) -> str:
-    md: list[str] = []
-    for b in blocks:
-        if b[0] == "h1":
-            md += [f"# {b[1]}", ""]
-        elif b[0] == "h2":
-            md += [f"## {b[1]}", ""]
-        elif b[0] == "p":
-            md += [b[1], ""]
-        elif b[0] == "table":
-            md += [markdown_table(b[1], [[c.replace("|", "\\|") for c in r] for r in b[2]]), ""]
-        elif b[0] == "img":
-            md += [f"![{b[2]}]({Path(b[1]).relative_to(out)})", ""]
-    return "\n".join(md)
-
-
-def _html(blocks: list[tuple]) -> str:
-    body: list[str] = []
-    for b in blocks:
-        if b[0] in ("h1", "h2"):
-            body.append(f"<{b[0]}>{html.escape(b[1])}</{b[0]}>")
-        elif b[0] == "p":
-            body.append(f"<p class='note'>{html.escape(b[1])}</p>")
-        elif b[0] == "table":
-            body.append(html_table(b[1], b[2]))
-        elif b[0] == "img":
-            body.append(png_img(b[1], b[2]))
-    return html_page(blocks[0][1], body)
-
-
 def _csv(payload: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -199,13 +169,14 @@ def write_outputs(out: Path, models: Sequence[ModelSource], data: ScanData, swep
             "in_chans": m.in_chans, "fixed_input_size": list(m.fixed_size) if m.fixed_size else None,
             "mean": list(m.mean) if m.mean else None, "std": list(m.std) if m.std else None,
             "interpolation": m.interpolation, "notes": m.notes, "scale_aware": m.scale_aware,
+            "untrained_wrapper": m.untrained_wrapper,
             "forward_seconds": swept["model_seconds"][m.label], "sweeps": sweeps,
         })  # fmt: skip
     fig_dir = out / "figures"
     figures: dict[str, Any] = {}
     results = {m["label"]: {s: v["conditions"] for s, v in m["sweeps"].items()} for m in payload["models"]}
     for sweep in ("scale", "resolution"):
-        idx = [i for i, c in enumerate(conditions) if c.sweep == sweep]
+        idx = [i for i, c in enumerate(conditions) if c.sweep_name == sweep]
         if not idx:
             continue
         figures[f"curves-{sweep}"] = plots.plot_curves(results, sweep, fig_dir / f"curves-{sweep}.png",
@@ -223,6 +194,6 @@ def write_outputs(out: Path, models: Sequence[ModelSource], data: ScanData, swep
                "html": out / "report.html"}  # fmt: skip
     atomic_write_bytes(written["json"], (json.dumps(payload, indent=1) + "\n").encode())
     atomic_write_bytes(written["csv"], _csv(payload).encode())
-    atomic_write_bytes(written["markdown"], _markdown(blocks, out).encode())
-    atomic_write_bytes(written["html"], _html(blocks).encode())
+    atomic_write_bytes(written["markdown"], render_markdown(blocks, out).encode())
+    atomic_write_bytes(written["html"], render_html(blocks).encode())
     return written

@@ -11,7 +11,7 @@ import torch
 
 from msresnet.errors import UserError
 from msresnet.scan.data import ScanData, load_folder, load_protocol
-from msresnet.scan.sources import ModelSource, Preprocess, load_source, wrapped_source
+from msresnet.scan.sources import ModelSource, PreprocessOverrides, load_source, wrapped_source
 from msresnet.scan.sweep import DEFAULT_RESOLUTIONS, DEFAULT_SCALES, conditions_for, run_sweeps
 
 __all__ = ["run_scan"]
@@ -41,7 +41,7 @@ def run_scan(
     protocol_params: dict[str, Any] | None = None,
     checkpoints: Sequence[str] = (),
     wrap: Sequence[str] = (),
-    given: Preprocess | None = None,
+    given: PreprocessOverrides | None = None,
     image_size: int | None = None,
     limit: int | None = None,
     scales: Sequence[float] = DEFAULT_SCALES,
@@ -90,7 +90,7 @@ def run_scan(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-    given = given or Preprocess()
+    given = given or PreprocessOverrides()
     ckpts = _assign_checkpoints(specs, checkpoints)
     if protocol:
         data: ScanData = load_protocol(protocol, data_dir, protocol_params)
@@ -103,7 +103,7 @@ def run_scan(
     models: list[ModelSource] = []
     for spec, ckpt in zip(specs, ckpts, strict=True):
         src = load_source(spec, num_classes=data.num_classes, in_chans=data.in_chans, data_stats=stats,
-                          checkpoint=ckpt, given=given, device=device)  # fmt: skip
+                          checkpoint=ckpt, given=given, device=device, class_names=data.class_names)  # fmt: skip
         models.append(src)
         for method in wrap:
             if src.module is not None:
@@ -118,8 +118,10 @@ def run_scan(
     _log(f"scanning {len(models)} model(s) on {len(data.labels)} images x {len(conditions)} conditions")
     swept = run_sweeps(models, data, conditions, batch_size=bs, device=device, interpolation=interpolation,
                        progress=progress)  # fmt: skip
+    factors: dict[str, list[float]] = {}  # each sweep's factors, as the settings record them
+    for c in conditions:
+        factors.setdefault(c.sweep_name, []).append(c.factor)
     settings = {"device": str(device), "batch_size": bs, "interpolation": interpolation, "limit": limit,
-                "scales": [c.factor for c in conditions if c.sweep == "scale"],
-                "resolutions": [c.factor for c in conditions if c.sweep == "resolution"],
+                "scales": factors.get("scale", []), "resolutions": factors.get("resolution", []),
                 "wrap": list(wrap)}  # fmt: skip
     return write_outputs(out, models, data, swept, settings, conditions)

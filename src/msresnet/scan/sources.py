@@ -25,15 +25,18 @@ import torch
 from torch import nn
 
 from msresnet.errors import UserError
+from msresnet.scale.contracts import scale_estimator
 
-__all__ = ["ModelSource", "Preprocess", "load_source", "read_state_dict"]
+__all__ = ["ModelSource", "PreprocessOverrides", "load_source", "read_state_dict"]
 
 SPEC_HELP = "an msresnet run directory or .safetensors checkpoint, timm:NAME, torchvision:NAME or an .onnx file"
 
 
 @dataclass
-class Preprocess:
-    """What is given on the command line; ``None`` = the model's own."""
+class PreprocessOverrides:
+    """The preprocessing options given on the command line (``--input-size``, ``--mean``, ``--std``,
+    ``--interpolation``), each overriding the model's own; ``None`` keeps the model's. Not a preprocessing itself:
+    that is :class:`msresnet.preprocess.Preprocess`, the one a checkpoint stores."""
 
     input_size: int | None = None
     mean: tuple[float, ...] | None = None
@@ -59,6 +62,8 @@ class ModelSource:
         weights: where the weights came from.
         notes: facts the report states about this model (channel adaptation, preprocessing choices).
         module: the torch module (None for ONNX), e.g. to wrap it.
+        untrained_wrapper: the number of parameters a scale wrapper (``--wrap``) added around the model that are
+            freshly initialised, never trained (0: none); the report flags such a model.
     """
 
     label: str
@@ -76,19 +81,18 @@ class ModelSource:
     module: nn.Module | None = None
     runner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     scale_aware: bool = False
+    untrained_wrapper: int = 0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Channels, fixed size and normalisation of images in [0, 1]."""
-        from msresnet.data.scaling import resize_images
-        from msresnet.engine.evaluate import match_channels
+        from msresnet.data.scaling import match_channels, resize_images
+        from msresnet.preprocess import normalize
 
         x = match_channels(x, self.in_chans)
         if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
             x = resize_images(x, self.fixed_size, mode=self.interpolation)
         if self.mean is not None and self.std is not None:
-            m = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            s = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            x = (x - m) / s
+            x = normalize(x, self.mean, self.std)
         return x
 
     @torch.inference_mode()
@@ -108,12 +112,12 @@ class ModelSource:
 def estimate_object_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """``model.estimate_scale(x)`` as a float ``[B]`` tensor on the CPU, or None when the model has none (or cannot
     estimate yet, e.g. an unfitted probe)."""
-    fn = getattr(model, "estimate_scale", None)
-    if not callable(fn):
+    estimator = scale_estimator(model)
+    if estimator is None:
         return None
     try:
         with torch.no_grad():
-            est = fn(x)
+            est = estimator.estimate_scale(x)
     except (UserError, RuntimeError, ValueError, NotImplementedError):
         return None
     if est is None:
@@ -182,8 +186,7 @@ def _replace_conv(model: nn.Module, name: str, in_chans: int) -> None:
 def _load(model: nn.Module, sd: dict[str, torch.Tensor], file: str, spec: str) -> None:
     from msresnet.engine.checkpoint import load_weights_into
 
-    model._msresnet_name = spec  # type: ignore[attr-defined]  # names the model in mismatch messages
-    load_weights_into(model, sd, Path(file), expected="")
+    load_weights_into(model, sd, Path(file), expected="", got=spec)  # the spec names the model in mismatch messages
 
 
 def _mean_std(mean: Sequence[float], std: Sequence[float], in_chans: int) -> tuple[tuple[float, ...], ...]:
@@ -292,8 +295,9 @@ def load_source(
     in_chans: int,
     data_stats: tuple[tuple[float, ...], tuple[float, ...]],
     checkpoint: str | None = None,
-    given: Preprocess | None = None,
+    given: PreprocessOverrides | None = None,
     device: str | torch.device = "cpu",
+    class_names: Sequence[str] | None = None,
 ) -> ModelSource:
     """Build the :class:`ModelSource` for one MODEL argument.
 
@@ -305,11 +309,12 @@ def load_source(
         checkpoint: weights for a ``timm:``/``torchvision:`` model.
         given: preprocessing given on the command line (wins over the model's own).
         device: where torch models run (ONNX runs on the CPU).
+        class_names: the data's classes; an msresnet checkpoint must have the same, index for index.
 
     Raises:
         UserError: unknown model, missing or unreadable file, class-count mismatch.
     """
-    given = given or Preprocess()
+    given = given or PreprocessOverrides()
     device = torch.device(device)
     notes: list[str] = []
     module: nn.Module | None = None
@@ -337,15 +342,17 @@ def load_source(
         notes.append("images fed in [0, 1], unnormalised (msresnet exports include it; else give --mean/--std)")
     else:
         kind = "msresnet"
-        from msresnet.engine.checkpoint import load_model
+        from msresnet.engine.checkpoint import load_checkpoint
+        from msresnet.evaluate import require_same_classes
 
         p = Path(spec)
         if not p.exists():
             raise UserError(f"model {spec}: no such file or directory (expected {SPEC_HELP})")
-        module = load_model(p, device="cpu")
-        ci = module.checkpoint_info
+        loaded = load_checkpoint(p, device="cpu")
+        module, ci = loaded.model, loaded.info
         if int(ci.num_classes) != num_classes:
             raise UserError(f"{spec}: the checkpoint has {ci.num_classes} classes but the data has {num_classes}")
+        require_same_classes(loaded.class_names, class_names, "the scan's data")
         info = {"in_chans": int(ci.in_chans), "mean": ci.mean, "std": ci.std, "fixed_size": None}
         random_init, weights = False, str(ci.path)
         label = p.name if p.is_dir() else p.parent.parent.name if p.parent.name == "checkpoints" else p.stem
@@ -365,7 +372,7 @@ def load_source(
         if kind in ("timm", "torchvision"):  # NHWC convolutions: faster on CPUs and GPUs for these CNNs
             src.module.to(memory_format=torch.channels_last)
             src.runner = _channels_last(src.module)
-        src.scale_aware = callable(getattr(module, "estimate_scale", None))
+        src.scale_aware = scale_estimator(module) is not None
     else:
         src.runner = run
     if src.fixed_size:
@@ -380,9 +387,16 @@ def wrapped_source(src: ModelSource, method: str) -> ModelSource:
     if src.module is None:
         raise UserError(f"--wrap {method}: {src.spec} is not a torch model (ONNX files cannot be wrapped)")
     module = wrap(src.module, method=method).eval()
-    out = ModelSource(**{**src.__dict__, "notes": [*src.notes, f"wrapped: msresnet.wrap(model, method={method!r})"]})
+    notes = [*src.notes, f"wrapped: msresnet.wrap(model, method={method!r})"]
+    known = {id(p) for p in src.module.parameters()}
+    added = sum(p.numel() for p in module.parameters() if id(p) not in known)
+    if added:
+        notes.append(f"UNTRAINED WRAPPER: the {added} parameters the wrapper adds are freshly initialised, so these "
+                     "scores are not those of a trained scale-aware model (train it: msresnet train)")  # fmt: skip
+    out = ModelSource(**{**src.__dict__, "notes": notes})
     out.label, out.module, out.runner = f"{src.label} +{method}", module, module
-    out.scale_aware = callable(getattr(module, "estimate_scale", None))
+    out.scale_aware = scale_estimator(module) is not None
+    out.untrained_wrapper = added
     return out
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from msresnet.evaluate.condition import Condition, Kind
 from msresnet.scan.data import ScanData
 from msresnet.scan.sources import ModelSource
 
@@ -34,41 +35,15 @@ ECE_BINS = 15
 EXAMPLES = 6  # example images kept per condition for the report
 
 
-@dataclass(frozen=True)
-class Condition:
-    """One test condition: ``sweep`` (``scale`` / ``resolution``), its factor, and the image size it produces."""
-
-    sweep: str
-    factor: float
-    size: tuple[int, int]
-
-    @property
-    def label(self) -> str:
-        """``s=0.71`` or ``2x (128 px)``."""
-        if self.sweep == "scale":
-            return f"s={self.factor:.3g}"
-        return f"{self.factor:g}x ({self.size[0]} px)"
-
-    def apply(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        """The condition's images from native images ``[B, C, H, W]`` in [0, 1]."""
-        from msresnet.data.scaling import rescale_in_canvas, resize_images
-
-        if self.sweep == "scale":
-            return x if self.factor == 1.0 else rescale_in_canvas(x, self.factor, mode=mode)
-        return resize_images(x, self.size, mode=mode)
-
-
 def conditions_for(
     native: tuple[int, int],
     scales: Sequence[float] = DEFAULT_SCALES,
     resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
 ) -> list[Condition]:
-    """The scale conditions then the resolution ones (sizes at least 1 px)."""
-    h, w = native
-    out = [Condition("scale", round(float(s), 4), (h, w)) for s in scales]
-    for r in resolutions:
-        out.append(Condition("resolution", float(r), (max(1, round(h * r)), max(1, round(w * r)))))
-    return out
+    """The scale conditions then the resolution ones (sizes at least 1 px), as the evaluation core's
+    :class:`~msresnet.evaluate.condition.Condition`."""
+    scale = Condition.sweep(Kind.SCALE, [round(float(s), 4) for s in scales], native)
+    return scale + Condition.sweep(Kind.RESOLUTION, [float(r) for r in resolutions], native)
 
 
 @dataclass
@@ -189,13 +164,13 @@ def run_sweeps(
                         probs, est = m.predict(xi if m.kind != "onnx" else xi.cpu())
                         tallies[m.label][ci].add(probs.cpu(), labels[i : i + step], est, cond.factor)
                     model_seconds[m.label] += time.perf_counter() - t1
-                bar.update(task, advance=1, what=f"{cond.sweep} {cond.label}")
+                bar.update(task, advance=1, what=f"{cond.sweep_name} {cond.label}")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for m in models:
         per: dict[str, list[dict[str, Any]]] = {"scale": [], "resolution": []}
         for cond, tally in zip(conditions, tallies[m.label], strict=True):
             row = {"condition": cond.label, "factor": cond.factor, "size": list(cond.size), "true_scale": cond.factor}
-            per[cond.sweep].append(row | tally.result(data.class_names))
+            per[cond.sweep_name].append(row | tally.result(data.class_names))
         results[m.label] = {k: v for k, v in per.items() if v}
     return {
         "results": results,

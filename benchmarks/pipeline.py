@@ -1,30 +1,39 @@
-"""The scale benchmark's per-budget pages: ``docs/results-<budget>.md`` (tables of mean +- std over seeds, which
-pyramid level decides, the results issue's targets with their measured values, one plot per protocol) from the run
-records, and the refresh of ``summary.csv`` and the pages rendered from it."""
+"""The benchmarks' one publishing pipeline: run records -> ``summary.csv`` -> every page.
+
+:func:`publish` rewrites ``benchmarks/results/summary.csv`` from the run records (:mod:`benchmarks.summarize`), the
+pages rendered from that table (``docs/results.md``, its plots and the README's blocks:
+:mod:`benchmarks.render_results`) and each budget's page ``docs/results-<budget>.md`` (:func:`render`: tables of
+mean +- std over seeds, which pyramid level decides, the results issue's targets of ``configs/bench/targets.yaml``
+with their measured values, one plot per protocol). A budget page also shows what the summary table does not carry
+(the recipe, per-level validation figures, the probe's decision), so it reads those from the same records.
+
+    python -m benchmarks.pipeline                    # records -> summary.csv -> every page
+    python -m benchmarks.pipeline --budget depth8    # only that budget's page (and the summary pages)
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts, also when this file is loaded by path
-from bench_plan import PROTOCOLS, ROOT, full_table_runs, load_plan  # noqa: E402
+import yaml
 
-PUBLISHED = ROOT / "benchmarks" / "results" / "scale"
-DOCS = ROOT / "docs"
+from benchmarks import render_results, summarize
+from benchmarks.bench_plan import full_table_runs, load_plan
+from benchmarks.layout import DOCS, PROTOCOLS, PUBLISHED, ROOT, SUMMARY, TARGETS_FILE, Budget
+from msresnet.evaluate.condition import Kind
 
 
-def _load_results(results: Path, quick: bool, full_model: bool = False, depth8: bool = False) -> list[dict]:
+def _load_results(results: Path, budget: Budget) -> list[dict]:
     """The run records of one budget."""
     out = []
     for f in sorted(results.glob("*.json")):
         d = json.loads(f.read_text())
-        job = d["job"]
-        if (bool(job["quick"]), bool(job.get("full_model")), bool(job.get("depth8"))) == (quick, full_model, depth8):
+        if Budget.of_job(d["job"]) is budget:
             out.append(d)
     return out
 
@@ -52,33 +61,29 @@ def _mean(values: list[float]) -> float:
 
 
 def _cond_label(c: Any, name: str) -> str:
-    return f"{float(c):.2f}" if name == "scale" else str(c)
+    return Kind.of(name).fixed(c)
 
 
 def render(
-    quick: bool,
+    budget: Budget,
     command: str,
     results_dir: Path = PUBLISHED,
     wall_seconds: float | None = None,
-    full_model: bool = False,
-    depth8: bool = False,
     docs: Path = DOCS,
 ) -> Path:
-    """Write docs/results-full.md (``quick``: docs/results-quick.md; ``full_model``: docs/results-quick-fullmodel.md;
-    ``depth8``: docs/results-depth8.md) from the run records in ``results_dir``."""
+    """Write the page of ``budget`` (``docs/results-full.md``, ``results-quick.md``, ``results-quick-fullmodel.md``,
+    ``results-depth8.md``) from its run records in ``results_dir``; returns the page."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _, rows = load_plan()
-    results = _load_results(results_dir, quick, full_model, depth8)
+    results = _load_results(results_dir, budget)
+    quick, full_model, depth8 = budget.quick, budget.full_model, budget.depth8
     labels = {r["id"]: r["label"] for r in rows}
     groups = {r["id"]: r.get("group", "") for r in rows}
-    # which record set: names the plots (suffix), the page, and the flags that make it
-    variant = [(quick, "quick", "--quick"), (full_model, "fullmodel", "--full-models"), (depth8, "depth8", "--depth8")]
-    suffix = "".join(f"-{name}" for on, name, _ in variant if on)
-    flags = "".join(f" {flag}" for on, _, flag in variant if on)
+    suffix, flags = budget.suffix, budget.flags  # name the plots and the page; the flags that make the budget
     img_dir = docs / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     revs = sorted({str(d.get("git")) for d in results})
@@ -126,14 +131,14 @@ def render(
             "`benchmarks/speed.py` (targets below). Its absolute accuracies are far below what the full recipe",
             "reaches, and it is not the full table the targets are defined on: read it as the direction of each",
             "comparison. The full table is",
-            f"`python benchmarks/scale_bench.py --device cuda --jobs 8` (every row, 3 seeds: {full_table_runs()} runs",
+            f"`python -m benchmarks.scale_bench --device cuda --jobs 8` (every row, 3 seeds: {full_table_runs()} runs",
             "of the depth-20 models; benchmarks/README.md says what it takes).",
             "",
         ]
-        if _load_results(results_dir, True, full_model=True):
+        if _load_results(results_dir, Budget.QUICK_DEPTH20):
             lines += ["The same budget with the full-depth models: [results-quick-fullmodel.md]"
                       "(results-quick-fullmodel.md).", ""]  # fmt: skip
-        if _load_results(results_dir, False, depth8=True):
+        if _load_results(results_dir, Budget.DEPTH8):
             lines += ["The full training budget with these depth-8 models: [results-depth8.md](results-depth8.md).",
                       ""]  # fmt: skip
     summary: dict[str, dict[str, Any]] = {}
@@ -141,7 +146,7 @@ def render(
         pres = [d for d in results if d["job"]["protocol"] == proto]
         if not pres:
             lines += [f"## {proto}", "", f"No run of this protocol is stored yet "
-                      f"(`python benchmarks/scale_bench.py{flags} --protocols {proto}`).", ""]  # fmt: skip
+                      f"(`python -m benchmarks.scale_bench{flags} --protocols {proto}`).", ""]  # fmt: skip
             continue
         lines += [f"## {proto}", ""]
         by_row: dict[str, list[dict]] = {}
@@ -234,7 +239,7 @@ def render(
                 ax.plot([float(c)], [a * 100], marker="*", ms=12, ls="", color="k")
             ax.set_xscale("log", base=2)
             ax.set_xticks(xs, [_cond_label(c, cname) for c in conds])
-            ax.set_xlabel("object scale" if cname == "scale" else "test image size (px)")
+            ax.set_xlabel(Kind.of(cname).axis_label(cname, test=True))
             ax.set_ylabel("test accuracy (%)")
             ax.set_title(f"{proto} (stars: oracle trained at that condition)")
             ax.grid(alpha=0.3)
@@ -246,19 +251,32 @@ def render(
             lines += [f"![{proto}](img/{png.name})", ""]
     lines += _targets(summary)
     # docs/results.md itself is the overview rendered from summary.csv (benchmarks/render_results.py)
-    out = docs / f"results{suffix or '-full'}.md"
+    out = docs / budget.page
     out.write_text("\n".join(lines) + "\n")
     return out
 
 
-def refresh_summary(results_dir: Path) -> None:
-    """Rewrite ``benchmarks/results/summary.csv`` and what is rendered from it (``docs/results.md``, its plots, the
-    README table) when ``results_dir`` holds the published records (not a ``--results-dir`` elsewhere)."""
-    if results_dir.resolve() != PUBLISHED.resolve():
-        return
-    import summarize
-
-    summarize.main(["--render"])
+def publish(
+    results_dir: Path = PUBLISHED,
+    budgets: tuple[Budget, ...] = tuple(Budget),
+    command: str | None = None,
+    wall_seconds: float | None = None,
+    summary: Path = SUMMARY,
+    docs: Path = DOCS,
+) -> list[Path]:
+    """The pipeline: the records in ``results_dir`` -> ``summary`` -> the pages rendered from it, then the page of
+    each of ``budgets`` that has records (rendered by ``command``). The summary table and its pages are only
+    rewritten from the published records (not from a ``--results-dir`` elsewhere). Returns the files written."""
+    written: list[Path] = []
+    if results_dir.resolve() == PUBLISHED.resolve():
+        lines = summarize.summarize(results_dir)
+        written.append(summarize.write_csv(lines, summary))
+        written += render_results.render(summary, docs)
+    for budget in budgets:
+        if _load_results(results_dir, budget):
+            how = command or f"python -m benchmarks.pipeline --budget {budget.value}"
+            written.append(render(budget, how, results_dir, wall_seconds, docs))
+    return written
 
 
 def _calibrated(d: dict) -> dict | None:
@@ -276,7 +294,7 @@ def _calibrated(d: dict) -> dict | None:
 def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: dict, cname: str) -> list[str]:
     """Per row: the validation accuracy of each pyramid level alone at each condition (seed 0's run), next to the
     pooled decision - which level recognises the object, and how much the pooling loses against the best level."""
-    from msresnet.engine.evaluate import scale_labels
+    from msresnet.records import scale_labels
 
     lines: list[str] = []
     for rid in dict.fromkeys(row_ids):
@@ -299,61 +317,113 @@ def _scale_diagnosis(by_row: dict[str, list[dict]], row_ids: list[str], labels: 
     return lines
 
 
-def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
-    """The four targets of the results issue, each with its measured value."""
+def load_targets(path: Path = TARGETS_FILE) -> list[dict[str, Any]]:
+    """The targets of the results issue (``configs/bench/targets.yaml``), in page order."""
+    return list(yaml.safe_load(path.read_text())["targets"])
+
+
+def _targets(summary: dict[str, dict[str, Any]], targets: list[dict[str, Any]] | None = None) -> list[str]:
+    """The targets table: each target of ``targets`` (default: the targets file) with its measured value."""
     lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for target in load_targets() if targets is None else targets:
+        for text, measured, ok in _CHECKS[target["check"]](target, summary):
+            lines.append(f"| {text} | {measured} | {'yes' if ok else ('no' if ok is not None else '–')} |")
+    return lines + [""]
 
-    def row(text: str, measured: str, ok: bool | None) -> None:
-        lines.append(f"| {text} | {measured} | {'yes' if ok else ('no' if ok is not None else '–')} |")
 
-    ls = summary.get("fmnist-ls")
-    if ls and ls["best"]:
-        b, conds = ls["rows"][ls["best"]], [float(c) for c in ls["conds"]]
-        plain = ls["rows"].get("resnet")
-        for c, oracle in ls["oracle"].items():
+Measured = list[tuple[str, str, bool | None]]  # (target text, measured value, met)
+
+
+def _best(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> tuple[dict, dict] | None:
+    """(protocol summary, best msresnet row's figures) of a target's protocol; None when nothing ran there."""
+    proto = summary.get(t["protocol"])
+    return (proto, proto["rows"][proto["best"]]) if proto and proto["best"] else None
+
+
+def _oracle_gap(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found, out = _best(t, summary), []
+    if found is None:
+        return out
+    proto, b = found
+    conds = [float(c) for c in proto["conds"]]
+    for c, oracle in proto["oracle"].items():
+        if t["match"] == "nearest":
             i = min(range(len(conds)), key=lambda k: abs(conds[k] - float(c)))
-            gap = (oracle - b["per_cond"][i]) * 100
-            row(f"fmnist-ls: best msresnet within 3 points of the oracle at s={float(c):g}",
-                f"{b['per_cond'][i] * 100:.1f} vs oracle {oracle * 100:.1f} (gap {gap:.1f})", gap <= 3)  # fmt: skip
-        r = b["retention"]
-        row("fmnist-ls: retention (worst / s=1) >= 0.90", f"{r:.3f}" if r is not None else "–",
-            r is not None and r >= 0.90)  # fmt: skip
-        if plain:
-            i1 = min(range(len(conds)), key=lambda k: abs(conds[k] - 1.0))
-            d = (plain["per_cond"][i1] - b["per_cond"][i1]) * 100
-            row(
-                "fmnist-ls: accuracy at s=1 within 1 point of the plain ResNet",
-                f"{b['per_cond'][i1] * 100:.1f} vs {plain['per_cond'][i1] * 100:.1f} (diff {d:.1f})",
-                d <= 1,
-            )
-    sc = summary.get("fmnist-scale")
-    if sc and sc["best"]:
-        err = {k: 1 - v["overall"] for k, v in sc["rows"].items()}
-        base = min(err.get("resnet", 1), err.get("resnet_aug", 1))
-        e = err[sc["best"]]
-        n, ran = sc["rows"][sc["best"]]["n"], [k for k in ("resnet", "resnet_aug") if k in err]
-        row(f"fmnist-scale: msresnet error <= 0.85 x better of plain / plain + rescale (>= 3 realizations; here "
-            f"{n}; baselines run: {', '.join(ran)})", f"{e * 100:.2f}% vs {base * 100:.2f}% (ratio {e / base:.2f})",
-            e <= 0.85 * base and n >= 3 and len(ran) == 2)  # fmt: skip
-        others = {k: err[k] for k in ("fovmax", "fovavg", "sesn") if k in err}
-        if others:
-            row(
-                "fmnist-scale: below the scale-channel and SESN-style rows",
-                ", ".join(f"{k} {v * 100:.2f}%" for k, v in others.items()),
-                all(e < v for v in others.values()),
-            )
-    rs = summary.get("fmnist-res")
-    if rs and rs["best"]:
-        b, conds = rs["rows"][rs["best"]], [int(c) for c in rs["conds"]]
-        if 56 in conds and 28 in conds:
-            a56, a28 = b["per_cond"][conds.index(56)], b["per_cond"][conds.index(28)]
-            row("fmnist-res: at 56 px within 1 point of 28 px", f"{a56 * 100:.1f} vs {a28 * 100:.1f}",
-                (a28 - a56) * 100 <= 1)  # fmt: skip
-        for c, oracle in rs["oracle"].items():
-            if int(c) in conds:
-                a = b["per_cond"][conds.index(int(c))]
-                row(f"fmnist-res: at {c} px within 3 points of the oracle",
-                    f"{a * 100:.1f} vs oracle {oracle * 100:.1f}", (oracle - a) * 100 <= 3)  # fmt: skip
+        elif float(c) in conds:
+            i = conds.index(float(c))
+        else:
+            continue
+        gap = (oracle - b["per_cond"][i]) * 100
+        measured = f"{b['per_cond'][i] * 100:.1f} vs oracle {oracle * 100:.1f}" + (
+            f" (gap {gap:.1f})" if t["show_gap"] else ""
+        )
+        cond = float(c) if t["match"] == "nearest" else c
+        out.append((t["text"].format(**{**t, "condition": cond}), measured, gap <= t["max_gap"]))
+    return out
+
+
+def _retention(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found = _best(t, summary)
+    if found is None:
+        return []
+    r = found[1]["retention"]
+    return [(t["text"].format(**t), f"{r:.3f}" if r is not None else "–", r is not None and r >= t["min"])]
+
+
+def _row_gap(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found = _best(t, summary)
+    if found is None or t["row"] not in found[0]["rows"]:
+        return []
+    (proto, b), other = found, found[0]["rows"][t["row"]]
+    conds = [float(c) for c in proto["conds"]]
+    i = min(range(len(conds)), key=lambda k: abs(conds[k] - float(t["condition"])))
+    d = (other["per_cond"][i] - b["per_cond"][i]) * 100
+    measured = f"{b['per_cond'][i] * 100:.1f} vs {other['per_cond'][i] * 100:.1f} (diff {d:.1f})"
+    return [(t["text"].format(**t), measured, d <= t["max_gap"])]
+
+
+def _error_ratio(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found = _best(t, summary)
+    if found is None:
+        return []
+    proto = found[0]
+    err = {k: 1 - v["overall"] for k, v in proto["rows"].items()}
+    base = min(err.get(k, 1) for k in t["baselines"])
+    e = err[proto["best"]]
+    n, ran = proto["rows"][proto["best"]]["n"], [k for k in t["baselines"] if k in err]
+    ok = e <= t["max_ratio"] * base and n >= t["min_realizations"] and len(ran) == len(t["baselines"])
+    text = t["text"].format(**{**t, "n": n, "ran": ", ".join(ran)})
+    return [(text, f"{e * 100:.2f}% vs {base * 100:.2f}% (ratio {e / base:.2f})", ok)]
+
+
+def _below_rows(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found = _best(t, summary)
+    if found is None:
+        return []
+    proto = found[0]
+    err = {k: 1 - v["overall"] for k, v in proto["rows"].items()}
+    others = {k: err[k] for k in t["rows"] if k in err}
+    if not others:
+        return []
+    e = err[proto["best"]]
+    measured = ", ".join(f"{k} {v * 100:.2f}%" for k, v in others.items())
+    return [(t["text"].format(**t), measured, all(e < v for v in others.values()))]
+
+
+def _size_gap(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found = _best(t, summary)
+    if found is None:
+        return []
+    proto, b = found
+    conds = [int(c) for c in proto["conds"]]
+    if t["size"] not in conds or t["reference"] not in conds:
+        return []
+    a, ref = b["per_cond"][conds.index(t["size"])], b["per_cond"][conds.index(t["reference"])]
+    return [(t["text"].format(**t), f"{a * 100:.1f} vs {ref * 100:.1f}", (ref - a) * 100 <= t["max_gap"])]
+
+
+def _speed(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    out: Measured = []
     reported: set[tuple] = set()  # a model measured in several speed files on the same device and batch: once
     for speed in sorted((ROOT / "benchmarks" / "results").glob("speed*.json")):
         d = json.loads(speed.read_text())
@@ -361,15 +431,42 @@ def _targets(summary: dict[str, dict[str, Any]]) -> list[str]:
         by = {(r["model"], r["size"]): r for r in d.get("rows", [])}
         for (model, size), r in sorted(by.items()):
             seen = (model, size, d.get("device"), d.get("batch"))
-            if model not in ("msresnet20", "msresnet20_lite") or seen in reported:
+            if model not in t["models"] or seen in reported:
                 continue
             reported.add(seen)
             tr, inf = 1 / r["ratio"]["train_time"], 1 / r["ratio"]["infer_time"]
-            row(f"cost: `{model}` throughput >= 0.5x plain ResNet-20 at {size}px, {where}",
-                f"train {tr:.2f}x, inference {inf:.2f}x", tr >= 0.5 and inf >= 0.5)  # fmt: skip
+            fields = {**t, "model": model, "size": size, "size2": size * 2, "where": where}
+            out.append((t["text"].format(**fields), f"train {tr:.2f}x, inference {inf:.2f}x",
+                        tr >= t["min_ratio"] and inf >= t["min_ratio"]))  # fmt: skip
             big = by.get((model, size * 2))
             if big:
                 growth = r["train_img_s"] / big["train_img_s"]
-                row(f"cost: `{model}` time per image {size}->{size * 2}px grows no faster than pixels (4x), {where}",
-                    f"{growth:.2f}x", growth <= 4.0)  # fmt: skip
-    return lines + [""]
+                out.append((t["growth_text"].format(**fields), f"{growth:.2f}x", growth <= t["max_growth"]))
+    return out
+
+
+_CHECKS = {
+    "oracle_gap": _oracle_gap,
+    "retention": _retention,
+    "row_gap": _row_gap,
+    "error_ratio": _error_ratio,
+    "below_rows": _below_rows,
+    "size_gap": _size_gap,
+    "speed": _speed,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", choices=[b.value for b in Budget], action="append", default=None,
+                    help="render only this budget's page (repeatable; default: every budget with records)")  # fmt: skip
+    ap.add_argument("--results-dir", default=str(PUBLISHED), help="run records (default: benchmarks/results/scale)")
+    args = ap.parse_args(argv)
+    budgets = tuple(Budget(b) for b in args.budget) if args.budget else tuple(Budget)
+    for path in publish(Path(args.results_dir), budgets):
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

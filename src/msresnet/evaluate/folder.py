@@ -3,11 +3,15 @@
 :func:`build_folder_eval` reads ``DIR/<class>/<image>`` with the model's own preprocessing (the
 :class:`~msresnet.preprocess.Preprocess` stored with its weights, the same one ``predict`` uses, so the two agree
 image for image), maps the folder's class names onto the model's, and returns a protocol-like object that
-:func:`msresnet.engine.evaluate.evaluate_sweep` runs, with the usual report and plot:
+:func:`msresnet.evaluate.evaluate` runs, with the usual report and plot:
 
 * no sweep: one condition, the images as they are (key ``1.0``, the training scale);
 * ``sweep="scale"``: every prepared image's content rescaled by ``2^(k/4), k = -4..4`` inside its own canvas
-  (:func:`~msresnet.data.scaling.rescale_in_canvas`), the ``*-ls`` benchmark's operation;
+  (:func:`~msresnet.data.scaling.rescale_in_canvas`), the ``*-ls`` benchmark's operation. Around a shrunk image
+  the canvas is filled with that image's own border colour (the per-channel mean of its outermost pixels,
+  :func:`~msresnet.evaluate.condition.border_fill`), not black: a photo's surroundings continue in their own
+  colour, whereas a black frame would be an artefact present at every ``s < 1`` and nowhere else, measured as if
+  it were scale;
 * ``sweep="resolution"``: every prepared image resized whole by ``0.5 ... 4`` (the ``*-res`` operation), keyed by
   the image size in pixels when all images share one square size, else by the factor. Conditions that would make an
   image smaller than the model's minimum input size are left out.
@@ -31,15 +35,16 @@ import torch
 from msresnet.data.datasets import ImageTensorDataset
 from msresnet.data.folder import BadImageWarning, scan_image_folder
 from msresnet.data.images import BadImageError, bomb_warnings_as_errors
-from msresnet.data.scaling import rescale_in_canvas, resize_images
 from msresnet.errors import UserError
+from msresnet.evaluate.condition import Condition, Kind, border_fill
 from msresnet.preprocess import Preprocess
 
-__all__ = ["SWEEPS", "FolderEval", "ImageGroups", "build_folder_eval"]
+__all__ = ["SWEEPS", "FolderEval", "ImageGroups", "border_fill", "build_folder_eval", "rescale_on_background"]
 
 SWEEPS = ("scale", "resolution")
 SCALES = [2 ** (k / 4) for k in range(-4, 5)]
 RESIZE_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+FACTORS = {Kind.SCALE: SCALES, Kind.RESOLUTION: RESIZE_FACTORS}  # each sweep's factors
 _CHUNK = 2048
 
 
@@ -54,7 +59,7 @@ class ImageGroups:
 
 
 class FolderEval:
-    """Protocol-like evaluation set (the attributes :func:`~msresnet.engine.evaluate.evaluate_sweep` reads)."""
+    """Protocol-like evaluation set (the attributes :func:`~msresnet.evaluate.evaluate` reads)."""
 
     def __init__(self, name: str, params: dict[str, Any], condition_name: str, train_condition: Any,
                  test: dict[Any, ImageGroups], preprocess: Preprocess, class_names: list[str]) -> None:  # fmt: skip
@@ -63,6 +68,12 @@ class FolderEval:
         self.in_chans, self.mean, self.std = preprocess.in_chans, preprocess.mean, preprocess.std
         self.class_names, self.num_classes = class_names, len(class_names)
         self.input_size = preprocess.output_size
+
+
+def rescale_on_background(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The folder scale sweep's operation: the object rescaled by ``scale`` in its canvas, surrounded by the
+    image's own border colour (:meth:`~msresnet.evaluate.condition.Condition.apply` with ``fill="border"``)."""
+    return Condition(Kind.SCALE, float(scale)).apply(x, fill="border")
 
 
 def _map_groups(groups: list[ImageTensorDataset], fn) -> list[ImageTensorDataset]:
@@ -150,18 +161,14 @@ def build_folder_eval(
     name = root.resolve().name + (f"-{sweep}" if sweep else "")
     if sweep is None:
         return FolderEval(name, params, "scale", 1.0, {1.0: ImageGroups(groups)}, preprocess, names)
-    if sweep == "scale":
-        test = {round(s, 4): ImageGroups(_map_groups(groups, lambda x, s=s: rescale_in_canvas(x, s)))
-                for s in SCALES}  # fmt: skip
-        return FolderEval(name, params, "scale", 1.0, test, preprocess, names)
     shapes = {tuple(g.images.shape[-2:]) for g in groups}
-    side = next(iter(shapes))[0] if len(shapes) == 1 and len(set(next(iter(shapes)))) == 1 else None
+    square = next(iter(shapes)) if len(shapes) == 1 and len(set(next(iter(shapes)))) == 1 else None
     smallest = min(min(s) for s in shapes)
-    test = {}
-    for f in RESIZE_FACTORS:
-        if round(smallest * f) < min_side:
-            continue
-        key = round(side * f) if side else f
-        test[key] = ImageGroups(_map_groups(groups, lambda x, f=f: resize_images(
-            x, (max(1, round(x.shape[-2] * f)), max(1, round(x.shape[-1] * f))))))  # fmt: skip
-    return FolderEval(name, params, "size" if side else "resize factor", side or 1.0, test, preprocess, names)
+    kind = Kind.of(sweep)
+    conditions = Condition.sweep(kind, FACTORS[kind], square)
+    conditions = [c for c in conditions if kind.fits(smallest, c.factor, min_side)]  # none below the model's minimum
+    if not conditions:
+        raise UserError(f"the images of {root} are too small for a resolution sweep (model minimum {min_side} px)")
+    test = {c.key: ImageGroups(_map_groups(groups, lambda x, c=c: c.apply(x, fill="border"))) for c in conditions}
+    train = next(c.key for c in conditions if c.factor == 1.0)
+    return FolderEval(name, params, conditions[0].name, train, test, preprocess, names)
