@@ -103,7 +103,7 @@ def make_jobs(
 def relative_cost(cfg: dict[str, Any]) -> float:
     """A rough training cost of a run's engine config (for ordering runs only): images x input pixels x model
     factor, x 2 with the scale-invariance loss (a second view)."""
-    pixels = 64 * 64 if cfg["protocol"] == "fmnist-ls" else 28 * 28
+    pixels = 64 * 64 if cfg["protocol"].startswith("fmnist-ls") else 28 * 28
     model = cfg["model"]
     factors = {"sesn": 8.0, "scalechannel": 4.0, "canonical": 1.2, "msresnet": 3.0}  # first match counts
     factor = next((f for key, f in factors.items() if key in model), 1.0)

@@ -20,7 +20,7 @@ SUMMARY = RESULTS / "summary.csv"  # every record x test condition: the source o
 TRAIN_COST = RESULTS / "train_cost.json"
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-PROTOCOLS = ("fmnist-ls", "fmnist-scale", "fmnist-res")
+PROTOCOLS = ("fmnist-ls", "fmnist-ls-scene", "fmnist-scale", "fmnist-res")
 CALIBRATED = "+calibrate"  # row id suffix of a pyramid run as `msresnet calibrate` leaves it
 
 

@@ -94,3 +94,34 @@ def test_normalized_classifier() -> None:
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(NormalizedClassifier(model, MEAN, STD)(x), model((x - 0.3) / 0.4))
+
+
+@pytest.mark.parametrize("policy", ["resize", "canvas"])
+def test_pt2_export_with_a_fitted_geometry_takes_any_aspect(policy: str, tmp_path: Path) -> None:
+    """A run trained on mixed-size images crops the shorter side and resizes inside the graph: the program must
+    keep H and W symbolic (not assume the 64x64 example's orientation), so 48x80 and 80x48 both run."""
+    from msresnet.preprocess import Preprocess
+
+    prep = Preprocess(
+        mode="L", mean=MEAN, std=STD, policy=policy, size=24, canvas=(32, 32) if policy == "canvas" else None
+    )
+    model = _model("resnet8")
+    checks = export_model(model, tmp_path / "m.pt2", format="pt2", in_chans=1, mean=MEAN, std=STD, preprocess=prep)
+    assert [c.size for c in checks] == [(64, 64), (48, 80), (96, 96)] and all(c.ok for c in checks)
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    x = torch.rand(2, 1, 80, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), prep.deployable(model).eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_pt2_refusal_is_one_line_pointing_to_onnx(tmp_path: Path) -> None:
+    """Where torch.export truly cannot capture a model (a decision on a tensor's value), one line says so."""
+    from msresnet.export import ExportUnsupportedError
+
+    class ValueBranch(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) if x.sum() > 0 else -x.mean((2, 3))
+
+    with pytest.raises(ExportUnsupportedError, match="--format onnx") as err:
+        export_model(ValueBranch(), tmp_path / "m.pt2", format="pt2", in_chans=1, mean=MEAN, std=STD)
+    assert "\n" not in str(err.value) and not (tmp_path / "m.pt2").exists()

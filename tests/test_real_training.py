@@ -137,3 +137,34 @@ def test_num_workers_is_a_deprecated_alias_of_threads() -> None:
     with pytest.warns(UserWarning):
         cfg = load_train_config(None, {"model": "resnet8", "out": "x", "num_workers": 3, "threads": 1})
     assert cfg.threads == 1
+
+
+def test_timm_run_reloads_with_its_wrapper_and_pretrained_trunk(weights, tmp_path: Path) -> None:
+    """A timm run records how to rebuild its model: load_model gives the same wrapper, weights and outputs."""
+    import numpy as np
+    from PIL import Image
+
+    from msresnet.engine.config import load_train_config
+    from msresnet.engine.train import train
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        d = tmp_path / "data" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(10):
+            a = (rng.random((28, 28, 3)) * 80).astype(np.uint8)
+            a[8:20, 8:20, c] = 230
+            Image.fromarray(a).save(d / f"{i}.png")
+    src, file = weights
+    cfg = load_train_config(None, {"model": "timm:resnet10t", "pretrained_file": str(file), "lr": 1e-5,
+                                   "data_root": str(tmp_path / "data"), "out": str(tmp_path / "run"), "epochs": 1,
+                                   "batch_size": 8, "workers": 0, "device": "cpu"})  # fmt: skip
+    train(cfg)
+    m = msresnet.load_model(str(tmp_path / "run"))
+    assert type(m).__name__ == type(msresnet.create_model(msresnet.DEFAULT_MSRESNET)).__name__
+    assert m.checkpoint_info.model == "timm:resnet10t" and m.checkpoint_info.model_kwargs["wrap"] == "canonical"
+    # trained a little at a tiny rate: the trunk is still the pretrained one, not a fresh init
+    w = m.trunk.layer1[0].conv1.weight.flatten()
+    assert torch.corrcoef(torch.stack([w, src.layer1[0].conv1.weight.flatten()]))[0, 1] > 0.99
+    x = m.preprocess(Image.open(next((tmp_path / "data" / "c1").iterdir())))
+    assert m(x.unsqueeze(0)).shape == (1, 2)

@@ -1,11 +1,17 @@
 """timm's model contract on every registered model: the project's own checks of what timm's ``test_models.py``
-checks (forward, backward, default cfgs, forward_features via ``features_only``, forward_intermediates), plus
-``torch.fx`` tracing and ``torch.export`` of the plain trunks. Tiny widths and the smallest inputs the models take.
+checks (forward, backward with every parameter reached, default cfgs incl. the unpooled forms, forward_features via
+``features_only``, forward_intermediates, ``torch.fx`` tracing in evaluation and training as torchvision's feature
+extraction does it), plus ``torch.export`` of every model with dynamic sizes. Tiny widths and small inputs.
 
-Which wrappers trace (see :class:`msresnet.scale.pyramid.PyramidClassifier`): the pyramid's level set depends on
-the input size, which ``torch.fx.symbolic_trace`` only has as a proxy, so fx cannot trace a pyramid (the test
-below pins that); ``torch.export`` records the size arithmetic symbolically and exports every pyramid model, and
-ONNX export works for all (``tests/test_export.py``).
+The one stated exception of timm's backward test: the canonicaliser's scale estimator is trained by its own loss,
+never through the logits (the logits do not depend on its parameters in training). Its loss rides on the output's
+backward pass by default (:class:`msresnet.scale._wrapper.ScaleWrapper`), so timm's test, which backpropagates the
+output alone, still reaches every parameter; :func:`test_canonical_estimator_learns_from_its_own_loss_only` pins
+both halves.
+
+fx: a pyramid's level set depends on the input size, which ``torch.fx.symbolic_trace`` only has as a proxy; the
+traced graph runs a level for every factor and selects the input's levels when it runs, so it equals the eager model
+at every size, including sizes where levels are dropped (:mod:`msresnet.scale.pyramid`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import torch
 from torch.fx import symbolic_trace
 
 import msresnet
+from msresnet.export import export_pt2
 from msresnet.models.resnet import ResNet
+from msresnet.scale.canonical import CanonicalClassifier
 from msresnet.scale.pyramid import PyramidClassifier
 
 MODELS = msresnet.list_models()
@@ -52,12 +60,46 @@ def test_forward(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_parameter(name: str) -> None:
+    """timm's backward test: the output alone, backpropagated, reaches every parameter (no auxiliary loss added)."""
     model = _tiny(name, num_classes=3).train()
-    loss = model(_min_input(model)).mean()
-    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None  # what TrainStep adds
-    (loss if aux is None else loss + aux).backward()
+    model(_min_input(model)).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:3]
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.endswith("_canonical")])
+def test_canonical_estimator_learns_from_its_own_loss_only(name: str) -> None:
+    """The stated exception: no gradient reaches the estimator from the logits; what its parameters get on the
+    output's backward pass is exactly the gradient of its own loss (the one the training engine adds itself)."""
+    model = _tiny(name, num_classes=3).train()
+    assert isinstance(model, CanonicalClassifier)
+    x = torch.randn(4, 1, 32, 32)
+    est = [p for n, p in model.named_parameters() if n.startswith("estimator.")]
+
+    def grads(attach: bool, add_aux: bool) -> list[torch.Tensor | None]:
+        model.zero_grad(set_to_none=True)
+        model.attach_auxiliary_loss = attach
+        torch.manual_seed(0)  # the same training views every time
+        loss = model(x).square().mean()
+        (loss + model.auxiliary_loss() if add_aux else loss).backward()
+        return [p.grad for p in est]
+
+    assert all(g is None for g in grads(attach=False, add_aux=False))  # the logits give the estimator nothing
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("trunk."))
+    own = grads(attach=False, add_aux=True)
+    riding = grads(attach=True, add_aux=False)
+    assert all(g is not None for g in own) and sum(float(g.abs().sum()) for g in own) > 0
+    for a, b in zip(own, riding, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_engine_adds_the_auxiliary_loss_itself() -> None:
+    """The training engine adds the estimator's loss to its (possibly scaled) loss: it turns the riding off."""
+    from msresnet.engine.step import TrainStep
+
+    model = _tiny("msresnet8_canonical", num_classes=3)
+    TrainStep(model, None, 0.0)
+    assert model.attach_auxiliary_loss is False
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -76,12 +118,18 @@ def test_default_cfg(name: str) -> None:
         torch.testing.assert_close(model.forward_head(feats), model(x), rtol=1e-4, atol=1e-5)
         assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
         model.reset_classifier(0)
-        assert model(x).shape == (1, model.num_features)
+        assert model.num_classes == 0 and model(x).shape == (1, model.head_hidden_size) == (1, model.num_features)
         model.reset_classifier(0, "")
         unpooled = model(x)
         assert unpooled.dim() == 4 and tuple(unpooled.shape[-2:]) == tuple(cfg["pool_size"])
+        assert unpooled.shape[1] == model.num_features
+        torch.testing.assert_close(unpooled, model.forward_features(x))  # the unpooled output is the feature map
         model.reset_classifier(5, "avg")
         assert model(x).shape == (1, 5)
+        # built unpooled, as timm's test does it: the same map
+        built = _tiny(name, num_classes=0, global_pool="").eval()
+        out = built(x)
+        assert out.dim() == 4 and tuple(out.shape[-2:]) == tuple(cfg["pool_size"]) and out.shape[1] == feats.shape[1]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -111,43 +159,76 @@ def test_forward_intermediates(name: str) -> None:
         assert out.shape[-1] <= math.ceil(32 / info["reduction"]) + 1
 
 
-@pytest.mark.parametrize("name", PLAIN)
-def test_plain_trunks_fx_trace(name: str) -> None:
+class _Features(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_trace_equals_the_model(name: str) -> None:
+    """timm's fx forward test: the traced graph gives exactly the model's output (and its feature map), also at
+    sizes where a pyramid drops levels (40x48: the 1/4 level is 10x12 > 8; 20x28: it is dropped)."""
     model = _tiny(name, num_classes=3).eval()
-    assert isinstance(model, ResNet)
+    graph, features = symbolic_trace(model), symbolic_trace(_Features(model))
+    for size in ((40, 48), (20, 28)):
+        x = torch.randn(2, 1, *size)
+        with torch.no_grad():
+            assert torch.equal(graph(x), model(x)), size
+            assert torch.equal(features(x), model.forward_features(x)), size
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_training_graph_reaches_every_parameter(name: str) -> None:
+    """timm's fx backward test, through torchvision's feature extraction (what detection backbones use)."""
+    fx_extraction = pytest.importorskip("torchvision.models.feature_extraction")
+    model = _tiny(name, num_classes=3).train()
+    train_nodes, eval_nodes = fx_extraction.get_graph_node_names(model)
+    fx_model = fx_extraction.create_feature_extractor(
+        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]]
+    )
+    out = next(iter(fx_model(torch.randn(2, 1, 32, 32)).values()))
+    out.mean().backward()
+    assert out.shape == (2, 3)
+    missing = [n for n, p in fx_model.named_parameters() if p.grad is None]
+    assert not missing, missing[:3]
+
+
+def test_fx_trace_of_a_calibrated_pyramid(tmp_path) -> None:
+    """A fitted object-scale probe (median over the kept levels) in the traced graph: still the eager output."""
+    model = _tiny("msresnet8", num_classes=3).eval()
+    with torch.no_grad():
+        pooled, factors, _ = model.pool_levels(torch.randn(16, 1, 64, 64))
+    model.scale_probe.fit(pooled, factors)
     graph = symbolic_trace(model)
-    x = torch.randn(2, 1, 40, 48)
-    with torch.no_grad():
-        torch.testing.assert_close(graph(x), model(x))
+    for size in ((64, 64), (24, 30)):
+        x = torch.randn(3, 1, *size)
+        with torch.no_grad():
+            assert torch.equal(graph(x), model(x)), size
 
 
-# one of each trunk kind (stem class x trunk class) by default; every plain trunk with -m slow
-EXPORT_DEFAULT = ["resnet8", "res2net_resnet8", "sesn_resnet8", "msresnet20_kernels", "msresnet20_softmax"]
+# one of each trunk family and the canonicaliser by default; every model (the pyramids take minutes) with -m slow
+EXPORT_DEFAULT = {"resnet8", "res2net_resnet8", "sesn_resnet8", "msresnet20_kernels", "msresnet20_softmax",
+                  "msresnet8_canonical"}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", [n if n in EXPORT_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in PLAIN])
-def test_plain_trunks_torch_export(name: str) -> None:
+EXPORT_CASES = [n if n in EXPORT_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in MODELS]
+
+
+@pytest.mark.parametrize("name", EXPORT_CASES)
+def test_torch_export_of_every_model(name: str, tmp_path) -> None:
+    """``export_pt2`` (dynamic batch, height and width; verified at square, non-square and larger sizes) works for
+    every registered model; a canonicaliser also with a trained (fixed) canvas."""
     model = _tiny(name, num_classes=3).eval()
-    x = torch.randn(2, 1, 40, 48)
-    program = torch.export.export(model, (x,)).module()
-    with torch.no_grad():
-        torch.testing.assert_close(program(x), model(x))
-
-
-def test_fx_cannot_trace_a_pyramid() -> None:
-    """The level set is chosen from the input size, a proxy under fx: the pyramid is not fx-traceable."""
-    with pytest.raises(Exception):  # noqa: B017 - fx raises TraceError or a TypeError from a proxy comparison
-        symbolic_trace(_tiny("msresnet8", num_classes=3).eval())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", WRAPPED)
-def test_wrappers_torch_export(name: str) -> None:
-    model = _tiny(name, num_classes=3).eval()
-    x = torch.randn(2, 1, 64, 64)
-    program = torch.export.export(model, (x,)).module()
-    with torch.no_grad():
-        torch.testing.assert_close(program(x), model(x))
+    checks = export_pt2(model, tmp_path / "m.pt2", in_chans=1, mean=[0.5], std=[0.25])
+    assert len(checks) == 3 and all(c.ok for c in checks)
+    if isinstance(model, CanonicalClassifier):
+        model.train_canvas.copy_(torch.tensor([28, 36]))
+        checks = export_pt2(model, tmp_path / "c.pt2", in_chans=1, mean=[0.5], std=[0.25])
+        assert all(c.ok for c in checks)
 
 
 @pytest.mark.parametrize("pool", ["avg", "max"])

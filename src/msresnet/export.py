@@ -38,6 +38,7 @@ __all__ = [
     "CHECK_SIZES",
     "ExportCheck",
     "ExportMismatchError",
+    "ExportUnsupportedError",
     "NormalizedClassifier",
     "export_model",
     "export_onnx",
@@ -51,6 +52,10 @@ RTOL = 1e-3
 
 class ExportMismatchError(RuntimeError):
     """The exported model does not reproduce the eager model (the file has been removed)."""
+
+
+class ExportUnsupportedError(ExportMismatchError):
+    """``torch.export`` cannot capture the model (nothing was written); the message points to ONNX."""
 
 
 @dataclass
@@ -246,10 +251,18 @@ def export_pt2(
     wrapped = NormalizedClassifier(model, mean, std).eval()
     h0 = max(64, min_side)
     dims = {"x": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
+    example = torch.rand(2, in_chans, h0, h0)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(wrapped, (torch.rand(2, in_chans, h0, h0),), dynamic_shapes=dims)
-    tmp = path.with_name(path.name + ".tmp")
+        wrapped(example)  # eager first: Python-side constants read from buffers (a trained canvas) are current
+        try:
+            program = torch.export.export(wrapped, (example,), dynamic_shapes=dims)
+        except Exception as exc:  # noqa: BLE001 - whatever torch.export refuses, one line and the way out
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ExportUnsupportedError(
+                f"torch.export cannot capture {type(model).__name__} ({why}); export it with --format onnx"
+            ) from None
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, str(tmp))
     os.replace(tmp, path)
     if not check:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from msresnet._info import info_value as _get
 from msresnet.errors import UserError
 
 __all__ = [
@@ -189,8 +190,13 @@ class Preprocess:
             return x
         size = int(self.size)  # type: ignore[arg-type]
         h, w = x.shape[-2], x.shape[-1]
-        side = torch.minimum(torch.as_tensor(h), torch.as_tensor(w))
-        top, left = (torch.as_tensor(h) - side) // 2, (torch.as_tensor(w) - side) // 2
+        if torch.compiler.is_compiling():  # torch.export: symbolic sizes (torch.as_tensor would fix them)
+            side = torch.sym_min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+        else:  # eager, and ONNX, which records the sizes as tensors
+            side = torch.minimum(torch.as_tensor(h), torch.as_tensor(w))
+            top, left = (torch.as_tensor(h) - side) // 2, (torch.as_tensor(w) - side) // 2
+        # index_select, not slicing: a slice of symbolic bounds makes torch.export assume an orientation (H <= W)
         rows = torch.arange(side, device=x.device) + top
         cols = torch.arange(side, device=x.device) + left
         x = x.index_select(-2, rows).index_select(-1, cols)
@@ -299,10 +305,6 @@ def protocol_geometry(protocol: str | None, params: Mapping[str, Any] | None) ->
     if protocol == "folder" and p.get("input_size"):
         return {"policy": "resize", "size": int(p["input_size"]), "canvas": None}
     return {"policy": "native", "size": None, "canvas": None}
-
-
-def _get(info: Any, key: str, default: Any = None) -> Any:
-    return info.get(key, default) if isinstance(info, Mapping) else getattr(info, key, default)
 
 
 def preprocess_from_info(info: Any) -> Preprocess:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from msresnet._info import info_value
 from msresnet.errors import UserError
 
 __all__ = ["PROG", "as_paths", "checkpoint_path", "info_value", "resolve_device", "run_dir_of", "terminal_width"]
@@ -30,11 +31,6 @@ def run_dir_of(path: Path) -> Path:
     if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").exists():
         return path.parent.parent
     return path.parent
-
-
-def info_value(info: Any, name: str, default: Any = None) -> Any:
-    """A field of a checkpoint's info, whether it is a CheckpointInfo or its dict form."""
-    return getattr(info, name, default) if not isinstance(info, dict) else info.get(name, default)
 
 
 def resolve_device(name: str | None) -> str:

@@ -39,6 +39,9 @@ class TrainStep(nn.Module):
     def __init__(self, model: nn.Module, criterion: nn.Module | None, label_smoothing: float) -> None:
         super().__init__()
         self.model = model
+        inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper sets attributes on itself
+        if hasattr(inner, "attach_auxiliary_loss"):  # forward() adds the model's own loss itself, scaled with the rest
+            inner.attach_auxiliary_loss = False
         self.criterion = criterion
         self.label_smoothing = label_smoothing
 

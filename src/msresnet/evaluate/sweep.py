@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from msresnet._info import info_value as _info_get
 from msresnet.data.scaling import match_channels
 from msresnet.engine.batches import Normalizer, TensorSplit, eval_batch_size, iter_batches, limit_split
 from msresnet.engine.checkpoint import CheckpointInfo, atomic_write_bytes
@@ -50,12 +51,6 @@ __all__ = [
 ]
 
 TTA_FACTORS = (2**-0.5, 1.0, 2**0.5)
-
-
-def _info_get(info: CheckpointInfo | dict | None, key: str, default: Any = None) -> Any:
-    if info is None:
-        return default
-    return info.get(key, default) if isinstance(info, dict) else getattr(info, key, default)
 
 
 @torch.no_grad()

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from msresnet.errors import UserError
+from msresnet.layers._tracing import fx_tracing
 
-__all__ = ["resize", "scaled_size", "center_crop", "ImagePyramid"]
+__all__ = ["resize", "scaled_size", "center_crop", "ImagePyramid", "kept_scales"]
 
 
 def _sym_round(v: torch.SymFloat) -> torch.SymInt:
@@ -76,6 +77,58 @@ def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[..., top : top + th, left : left + tw]
 
 
+def kept_scales(size: Sequence[int], scales: Sequence[float], min_size: int) -> list[float]:
+    """The ``scales`` whose levels of an input of ``size = (H, W)`` are at least ``min_size``; the one closest to 1
+    when none is."""
+    kept = [s for s in scales if min(scaled_size(size, s)) >= min_size]
+    return kept or [min(scales, key=lambda s: abs(s - 1.0))]
+
+
+def _shrink(jitter: float, training: bool) -> float:
+    """The jitter's common factor of one call (1 at evaluation); torch's RNG, so seeded runs repeat."""
+    if training and jitter > 0:
+        return 2.0 ** -float(torch.empty(()).uniform_(0.0, jitter))
+    return 1.0
+
+
+def _level(x: torch.Tensor, s: float, shrink: float, min_size: int, crop_upscaled: bool) -> torch.Tensor:
+    size = x.shape[-2:]
+    # a jittered level never falls below min_size (the coarsest kept level of a small input)
+    y = resize(x, s if shrink == 1.0 else max(s * shrink, min_size / min(size)))
+    if s > 1 and crop_upscaled:
+        y = center_crop(y, size)
+    return y
+
+
+def every_level(
+    x: torch.Tensor, scales: Sequence[float], min_size: int, crop_upscaled: bool, jitter: float, training: bool
+) -> tuple[torch.Tensor, ...]:
+    """The graph form of :meth:`ImagePyramid.forward` under ``torch.fx``: a level for *every* factor, so that the
+    graph has a fixed number of trunk passes. The levels the eager pyramid keeps are exactly its levels; the others
+    are placeholders (the input resized to at least ``min_size`` a side) that :func:`kept_levels` leaves out."""
+    size = x.shape[-2:]
+    shrink, kept = _shrink(jitter, training), kept_scales(size, scales, min_size)
+    return tuple(
+        _level(x, s, shrink, min_size, crop_upscaled)
+        if s in kept
+        else resize(x, tuple(max(n, min_size) for n in scaled_size(size, s)))
+        for s in scales
+    )
+
+
+def kept_levels(x: torch.Tensor, scales: Sequence[float], min_size: int) -> tuple[torch.Tensor, list[float]]:
+    """The positions in ``scales`` of the levels kept for ``x`` (a long tensor on ``x``'s device) and their factors:
+    with :func:`every_level`, how a traced pyramid selects the eager pyramid's levels when the graph runs."""
+    kept = kept_scales(x.shape[-2:], scales, min_size)
+    index = [i for i, s in enumerate(scales) if s in kept]
+    return torch.tensor(index, dtype=torch.long, device=x.device), kept
+
+
+# under torch.fx both run when the graph runs, on the real input size (see msresnet.layers._tracing)
+torch.fx.wrap("every_level")
+torch.fx.wrap("kept_levels")
+
+
 class ImagePyramid(nn.Module):
     """Return the input rescaled by each factor (finest first), dropping levels that would be too small.
 
@@ -110,22 +163,18 @@ class ImagePyramid(nn.Module):
 
     def kept_scales(self, size: Sequence[int]) -> list[float]:
         """The factors that give levels at least ``min_size`` for an input of ``size = (H, W)``."""
-        kept = [s for s in self.scales if min(scaled_size(size, s)) >= self.min_size]
-        if not kept:
-            kept = [min(self.scales, key=lambda s: abs(s - 1.0))]
-        return kept
+        return kept_scales(size, self.scales, self.min_size)
+
+    def kept(self, x: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """Under ``torch.fx`` (where :meth:`forward` returns every level): which of them are ``x``'s levels, as
+        positions and factors (:func:`kept_levels`)."""
+        return kept_levels(x, tuple(self.scales), self.min_size)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[B, C, H, W]`` -> list of ``[B, C, h_i, w_i]``, finest first."""
-        size = x.shape[-2:]
-        shrink = 1.0
-        if self.training and self.jitter > 0:
-            shrink = 2.0 ** -float(torch.empty(()).uniform_(0.0, self.jitter))  # torch's RNG: seeded runs repeat
-        levels = []
-        for s in self.kept_scales(size):
-            # a jittered level never falls below min_size (the coarsest kept level of a small input)
-            y = resize(x, s if shrink == 1.0 else max(s * shrink, self.min_size / min(size)))
-            if s > 1 and self.crop_upscaled:
-                y = center_crop(y, size)
-            levels.append(y)
-        return levels
+        """``[B, C, H, W]`` -> list of ``[B, C, h_i, w_i]``, finest first (under ``torch.fx``: a level for every
+        factor, see :func:`every_level`)."""
+        if fx_tracing():
+            levels = every_level(x, tuple(self.scales), self.min_size, self.crop_upscaled, self.jitter, self.training)
+            return [levels[i] for i in range(len(self.scales))]
+        shrink = _shrink(self.jitter, self.training)
+        return [_level(x, s, shrink, self.min_size, self.crop_upscaled) for s in self.kept_scales(x.shape[-2:])]

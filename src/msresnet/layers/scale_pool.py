@@ -18,21 +18,28 @@ import torch
 from torch import nn
 
 from msresnet.errors import UserError
+from msresnet.layers._tracing import fx_tracing
 
-__all__ = ["ScalePool", "POOL_MODES", "scale_keep_mask"]
+__all__ = ["ScalePool", "POOL_MODES", "scale_keep_mask", "training_keep_mask"]
 
 POOL_MODES = ("max", "avg", "softmax", "attention")
 
 
-def scale_keep_mask(x: torch.Tensor, dim: int, p: float) -> torch.Tensor | None:
+def scale_keep_mask(x: torch.Tensor, dim: int, p: float, dense: bool = False) -> torch.Tensor | None:
     """Scale dropout: a boolean mask of the scales each sample keeps along ``dim`` (shape ``[B, 1.., S, 1..]``),
-    or None when nothing is dropped. With probability ``p`` a sample keeps only a random contiguous window of
-    scales; the others keep every scale. Call it in training only."""
+    or None when nothing is dropped (``dense``: an all-true mask then). With probability ``p`` a sample keeps only a
+    random contiguous window of scales; the others keep every scale. Call it in training only.
+
+    Under ``torch.fx`` it is one opaque call (:func:`torch.fx.wrap`; a random mask has nothing to trace), which the
+    callers make with ``dense=True`` so that the graph always gets a tensor.
+    """
     s = x.shape[dim]
-    if not (p > 0 and s > 1):
-        return None
     b = x.shape[0]
     dev = x.device
+    if not (p > 0 and s > 1):
+        if not dense:
+            return None
+        return torch.ones([b] + [s if i == dim else 1 for i in range(1, x.dim())], dtype=torch.bool, device=dev)
     length = torch.randint(1, s + 1, (b,), device=dev)
     start = (torch.rand(b, device=dev) * (s - length + 1)).floor().long()
     idx = torch.arange(s, device=dev)
@@ -41,6 +48,16 @@ def scale_keep_mask(x: torch.Tensor, dim: int, p: float) -> torch.Tensor | None:
     shape = [b] + [1] * (x.dim() - 1)
     shape[dim] = s
     return keep.view(shape)
+
+
+torch.fx.wrap("scale_keep_mask")
+
+
+def training_keep_mask(x: torch.Tensor, dim: int, p: float, training: bool) -> torch.Tensor | None:
+    """:func:`scale_keep_mask` where scale dropout is on (``training`` and ``p > 0``), else None."""
+    if not (training and p > 0):
+        return None
+    return scale_keep_mask(x, dim, p, dense=fx_tracing())
 
 
 class ScalePool(nn.Module):
@@ -89,7 +106,7 @@ class ScalePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool ``x`` over ``self.dim``."""
-        mask = scale_keep_mask(x, self.dim, self.scale_dropout) if self.training else None
+        mask = training_keep_mask(x, self.dim, self.scale_dropout, self.training)
         d = self.dim
         if self.mode == "max":
             return (x if mask is None else x.masked_fill(~mask, float("-inf"))).amax(d)

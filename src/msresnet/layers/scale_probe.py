@@ -46,6 +46,9 @@ def log2_factors(factors: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor([math.log2(float(f)) for f in factors], dtype=like.dtype, device=like.device)
 
 
+torch.fx.wrap("log2_factors")  # under torch.fx the factors of the kept pyramid levels are known when the graph runs
+
+
 def best_level_log2(level_logits: torch.Tensor, labels: torch.Tensor, factors: Sequence[float]) -> float:
     """``log2`` of the factor of the level that classifies images at the training scale best (``level_logits
     [N, S, K]``, ``labels [N]``): the apparent size the trunk knows best, the centre of the probe's band."""

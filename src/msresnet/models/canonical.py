@@ -27,9 +27,13 @@ def build_canonical(name: str, trunk: str, **kwargs: Any) -> nn.Module:
     """``wrap(create_model(trunk, global_pool="max", ...), "canonical", ...)`` with the options split between the
     two, and a ``pretrained_cfg`` naming ``name``."""
     opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _WRAPPER_KEYS}
-    kwargs.setdefault("global_pool", "max")
+    unpooled = kwargs.get("global_pool") == ""  # timm's unpooled form: the trunk keeps its pooling (local search)
+    if unpooled or "global_pool" not in kwargs:
+        kwargs["global_pool"] = "max"
     model = wrap(create_model(trunk, **kwargs), method="canonical", **opts)
     model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "architecture": name}
+    if unpooled:
+        model.reset_classifier(model.num_classes, "")
     return model
 
 

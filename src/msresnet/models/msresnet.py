@@ -77,14 +77,23 @@ PYRAMID_KEYS = {
 }
 
 
-def build_pyramid(name: str, trunk: nn.Module, opts: dict[str, Any]) -> nn.Module:
+def build_pyramid(name: str, trunk: ResNet, opts: dict[str, Any], level_pool: str = "avg") -> nn.Module:
     """The trunk itself for ``pyramid_scales=(1,)``, else ``wrap(trunk, "pyramid", ...)`` with ``opts`` (the
-    :data:`PYRAMID_KEYS` keywords) and ``pretrained_cfg["architecture"] = name``."""
+    :data:`PYRAMID_KEYS` keywords) and ``pretrained_cfg["architecture"] = name``.
+
+    A trunk built without pooling (``global_pool=""``) pools its levels with ``level_pool`` (the level head needs
+    pooled features), and the pyramid is the unpooled one of timm's contract (``reset_classifier(n, "")``).
+    """
     kwargs = {new: opts[old] for old, new in PYRAMID_KEYS.items() if old in opts}
     if tuple(float(s) for s in kwargs.get("scales", (1.0,))) == (1.0,):
         return trunk
+    unpooled = trunk.global_pool == ""
+    if unpooled:
+        trunk.global_pool = level_pool
     model = wrap(trunk, method="pyramid", **kwargs)
     model.pretrained_cfg["architecture"] = name
+    if unpooled:
+        model.reset_classifier(model.num_classes, "")
     return model
 
 
@@ -128,8 +137,9 @@ def build_msresnet(name: str, backbone: str, overrides: dict[str, Any] | None = 
         overrides: The variant's changes to :data:`MSRESNET_DEFAULTS`.
         **kwargs: User options (override both).
     """
-    opts = {**MSRESNET_DEFAULTS, **(overrides or {}), **kwargs}
-    return build_pyramid(name, _trunk(name, ARCHS[backbone], opts), opts)
+    recipe = {**MSRESNET_DEFAULTS, **(overrides or {})}
+    opts = {**recipe, **kwargs}
+    return build_pyramid(name, _trunk(name, ARCHS[backbone], opts), opts, level_pool=recipe["global_pool"])
 
 
 _NO_PYRAMID = {"pyramid_scales": (1.0,)}

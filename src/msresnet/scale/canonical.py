@@ -45,6 +45,7 @@ from torch import nn
 
 from msresnet.errors import UserError
 from msresnet.scale._factory import register_wrapper
+from msresnet.scale._wrapper import ScaleWrapper
 from msresnet.scale.estimator import ScaleEstimator
 from msresnet.scale.resample import _tracing, image_size, window_extent, zoom
 
@@ -73,8 +74,11 @@ def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor
 
 
 @register_wrapper("canonical")
-class CanonicalClassifier(nn.Module):
-    """Estimate, resample once, classify once (see the module docstring); keeps timm's classifier contract.
+class CanonicalClassifier(ScaleWrapper):
+    """Estimate, resample once, classify once (see the module docstring); keeps timm's classifier contract
+    (:class:`~msresnet.scale._wrapper.ScaleWrapper`). The estimator learns from its own loss only: the logits do not
+    depend on its parameters in training; its loss rides on the output's backward pass unless
+    ``attach_auxiliary_loss`` is off (then the training loop adds :meth:`auxiliary_loss`).
 
     Args:
         trunk: any classifier with timm's contract (``forward_features`` -> ``[B, C, H, W]``); global max pooling
@@ -113,7 +117,7 @@ class CanonicalClassifier(nn.Module):
         fill: str = "reflection",
         localise: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(trunk)
         if canvas not in CANVASES:
             raise UserError(f"canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
         if trunk_view not in TRUNK_VIEWS:
@@ -122,7 +126,6 @@ class CanonicalClassifier(nn.Module):
             raise UserError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
         if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0:
             raise UserError("sharp_p must be in [0, 1]; tolerance, search and estimator_weight must be >= 0")
-        self.trunk = trunk
         self.estimator_range = _range("estimator_range", estimator_range)
         self.detail_range = _range("detail_range", detail_range, hi_max=0.0)
         lo, hi = self.estimator_range
@@ -135,13 +138,6 @@ class CanonicalClassifier(nn.Module):
         # (H, W) of the training images, recorded by training forwards; zeros until then
         self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
         self._canvas_seen: tuple[int, int] | None = None  # its value, for graph capture (see _trained_size)
-        self._aux: torch.Tensor | None = None
-        self.num_features = int(trunk.num_features)
-        self.head_hidden_size = getattr(trunk, "head_hidden_size", self.num_features)
-        self.min_input_size = int(getattr(trunk, "min_input_size", 8) or 8)
-        self.pretrained_cfg = self.default_cfg = self._cfg(trunk)
-        if hasattr(trunk, "feature_info"):
-            self.feature_info = [{**f, "module": f"trunk.{f['module']}"} for f in trunk.feature_info]
 
     @staticmethod
     def _in_chans(trunk: nn.Module) -> int:
@@ -150,34 +146,6 @@ class CanonicalClassifier(nn.Module):
             conv = next((m for m in trunk.modules() if isinstance(m, nn.Conv2d)), None)
             n = conv.in_channels if conv is not None else 3
         return int(n)
-
-    @staticmethod
-    def _cfg(trunk: nn.Module) -> dict[str, Any]:
-        cfg = dict(getattr(trunk, "pretrained_cfg", None) or {})
-        for key in ("first_conv", "classifier"):
-            if isinstance(cfg.get(key), str):
-                cfg[key] = f"trunk.{cfg[key]}"
-        return cfg
-
-    # ------------------------------------------------------------------------------------------- timm contract
-    @property
-    def num_classes(self) -> int:
-        return int(getattr(self.trunk, "num_classes", 0))
-
-    def get_classifier(self) -> nn.Module:
-        """The trunk's classifier."""
-        return self.trunk.get_classifier()
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the trunk's classifier (``num_classes=0``: none) and optionally its pooling."""
-        if global_pool is None:
-            self.trunk.reset_classifier(num_classes)
-        else:
-            self.trunk.reset_classifier(num_classes, global_pool=global_pool)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """The trunk's gradient checkpointing, where it has one."""
-        self.trunk.set_grad_checkpointing(enable)
 
     # --------------------------------------------------------------------------------------------- estimate
     def log2_scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,17 +215,7 @@ class CanonicalClassifier(nn.Module):
         if not _tracing():  # a traced training graph records no canvas (its sizes are not numbers then)
             with torch.no_grad():
                 self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
-        g = _uniform(b, *self.estimator_range, dev)
-        span = _exp2(-g)
-        shift = None
-        if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
-            size_in = image_size(x)
-            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
-            shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
-        est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
-        aux = self.estimator.loss(est_logits, g) * self.estimator_weight
-        if not _tracing():  # no graph value left on the module by a trace
-            self._aux = aux
+        self._aux = self.estimator_loss(x)
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
         shrunk = zoom(x, _exp2(-f), padding=self.fill)
@@ -272,6 +230,20 @@ class CanonicalClassifier(nn.Module):
         # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size, zoomed about the
         # estimated object centre as at test time
         return self._zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)), None, centre)
+
+    def estimator_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The estimator's weighted loss on training images ``x``: each zoomed by a known random factor (and, when
+        localising, about a random point), a random share blurred; the factor's log2 is the label."""
+        b, dev = x.shape[0], x.device
+        g = _uniform(b, *self.estimator_range, dev)
+        span = _exp2(-g)
+        shift = None
+        if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
+            size_in = image_size(x)
+            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
+            shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
+        est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
+        return self.estimator.loss(est_logits, g) * self.estimator_weight
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the
@@ -290,33 +262,21 @@ class CanonicalClassifier(nn.Module):
         up = F.interpolate(down, size=(h, w), mode="bilinear", align_corners=False)
         return torch.where(keep.view(-1, 1, 1, 1), x, up)
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        """The estimator's loss of the last training-mode forward (None before one); the training loop adds it."""
-        return self._aux
-
     # --------------------------------------------------------------------------------------------- forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's unpooled features ``[B, C, H, W]`` of the canonicalised images (training: of the training
         view, see the module docstring)."""
-        if self.training:
-            return self.trunk.forward_features(self._training_input(x))
+        if self.training:  # the estimator's loss rides on the features (see ScaleWrapper)
+            return self._attach_auxiliary(self.trunk.forward_features(self._training_input(x)))
         e, c = self.locate(x)
         if not self.search:
             return self.trunk.forward_features(self.canonicalise(x, e, c))
         b = x.shape[0]
         views = torch.cat([self.canonicalise(x, e + d, c) for d in (0.0, -self.search, self.search)])
         feats = self.trunk.forward_features(views)
-        conf = self.trunk.forward_head(feats).float().softmax(-1).amax(-1).view(3, b)
+        conf = self.trunk.forward_head(feats).float().softmax(-1).amax(-1).view(3, -1)
         best = conf.argmax(0)  # [B]
-        return feats.view(3, b, *feats.shape[1:])[best, torch.arange(b, device=x.device)]
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """The trunk's head (pooling, classifier)."""
-        return self.trunk.forward_head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]`` (pooled features when the trunk has no classifier)."""
-        return self.forward_head(self.forward_features(x))
+        return feats.unflatten(0, (3, -1))[best, torch.arange(b, device=x.device)]
 
     def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """The trunk's ``forward_intermediates`` on the canonicalised images (timm's feature-extraction API)."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from msresnet.errors import UserError
 from msresnet.layers import ObjectScaleProbe
-from msresnet.layers.scale_pool import scale_keep_mask
+from msresnet.layers.scale_pool import training_keep_mask
 
 __all__ = ["LEVEL_HEADS", "LevelHead", "make_level_head"]
 
@@ -63,8 +63,8 @@ def make_level_head(name: str, channels: int, scale_dropout: float = 0.0) -> Lev
 
 def _one_hot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """One-hot weights along dim 2 from ``index [B, D|1]`` (``like``'s dtype and level count)."""
-    shape = (*index.shape, like.shape[2])
-    return torch.zeros(shape, dtype=like.dtype, device=like.device).scatter_(2, index.unsqueeze(2), 1.0)
+    zeros = torch.zeros_like(like[:, : index.shape[1]])  # [B, D|1, S], sized by tensor ops (fx-traceable)
+    return zeros.scatter_(2, index.unsqueeze(2), 1.0)
 
 
 class LevelHead(nn.Module):
@@ -81,7 +81,7 @@ class LevelHead(nn.Module):
 
     def weights(self, pooled: torch.Tensor, classify: Classify, factors: Sequence[float]) -> torch.Tensor:
         """Level weights ``[B, D|1, S]`` summing to 1 over ``S``; ``factors`` are the levels' pyramid factors."""
-        keep = scale_keep_mask(pooled, 2, self.scale_dropout) if self.training else None
+        keep = training_keep_mask(pooled, 2, self.scale_dropout, self.training)
         return self._weights(pooled, keep, classify, factors)
 
     def _weights(
@@ -156,7 +156,7 @@ class ConfidenceHead(AvgHead):
         if self.training or classify is None:
             return super()._weights(pooled, keep, classify, factors)
         logits = classify(pooled)  # [B, S, K]: each level classified on its own
-        if self.probe.is_fitted and pooled.shape[2] > 1:
+        if self.probe.is_fitted:  # (one level: the probe picks it too)
             best = self.probe.select(logits, pooled, factors)
         else:
             best = logits.softmax(-1).amax(-1).argmax(1)

@@ -6,14 +6,21 @@ every level runs through the same trunk (``forward_features``, then the trunk's 
 the levels' pooled features before the trunk's classifier. ``msresnet*`` and the scale-channel networks are
 configurations of this class over the project's trunks; a timm classifier wraps the same way.
 
-Deployment: ONNX export and ``torch.export`` (batch, height and width dynamic) both work for every pyramid model;
-``torch.fx.symbolic_trace`` cannot trace one, because which levels exist is decided from the input size, which fx
-only has as a proxy (the plain trunks inside trace; torchvision's fx feature extraction applies to them).
+Deployment: ONNX export and ``torch.export`` (batch, height and width dynamic) both work for every pyramid model.
+``torch.fx.symbolic_trace`` (torchvision's feature extraction, timm's fx tests) traces every pyramid model too:
+which levels exist is decided from the input size, which fx only has as a proxy, so the traced graph runs the trunk
+on a level for every factor and selects the input's levels when it runs (:func:`msresnet.layers.pyramid.
+every_level`); its outputs equal the eager model's at every input size. The levels the eager model would drop are
+run on placeholders and weigh nothing, but in a traced *training* graph their BatchNorm statistics still count
+(inputs below ``min_size / min(scales)`` pixels a side only: 32 for the default factors).
+
+Unpooled features (``reset_classifier(n, "")``, ``create_model(..., global_pool="")``): ``forward`` returns the map
+of :meth:`PyramidClassifier.forward_features`, the levels' maps on the grid of the level at the input's own
+resolution, combined by the head's level weights (see the class docstring).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +29,9 @@ from torch import Tensor, nn
 
 from msresnet.errors import UserError
 from msresnet.layers import ImagePyramid, resize
+from msresnet.layers._tracing import fx_tracing
 from msresnet.scale._factory import register_wrapper
+from msresnet.scale._wrapper import ScaleWrapper
 from msresnet.scale.heads import make_level_head
 
 __all__ = ["PYRAMID_SQRT2", "PyramidClassifier"]
@@ -31,8 +40,16 @@ PYRAMID_SQRT2 = (1.0, 2**-0.5, 0.5, 2**-1.5, 0.25)
 """Half-octave factors from the input size down to a quarter (the pyramid models' default levels)."""
 
 
+def _resize_as(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` resized (nearest) to ``ref``'s grid; one opaque call under ``torch.fx``, where sizes are proxies."""
+    return resize(x, tuple(ref.shape[-2:]), mode="nearest")
+
+
+torch.fx.wrap("_resize_as")
+
+
 @register_wrapper("pyramid")
-class PyramidClassifier(nn.Module):
+class PyramidClassifier(ScaleWrapper):
     """Image pyramid + shared trunk + level head, with timm's classifier contract.
 
     ``forward`` pools each level on its own grid and never builds a common map. ``forward_features`` returns a
@@ -69,32 +86,14 @@ class PyramidClassifier(nn.Module):
         crop_upscaled: bool = True,
         jitter: float = 0.0,
     ) -> None:
-        super().__init__()
         if not callable(getattr(trunk, "get_classifier", None)):
             raise UserError(f"{type(trunk).__name__} has no get_classifier(): the pyramid applies it to each level")
-        self.trunk = trunk
+        super().__init__(trunk)
         self.pyramid = ImagePyramid(scales, min_size, crop_upscaled, jitter)
-        self.num_features = int(trunk.num_features)
-        self.head_hidden_size = int(getattr(trunk, "head_hidden_size", self.num_features))
         self.head = make_level_head(head, self.head_hidden_size, scale_dropout)
-        self.pooled_output = True
-        self.min_input_size = int(getattr(trunk, "min_input_size", 16))
-        self.feature_info = [{**f, "module": f"trunk.{f['module']}"} for f in copy.deepcopy(trunk.feature_info)]
-        cfg = dict(getattr(trunk, "pretrained_cfg", None) or {})
-        for key in ("classifier", "first_conv"):
-            if isinstance(cfg.get(key), str):
-                cfg[key] = f"trunk.{cfg[key]}"
-            elif cfg.get(key):
-                cfg[key] = tuple(f"trunk.{n}" for n in cfg[key])
-        self.pretrained_cfg = self.default_cfg = cfg
 
     def extra_repr(self) -> str:
         return f"head={self.head.name}"
-
-    # ------------------------------------------------------------------------------------------- timm contract
-    @property
-    def num_classes(self) -> int:
-        return int(self.trunk.num_classes)
 
     @property
     def scale_probe(self) -> nn.Module | None:
@@ -109,28 +108,22 @@ class PyramidClassifier(nn.Module):
             raise AttributeError("estimate_scale needs a fitted object-scale probe (msresnet calibrate)")
         return self._estimate_scale
 
-    def get_classifier(self) -> nn.Module:
-        return self.trunk.get_classifier()
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the trunk's classifier; ``global_pool=""`` makes ``forward`` return the unpooled 4-D map (the
-        levels are still pooled with the trunk's pooling, which the head needs), another value sets the trunk's."""
-        self.pooled_output = global_pool != "" and (global_pool is not None or self.pooled_output)
-        if global_pool:
-            self.trunk.reset_classifier(num_classes, global_pool)
-        else:
-            self.trunk.reset_classifier(num_classes)
-        self.head_hidden_size = int(getattr(self.trunk, "head_hidden_size", self.num_features))
-
     # ----------------------------------------------------------------------------------------------- forward
     def pool_levels(self, x: Tensor) -> tuple[Tensor, list[float], list[Tensor]]:
-        """The trunk's pooled features of every level ``[B, D, S]``, the levels' factors and their unpooled maps."""
-        factors = self.pyramid.kept_scales(x.shape[-2:])
+        """The trunk's pooled features of every level ``[B, D, S]``, the levels' factors and their unpooled maps.
+
+        Under ``torch.fx`` the graph runs the trunk on a level for every factor and selects the input's levels
+        when it runs (:func:`msresnet.layers.pyramid.every_level`): the pooled features and factors are then exactly
+        the eager ones, the maps are those of every factor.
+        """
         maps = [self.trunk.forward_features(level) for level in self.pyramid(x)]
         pooled = [self.trunk.forward_head(m, pre_logits=True) for m in maps]
+        if fx_tracing():
+            index, factors = self.pyramid.kept(x)
+            return torch.stack(pooled, 2).index_select(2, index), factors, maps
         if pooled[0].dim() != 2:
             raise UserError("the pyramid needs a trunk that pools: reset its global_pool to 'avg' or 'max'")
-        return torch.stack(pooled, 2), factors, maps
+        return torch.stack(pooled, 2), self.pyramid.kept_scales(x.shape[-2:]), maps
 
     def level_logits(self, pooled: Tensor) -> Tensor:
         """The classifier on every level's pooled features ``[B, D, S]`` on its own: ``[B, S, num_classes]``."""
@@ -161,19 +154,22 @@ class PyramidClassifier(nn.Module):
         the model's output (the classifier is linear)."""
         return self.forward_with_scales(x)[1]
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """The trunk's head on a :meth:`forward_features` map (the map itself after ``reset_classifier(n, "")``)."""
-        return self.trunk.forward_head(x, pre_logits) if self.pooled_output else x
-
     def forward_features(self, x: Tensor) -> Tensor:
         """The 4-D map described in the class docstring, ``[B, num_features, H, W]`` on the input's own grid."""
         if self.head_hidden_size != self.num_features:
             raise UserError("the pyramid's forward_features needs a trunk whose pre-logits features are its channels")
         pooled, factors, maps = self.pool_levels(x)
         weights = self.head.weights(pooled, self._classify(), factors)  # [B, D|1, S]
-        ref = min(range(len(factors)), key=lambda i: abs(factors[i] - 1.0))
-        grid = tuple(maps[ref].shape[-2:])
-        fused = sum(weights[:, :, i, None, None] * resize(m, grid, mode="nearest") for i, m in enumerate(maps))
+        if fx_tracing():  # a map for every factor: the kept levels' weights in their places, zero elsewhere
+            index, _ = self.pyramid.kept(x)
+            shape = weights[:, :, :1].expand(-1, -1, len(maps)).shape
+            placed = weights.new_zeros(shape).index_copy(2, index, weights)
+            ref = min(range(len(maps)), key=lambda i: abs(self.pyramid.scales[i] - 1.0))
+            fused = sum(placed[:, :, i, None, None] * _resize_as(m, maps[ref]) for i, m in enumerate(maps))
+        else:
+            ref = min(range(len(factors)), key=lambda i: abs(factors[i] - 1.0))
+            grid = tuple(maps[ref].shape[-2:])
+            fused = sum(weights[:, :, i, None, None] * resize(m, grid, mode="nearest") for i, m in enumerate(maps))
         target = (weights * pooled).sum(2)
         return fused + (target - self.trunk.forward_head(fused, pre_logits=True))[:, :, None, None]
 
