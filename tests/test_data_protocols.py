@@ -28,7 +28,15 @@ def _check_split(ds, shape: tuple[int, int, int]) -> None:
 
 
 def test_list_and_errors(tiny_fmnist_root: Path, tmp_cache: Path) -> None:
-    assert list_protocols() == ["fmnist-ls", "fmnist-res", "fmnist-scale", "folder", "folder-ls", "folder-res"]
+    assert list_protocols() == [
+        "fmnist-ls",
+        "fmnist-ls-scene",
+        "fmnist-res",
+        "fmnist-scale",
+        "folder",
+        "folder-ls",
+        "folder-res",
+    ]
     with pytest.raises(UserError, match="did you mean 'fmnist-ls'"):
         build_protocol("fmnist_ls")
     with pytest.raises(UserError, match="no parameter 'scale'.*did you mean 'scales'"):

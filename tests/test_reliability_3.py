@@ -325,6 +325,7 @@ def test_resume_of_a_finished_run_says_so(finished, tmp_path, monkeypatch, capsy
         (lambda d: d["model_kwargs"].update(num_classes=5), "model_kwargs sets num_classes"),
         (lambda d: d.update(num_classes=10**9), "num_classes 1000000000"),
         (lambda d: d["preprocess"].update(std=[0.0]), "std > 0"),
+        (lambda d: d["model_kwargs"].update(width=64.0), "describes a model of .* values, the file holds"),
     ],
 )
 def test_crafted_metadata_is_refused(finished, tmp_path, edit, message):
@@ -518,3 +519,18 @@ def test_no_warning_noise_from_the_walker_on_a_plain_folder(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(scan_image_folder(root / "train")[0]) == 10
+
+
+def test_ddp_wrapping_warns_nothing():
+    """9: the DDP wrapper names no deprecated argument (its FutureWarning was printed once per rank)."""
+    import torch.distributed as dist
+
+    from msresnet.engine.distributed import DistContext
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            DistContext(world_size=2).wrap(torch.nn.Linear(2, 2))
+    finally:
+        dist.destroy_process_group()

@@ -339,6 +339,28 @@ class LoadedCheckpoint:
     name: str
 
 
+def _check_model_size(
+    name: str, kwargs: dict[str, Any], info: CheckpointInfo, weights: Mapping[str, torch.Tensor], file: Path
+) -> None:
+    """Refuse metadata that describes a model much larger than the weights the file holds (``model_kwargs`` such as
+    a crafted width are sizes too): the model is first built on the ``meta`` device, which allocates nothing."""
+    from msresnet import create_model
+
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **kwargs)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that computes in __init__ cannot be probed; it is built for real
+        return
+    need = sum(t.numel() for t in probe.state_dict().values())
+    have = sum(t.numel() for t in weights.values())
+    if need > 2 * have + 1_000_000:
+        raise UserError(
+            f"{file} has corrupt msresnet metadata: it describes a model of {need:,} values, the file holds {have:,}"
+        )
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> LoadedCheckpoint:
     """Rebuild a trained model from a run directory or a ``.safetensors`` checkpoint, with its preprocessing,
     class names and info as one typed record.
@@ -365,6 +387,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", model:
     if "scale_pool.beta" in weights and "scale_pool" not in kwargs:
         # written before msresnet* defaulted to scale_pool="confidence": its head is the softmax over levels
         kwargs.update(scale_pool="softmax", scale_dropout=kwargs.get("scale_dropout", 0.0))
+    _check_model_size(name, kwargs, info, weights, file)
     net = create_model(name, num_classes=info.num_classes, in_chans=info.in_chans, **kwargs)
     bad = nonfinite_tensors(weights, allowed_nonfinite(net))
     if bad:

@@ -180,11 +180,12 @@ class DistContext:
         return bool(self.all_reduce_sum([float(flag)])[0]) if self.enabled else flag
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """DDP-wrap ``model`` when distributed (buffers such as BatchNorm statistics follow rank 0)."""
+        """DDP-wrap ``model`` when distributed (buffers such as BatchNorm statistics follow rank 0: DDP's default,
+        left implicit because naming it is deprecated, with a FutureWarning from every rank)."""
         if not self.enabled:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def broadcast_module(self, model: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank (before validation and saving)."""
