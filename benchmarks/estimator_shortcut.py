@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = (protocol.mean, protocol.std)
     sweep = ValidationSweep(protocol, args.val_limit)
     images = protocol.train.images
-    record: dict[str, Any] = {"protocol": args.protocol, "args": vars(args), "variants": {}}
+    out = Path(args.out).resolve()
+    shown = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
+    record: dict[str, Any] = {"protocol": args.protocol, "args": {**vars(args), "out": shown}, "variants": {}}
     for name, kwargs in VARIANTS.items():
         torch.manual_seed(args.seed)
         model = msresnet.create_model("msresnet8_canonical", num_classes=protocol.num_classes,
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(name, json.dumps(record["variants"][name]), flush=True)
     record["torch"] = torch.__version__
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {Path(args.out).relative_to(ROOT) if Path(args.out).is_relative_to(ROOT) else args.out}")
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {shown}")
     return 0
 
 
