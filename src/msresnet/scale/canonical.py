@@ -215,18 +215,17 @@ class CanonicalClassifier(ScaleWrapper):
         if not _tracing():  # a traced training graph records no canvas (its sizes are not numbers then)
             with torch.no_grad():
                 self.train_canvas.copy_(torch.tensor(x.shape[-2:], dtype=torch.long))
-        self._aux = self.estimator_loss(x)
+        self._aux, centre = self._estimator_step(x)
         f = _uniform(b, *self.detail_range, dev)
         f = torch.where(torch.rand(b).to(dev) < self.sharp_p, torch.zeros_like(f), f)
         shrunk = zoom(x, _exp2(-f), padding=self.fill)
-        centre = None
-        if self.trunk_view == "estimated" or self.localise:
+        if centre is not None:  # the shrink about the image centre moves the object's centre by its factor
+            centre = (centre * _exp2(f).view(-1, 1)).detach()  # detached also in a traced graph (no no_grad there)
+        if self.trunk_view == "estimated":
             with torch.no_grad():
                 e, centre = self.locate(shrunk)
-            # detached also in a traced graph, which records no no_grad
             e, centre = e.detach(), (centre.detach() if centre is not None else None)
-            if self.trunk_view == "estimated":
-                f = e
+            f = e
         # the object finally lands at 2**U(-2 tolerance, 0) of the (estimated) training size, zoomed about the
         # estimated object centre as at test time
         return self._zoom(shrunk, _exp2(f + _uniform(b, 0.0, 2.0 * self.tolerance, dev)), None, centre)
@@ -234,16 +233,26 @@ class CanonicalClassifier(ScaleWrapper):
     def estimator_loss(self, x: torch.Tensor) -> torch.Tensor:
         """The estimator's weighted loss on training images ``x``: each zoomed by a known random factor (and, when
         localising, about a random point), a random share blurred; the factor's log2 is the label."""
+        return self._estimator_step(x)[0]
+
+    def _estimator_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`estimator_loss` and, when localising, each object's centre in ``x`` (normalised ``x, y``) read
+        from the same pass: the view's attention centroid mapped back through the view's known zoom and shift."""
         b, dev = x.shape[0], x.device
         g = _uniform(b, *self.estimator_range, dev)
         span = _exp2(-g)
-        shift = None
+        shift = extent = None
         if self.localise:  # objects anywhere: a random window position that keeps the image in view / the window in it
             size_in = image_size(x)
-            room = (1.0 - window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))).abs()
+            extent = window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))
+            room = (1.0 - extent).abs()
             shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
-        est_logits = self.estimator.logits(self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill))
-        return self.estimator.loss(est_logits, g) * self.estimator_weight
+        view = self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill)
+        est_logits, c_view = self.estimator.logits_and_centre(view)
+        loss = self.estimator.loss(est_logits, g) * self.estimator_weight
+        if shift is None or extent is None:
+            return loss, None
+        return loss, shift + c_view.to(shift.dtype) * extent
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the

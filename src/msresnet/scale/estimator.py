@@ -108,21 +108,21 @@ class ScaleEstimator(nn.Module):
         """Bin logits ``[B, n_bins]`` of coarse views."""
         return self.head(self._pooled(view)[0])
 
+    def logits_and_centre(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bin logits ``[B, n_bins]`` and the attention centroid ``[B, 2]`` (``x, y`` in the view's normalised
+        coordinates) of coarse views, from one pass."""
+        pooled, attn = self._pooled(view)
+        return self.head(pooled), _centroid(attn)
+
     def estimate(self, x: torch.Tensor, padding: str = "reflection") -> tuple[torch.Tensor, torch.Tensor]:
         """Log2 object scale ``[B]`` and object centre ``[B, 2]`` (``(x, y)`` in ``x``'s normalised coordinates:
         the centroid of the attention over the whole-image view)."""
-        view = self.view(x, padding=padding)
-        pooled, attn = self._pooled(view)
-        # pixel-centre coordinates in [-1, 1] of the map's rows and columns, from tensor ops only (fx, ONNX)
-        ys, xs = attn[0, :, 0].detach(), attn[0, 0, :].detach()
-        ys = 2 * (torch.ones_like(ys).cumsum(0) - 0.5) / ys.numel() - 1
-        xs = 2 * (torch.ones_like(xs).cumsum(0) - 0.5) / xs.numel() - 1
-        c = torch.stack([(attn.sum(1) * xs).sum(-1), (attn.sum(2) * ys).sum(-1)], -1)  # in the view's coordinates
+        logits, c = self.logits_and_centre(self.view(x, padding=padding))  # c: in the view's coordinates
         # the whole-image view is an isotropic zoom: a non-square input fills the square view along its shorter axis
         size = image_size(x)
         aspect = (size[0] / size[1]).sqrt()
         c = c * torch.stack([aspect, 1 / aspect]).to(c.dtype)
-        return self.decode(self.head(pooled)), c
+        return self.decode(logits), c
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Log2 scale ``[B]``: soft-argmax over the bins within ``window`` of the most probable one."""
@@ -152,3 +152,12 @@ class ScaleEstimator(nn.Module):
     def loss(self, logits: torch.Tensor, log2_scale: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against the two-hot targets of the known log2 zoom factors."""
         return torch.sum(-self.targets(log2_scale) * F.log_softmax(logits.float(), -1), -1).mean()
+
+
+def _centroid(attn: torch.Tensor) -> torch.Tensor:
+    """``[B, 2]`` centroid ``(x, y)`` in [-1, 1] of attention maps ``[B, h, w]`` that sum to 1."""
+    # pixel-centre coordinates of the map's rows and columns, from tensor ops only (fx, ONNX)
+    ys, xs = attn[0, :, 0].detach(), attn[0, 0, :].detach()
+    ys = 2 * (torch.ones_like(ys).cumsum(0) - 0.5) / ys.numel() - 1
+    xs = 2 * (torch.ones_like(xs).cumsum(0) - 0.5) / xs.numel() - 1
+    return torch.stack([(attn.sum(1) * xs).sum(-1), (attn.sum(2) * ys).sum(-1)], -1)
