@@ -29,7 +29,8 @@ import msresnet
 from benchmarks.layout import RESULTS, ROOT
 from msresnet.data import build_protocol
 from msresnet.data.scenes import BACKGROUNDS, scene_backgrounds
-from msresnet.engine.evaluate import ValidationSweep
+from msresnet.evaluate import ValidationSweep
+from msresnet.preprocess import normalize
 from msresnet.scale.resample import zoom
 
 RECORD = RESULTS / "estimator_shortcut.json"
@@ -38,10 +39,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reflection fill, centre zoom": {"fill": "reflection", "localise": False},
     "reflection fill + localised (default)": {},
 }
-
-
-def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 def train_estimator(model: Any, images: torch.Tensor, stats: tuple, steps: int, batch: int, seed: int) -> float:
@@ -53,7 +50,7 @@ def train_estimator(model: Any, images: torch.Tensor, stats: tuple, steps: int, 
     losses = []
     for step in range(steps):
         idx = torch.randint(len(images), (batch,), generator=g)
-        x = _normalise(images[idx].float() / 255, *stats)
+        x = normalize(images[idx].float() / 255, *stats)
         torch.manual_seed(seed * 100_003 + step)
         loss = model.estimator_loss(x)
         opt.zero_grad(set_to_none=True)
@@ -73,7 +70,7 @@ def shortcut(model: Any, in_chans: int, canvas: int, stats: tuple, n: int, seed:
     lo, hi = model.estimator_range
     g = lo + (hi - lo) * torch.rand(n, generator=torch.Generator().manual_seed(seed))
     model.eval()
-    est = model.log2_scale(zoom(_normalise(bg, *stats), torch.exp2(-g), padding=model.fill))
+    est = model.log2_scale(zoom(normalize(bg, *stats), torch.exp2(-g), padding=model.fill))
     return float(torch.corrcoef(torch.stack([est, g]))[0, 1])
 
 
@@ -83,7 +80,7 @@ def scale_errors(model: Any, sweep: ValidationSweep, stats: tuple, train_conditi
     model.eval()
     out = {}
     for cond, ds in sweep.test.items():
-        est = torch.cat([model.log2_scale(_normalise(x.float() / 255, *stats)) for x in ds.images.split(256)])
+        est = torch.cat([model.log2_scale(normalize(x.float() / 255, *stats)) for x in ds.images.split(256)])
         out[f"{float(cond):g}"] = round(float((est - math.log2(float(cond) / train_condition)).abs().median()), 3)
     return out
 

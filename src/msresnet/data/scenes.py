@@ -41,25 +41,26 @@ def dead_leaves(
     r_min: float = 1.5,
     r_max: float | None = None,
     draw: int | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``n`` dead-leaves images ``[n, 3, size, size]`` in [0, 1]: ``leaves`` discs with radius density ``r**-3``
     on ``[r_min, r_max]`` (default ``r_max``: the canvas side), grey levels with a slight random tint, around a
     random mean with a random contrast. ``draw`` (>= n): rows of random numbers drawn, so that image ``i`` is the
-    same whatever ``n``."""
+    same whatever ``n``; ``keep``: the ``n`` rows to render (default: the first ``n``)."""
     r_max = float(size if r_max is None else r_max)
-    m = max(n, draw or 0)
+    m, rows = _rows(n, draw, keep)
     # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
-    u = torch.rand(m, leaves, generator=generator)[:n]
+    u = torch.rand(m, leaves, generator=generator)[rows]
     a, b = r_min**-2, r_max**-2
     radius = (a - u * (a - b)).rsqrt()
     margin = radius.clamp(max=size / 2)
-    cy = torch.rand(m, leaves, generator=generator)[:n] * (size + 2 * margin) - margin
-    cx = torch.rand(m, leaves, generator=generator)[:n] * (size + 2 * margin) - margin
+    cy = torch.rand(m, leaves, generator=generator)[rows] * (size + 2 * margin) - margin
+    cx = torch.rand(m, leaves, generator=generator)[rows] * (size + 2 * margin) - margin
     # grey levels around a per-image mean with a per-image contrast (a scene is rarely black-and-white throughout)
-    mean = 0.3 + 0.4 * torch.rand(m, 1, 1, generator=generator)[:n]
-    contrast = 0.2 + 0.3 * torch.rand(m, 1, 1, generator=generator)[:n]
-    grey = mean + contrast * (torch.rand(m, leaves, 1, generator=generator)[:n] - 0.5)
-    tint = 0.08 * torch.randn(m, leaves, 3, generator=generator)[:n]
+    mean = 0.3 + 0.4 * torch.rand(m, 1, 1, generator=generator)[rows]
+    contrast = 0.2 + 0.3 * torch.rand(m, 1, 1, generator=generator)[rows]
+    grey = mean + contrast * (torch.rand(m, leaves, 1, generator=generator)[rows] - 0.5)
+    tint = 0.08 * torch.randn(m, leaves, 3, generator=generator)[rows]
     colour = (grey + tint).clamp(0, 1)  # [n, leaves, 3]
     top = _top_leaf(radius, cy, cx, size)  # [n, size*size] index of the front leaf at each pixel, -1: none
     painted = colour.gather(1, top.clamp_min(0).unsqueeze(-1).expand(-1, -1, 3))  # [n, size*size, 3]
@@ -110,23 +111,24 @@ def pink_noise(
     generator: torch.Generator,
     alpha: tuple[float, float] = (0.8, 1.4),
     draw: int | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``n`` coloured ``1/f**alpha`` noise images ``[n, 3, size, size]`` in [0, 1] (``alpha`` uniform per image;
-    ``draw`` as in :func:`dead_leaves`)."""
-    m = max(n, draw or 0)
+    ``draw`` and ``keep`` as in :func:`dead_leaves`)."""
+    m, rows = _rows(n, draw, keep)
     fy = torch.fft.fftfreq(size).view(size, 1)
     fx = torch.fft.rfftfreq(size).view(1, -1)
     f = (fy**2 + fx**2).sqrt().clamp_min(1.0 / size)
-    a = alpha[0] + (alpha[1] - alpha[0]) * torch.rand(m, 1, 1, 1, generator=generator)[:n]
-    white = torch.randn(m, 3, size, size, generator=generator)[:n]
+    a = alpha[0] + (alpha[1] - alpha[0]) * torch.rand(m, 1, 1, 1, generator=generator)[rows]
+    white = torch.randn(m, 3, size, size, generator=generator)[rows]
     field = torch.fft.irfft2(torch.fft.rfft2(white) * f.pow(-a), s=(size, size))
     field = (field - field.mean((-2, -1), keepdim=True)) / field.std((-2, -1), keepdim=True).clamp_min(1e-6)
     # one dominant luminance field plus weaker chroma: natural colours are strongly correlated across channels
-    mix = torch.eye(3) * 0.35 + 0.65 * torch.rand(m, 1, 3, generator=generator)[:n].expand(n, 3, 3).transpose(1, 2)
-    mix = mix * (0.6 + 0.4 * torch.rand(m, 3, 1, generator=generator)[:n])
+    mix = torch.eye(3) * 0.35 + 0.65 * torch.rand(m, 1, 3, generator=generator)[rows].expand(n, 3, 3).transpose(1, 2)
+    mix = mix * (0.6 + 0.4 * torch.rand(m, 3, 1, generator=generator)[rows])
     rgb = torch.einsum("ncd,ndhw->nchw", mix, field) / mix.sum(-1).view(n, 3, 1, 1).clamp_min(1e-6)
-    mean = 0.2 + 0.6 * torch.rand(m, 1, 1, 1, generator=generator)[:n]
-    contrast = 0.06 + 0.10 * torch.rand(m, 1, 1, 1, generator=generator)[:n]
+    mean = 0.2 + 0.6 * torch.rand(m, 1, 1, 1, generator=generator)[rows]
+    contrast = 0.06 + 0.10 * torch.rand(m, 1, 1, 1, generator=generator)[rows]
     return (mean + contrast * rgb).clamp(0, 1)
 
 
@@ -134,7 +136,7 @@ BACKGROUNDS: dict[str, Callable[..., torch.Tensor]] = {
     "dead_leaves": dead_leaves,
     "pink_noise": pink_noise,
 }
-"""Background families by name: ``fn(n, size, generator, draw=None) -> [n, 3, size, size]``."""
+"""Background families by name: ``fn(n, size, generator, draw=None, keep=None) -> [n, 3, size, size]``."""
 
 
 def scene_backgrounds(n: int, size: int, families: list[str], seed: tuple[int, ...]) -> torch.Tensor:
@@ -143,9 +145,9 @@ def scene_backgrounds(n: int, size: int, families: list[str], seed: tuple[int, .
     which = torch.randint(len(families), (CHUNK,), generator=_gen((*seed, 0)))[:n]
     out = torch.empty(n, 3, size, size)
     for i, name in enumerate(families):
-        full = BACKGROUNDS[name](n, size, _gen((*seed, i + 1)), draw=CHUNK)
         idx = torch.nonzero(which == i).flatten()
-        out[idx] = full[idx]
+        if len(idx):  # each family renders only its own images, from the rows of its stream they own
+            out[idx] = BACKGROUNDS[name](len(idx), size, _gen((*seed, i + 1)), draw=CHUNK, keep=idx)
     return out
 
 
@@ -205,6 +207,13 @@ def scenes(
         bg = scene_backgrounds(n, canvas, families, (*seed, i, 2))
         out.append(compose(placed.clamp(0, 1), bg).mul(255).round().to(torch.uint8))
     return torch.cat(out) if out else torch.empty(0, 3, canvas, canvas, dtype=torch.uint8)
+
+
+def _rows(n: int, draw: int | None, keep: torch.Tensor | None) -> tuple[int, slice | torch.Tensor]:
+    """How many rows of random numbers to draw, and which ``n`` of them to use."""
+    if keep is None:
+        return max(n, draw or 0), slice(0, n)
+    return max(n, draw or 0, int(keep.max()) + 1 if len(keep) else 0), keep
 
 
 def _gen(parts: tuple[int, ...]) -> torch.Generator:
