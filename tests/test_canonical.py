@@ -17,7 +17,7 @@ import msresnet
 from msresnet.engine.scale_error import ScaleErrors, true_log2_scales
 from msresnet.errors import UserError
 from msresnet.scale.canonical import CanonicalClassifier
-from msresnet.scale.resample import zoom
+from msresnet.scale.resample import flat_edge, zoom
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -305,6 +305,24 @@ def test_zoom_padding_of_a_shrink(padding: str) -> None:
         assert (ring[..., 0, :] - ring[..., 3, :]).abs().mean() > 0.05
 
 
+def test_auto_padding_keeps_a_plain_canvas_plain_and_continues_a_scene() -> None:
+    plain = torch.zeros(2, 3, 32, 32)
+    plain[..., 12:20, 12:20] = 2.0  # an object alone on a flat canvas
+    plain[1] -= 0.5  # another canvas colour
+    scene = torch.rand(2, 3, 32, 32)  # a textured edge
+    x = torch.cat([plain, scene])
+    assert flat_edge(x).tolist() == [True, True, False, False]
+    span = torch.full((4,), 2.5)
+    out = zoom(x, span, padding="auto")
+    # the shrunk object stays alone: the surroundings carry the canvas colour, no mirrored copies of the object
+    assert torch.allclose(out[:2, :, :5, :], plain[:, :, :1, :1].expand(-1, -1, 5, 32), atol=1e-5)
+    assert torch.allclose(out[2:], zoom(scene, span[2:], padding="reflection"))
+    mixed_batch_traced = torch.fx.symbolic_trace(lambda t: zoom(t, span, padding="auto"))(x)
+    assert torch.allclose(mixed_batch_traced, out, atol=1e-6)
+    with pytest.raises(ValueError, match="padding"):
+        zoom(x, span, padding="mirror")
+
+
 def test_localised_windows_stay_inside_the_image() -> None:
     model = _canonical(fill="zeros").eval()
     x = torch.ones(4, 1, 32, 32)
@@ -326,6 +344,6 @@ def test_estimator_locates_and_its_attention_learns_from_its_loss() -> None:
     model(torch.rand(4, 3, 32, 32))
     model.auxiliary_loss().backward()
     assert model.estimator.attend.weight.grad is not None and model.estimator.attend.weight.grad.abs().sum() > 0
-    assert "fill='reflection'" in repr(model) and "localise=True" in repr(model)
+    assert "fill='auto'" in repr(model) and "localise=True" in repr(model)
     with pytest.raises(UserError, match="fill"):
         _canonical(fill="mirror")

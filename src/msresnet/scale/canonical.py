@@ -22,10 +22,12 @@ global generator (which the training loop reseeds every step, so resuming stays 
   estimator's (detached) estimate of the shrunk image, which brings training objects of varied sizes (a training
   set that already spans a range of scales) to the canonical size as test images will be.
 
-What surrounds a shrunk view (``fill``): by default the image mirrored (``"reflection"``), so a shrunk view continues
-its own scene. Replicating the border (``"border"``) draws a frame of streaks whose width is the shrink: on any
-background the estimator can read the frame instead of the object, and a small object in a full frame of clutter
-then reads as "not shrunk".
+What surrounds a shrunk view (``fill``): by default (``"auto"``) each image's own surroundings: an image whose edge is
+one colour (an object alone on a plain canvas) is extended with that colour, so the object stays alone; an image
+whose edge is textured (an object in a scene) is mirrored, so the shrunk view continues its scene. Replicating a
+textured border (``"border"``) draws a frame of streaks whose width is the shrink: the estimator can read the frame
+instead of the object, and a small object in a full frame of clutter then reads as "not shrunk". Mirroring a plain
+canvas (``"reflection"``) surrounds its object with copies of itself, which no test image has.
 
 Localisation (``localise``): the estimator's attention centroid says where the object is, and canonicalisation zooms
 about that point (clamped so that an enlarged window stays inside the image and a shrunk one keeps the whole image
@@ -47,13 +49,13 @@ from msresnet.errors import UserError
 from msresnet.scale._factory import register_wrapper
 from msresnet.scale._wrapper import ScaleWrapper
 from msresnet.scale.estimator import ScaleEstimator
-from msresnet.scale.resample import _tracing, image_size, window_extent, zoom
+from msresnet.scale.resample import PADDINGS, _tracing, image_size, window_extent, zoom
 
 __all__ = ["CANVASES", "CanonicalClassifier"]
 
 CANVASES = ("train", "input")
 TRUNK_VIEWS = ("true", "estimated")
-FILLS = ("reflection", "border", "zeros")
+FILLS = PADDINGS
 
 
 def _range(name: str, r: Sequence[float], hi_max: float | None = None) -> tuple[float, float]:
@@ -97,7 +99,8 @@ class CanonicalClassifier(ScaleWrapper):
             (``"true"``) or by the estimate (``"estimated"``), see the module docstring.
         estimator_weight: weight of the estimator's loss in :meth:`auxiliary_loss`.
         estimator_width: channels of the estimator's first stage.
-        fill: what surrounds a shrunk image (``"reflection"``, ``"border"``, ``"zeros"``; see the module docstring).
+        fill: what surrounds a shrunk image (``"auto"``, ``"reflection"``, ``"border"``, ``"zeros"``; see the module
+            docstring).
         localise: zoom about the estimated object centre (else about the image centre).
     """
 
@@ -114,7 +117,7 @@ class CanonicalClassifier(ScaleWrapper):
         trunk_view: str = "true",
         estimator_weight: float = 1.0,
         estimator_width: int = 12,
-        fill: str = "reflection",
+        fill: str = "auto",
         localise: bool = True,
     ) -> None:
         super().__init__(trunk)

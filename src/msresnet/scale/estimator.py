@@ -89,7 +89,7 @@ class ScaleEstimator(nn.Module):
         x: torch.Tensor,
         span: torch.Tensor | None = None,
         centre: torch.Tensor | None = None,
-        padding: str = "reflection",
+        padding: str = "auto",
     ) -> torch.Tensor:
         """The coarse view of ``x``: the whole image (``span`` 1) or a per-image zoom of it (about ``centre``, see
         :func:`~msresnet.scale.resample.zoom`), ``view_size`` square."""
@@ -114,7 +114,7 @@ class ScaleEstimator(nn.Module):
         pooled, attn = self._pooled(view)
         return self.head(pooled), _centroid(attn)
 
-    def estimate(self, x: torch.Tensor, padding: str = "reflection") -> tuple[torch.Tensor, torch.Tensor]:
+    def estimate(self, x: torch.Tensor, padding: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """Log2 object scale ``[B]`` and object centre ``[B, 2]`` (``(x, y)`` in ``x``'s normalised coordinates:
         the centroid of the attention over the whole-image view)."""
         logits, c = self.logits_and_centre(self.view(x, padding=padding))  # c: in the view's coordinates

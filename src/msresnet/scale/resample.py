@@ -3,8 +3,10 @@
 ``zoom(x, span, size, centre=c)`` resamples every image ``b`` of ``x`` into an output canvas of ``size`` pixels
 showing the window of the input that is ``span[b]`` times the input's extent, centred at ``c[b]`` (default: the
 input's centre; ``span`` 1: the whole input; 0.5: its central half, enlarged; 2: the input shrunk to half inside the
-canvas, the rest filled as ``padding`` says: ``"reflection"`` mirrors the image, so what surrounds a shrunk image
-continues its scene; ``"border"`` replicates its edge pixels, streaks that mark the shrink; ``"zeros"``). The zoom
+canvas, the rest filled as ``padding`` says: ``"auto"`` (per image: where the image's edge is flat, its edge
+colour, so an object alone on a plain canvas stays alone on that canvas; where the edge is textured, the image
+mirrored, so a shrunk scene continues its scene); ``"reflection"``; ``"border"`` replicates the edge pixels, streaks
+that mark the shrink on any textured edge; ``"zeros"``). The zoom
 is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
 ``span * sqrt(H_in W_in / (H_out W_out))``.
 
@@ -22,10 +24,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LEVELS", "image_size", "pixel_step", "window_extent", "zoom"]
+__all__ = ["FLAT_EDGE", "LEVELS", "PADDINGS", "flat_edge", "image_size", "pixel_step", "window_extent", "zoom"]
 
 LEVELS = 4
 """Mip levels (full, 1/2, 1/4, 1/8): shrinking beyond 8x by one call is filtered as if by 8x."""
+
+
+PADDINGS = ("auto", "reflection", "border", "zeros")
+
+FLAT_EDGE = 0.1
+"""``"auto"`` padding: an edge whose pixels vary by less than this standard deviation (in the input's units: a
+normalised image's, about 1/40 of the raw range) is a plain canvas and is extended with its own colour."""
 
 
 def _tracing() -> bool:
@@ -58,6 +67,28 @@ def window_extent(span: torch.Tensor, size_in: torch.Tensor, size_out: torch.Ten
     return step * torch.stack([size_out[1] / size_in[1], size_out[0] / size_in[0]]).view(1, 2)
 
 
+def flat_edge(x: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """``[B]`` bool: the outermost ``width`` pixels of each image of ``x`` ``[B, C, H, W]`` are one colour (their
+    standard deviation, the largest over channels, below :data:`FLAT_EDGE`)."""
+    w = width  # (no Python arithmetic on the shape: the rows and columns overlap in an image under 2 * width)
+    ring = torch.cat([x[..., :w, :].flatten(2), x[..., -w:, :].flatten(2), x[..., :, :w].flatten(2),
+                      x[..., :, -w:].flatten(2)], dim=2)  # fmt: skip
+    return ring.float().std(dim=2).amax(dim=1) < FLAT_EDGE
+
+
+def _sample(level: torch.Tensor, grid: torch.Tensor, padding: str, flat: torch.Tensor | None) -> torch.Tensor:
+    """``grid_sample`` with ``padding``; ``"auto"``: edge colour where ``flat``, mirrored elsewhere."""
+    if flat is None:
+        return F.grid_sample(level, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    if not _tracing():  # eager: one sampling when the whole batch takes the same fill
+        if bool(flat.all()):
+            return _sample(level, grid, "border", None)
+        if not bool(flat.any()):
+            return _sample(level, grid, "reflection", None)
+    plain, mirrored = _sample(level, grid, "border", None), _sample(level, grid, "reflection", None)
+    return torch.where(flat.view(-1, 1, 1, 1), plain, mirrored)
+
+
 def _axis(n: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """Pixel-centre coordinates in [-1, 1] (``align_corners=False``) of an axis of ``n`` pixels."""
     if isinstance(n, int):
@@ -81,17 +112,21 @@ def zoom(
     """Resample each image of ``x`` ``[B, C, H, W]`` by its own ``span[b]`` into a ``size`` canvas (see module).
 
     Args:
-        x: images (any normalisation; the canvas outside the input replicates its border pixels).
+        x: images (any normalisation).
         span: ``[B]`` positive, the input extent shown by the canvas (> 1 shrinks the content, < 1 enlarges it).
         size: output ``(H, W)``; ``None``: the input's own size (dynamic under ONNX export).
         centre: ``[B, 2]`` window centres ``(x, y)`` in the input's normalised coordinates ([-1, 1] spans the
             input); ``None``: the input's centre.
-        padding: what the canvas shows outside the input: ``"reflection"``, ``"border"`` or ``"zeros"``.
+        padding: what the canvas shows outside the input: ``"auto"``, ``"reflection"``, ``"border"`` or ``"zeros"``
+            (see the module docstring).
         levels: mip levels used for antialiasing when shrinking.
 
     Returns:
         ``[B, C, H_out, W_out]``.
     """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    flat = flat_edge(x) if padding == "auto" else None
     size_in = image_size(x)
     if size is None:
         ys, xs = _axis(size_in[0], x[0, 0, :, 0]), _axis(size_in[1], x[0, 0, 0, :])
@@ -123,7 +158,7 @@ def zoom(
             level = F.avg_pool2d(level, 2, ceil_mode=True, count_include_pad=False)
         if k < first:
             continue
-        sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+        sampled = _sample(level, grid, padding, flat)
         if first == n_levels - 1:  # every image at this one level (e.g. a 2x shrink): no blending
             return sampled
         w = (1.0 - (lod - k).abs()).clamp_min(0.0).view(-1, 1, 1, 1)
