@@ -1,7 +1,7 @@
 """Does the canonicaliser's scale estimator read the object or the frame? Measured directly, per design.
 
 Each variant of the canonical wrapper (the previous design: border fill, zoom about the centre; reflection fill;
-reflection fill + localisation, the default) gets a fresh estimator trained alone on its own self-supervised loss
+reflection fill + localisation; each image's own surroundings (``fill="auto"``) + localisation, the default) gets a fresh estimator trained alone on its own self-supervised loss
 (``CanonicalClassifier.estimator_loss``) over a protocol's training images, then two measurements:
 
 * **shortcut**: background-only images (the scene generator's backgrounds, no object) zoomed by the same random
@@ -34,10 +34,12 @@ from msresnet.preprocess import normalize
 from msresnet.scale.resample import zoom
 
 RECORD = RESULTS / "estimator_shortcut.json"
-VARIANTS: dict[str, dict[str, Any]] = {
-    "previous: border fill, centre zoom": {"fill": "border", "localise": False},
-    "reflection fill, centre zoom": {"fill": "reflection", "localise": False},
-    "reflection fill + localised (default)": {},
+#: id -> (label in the record, the wrapper's arguments)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "previous": ("previous: border fill, centre zoom", {"fill": "border", "localise": False}),
+    "reflection-centre": ("reflection fill, centre zoom", {"fill": "reflection", "localise": False}),
+    "reflection-localised": ("reflection fill + localised", {"fill": "reflection"}),
+    "default": ("own-surroundings fill + localised (default)", {}),
 }
 
 
@@ -95,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-images", type=int, default=512, help="background-only images of the shortcut probe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=str(RECORD))
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown} (available: {', '.join(VARIANTS)})")
     torch.set_num_threads(args.threads)
     protocol = build_protocol(args.protocol, limit=args.limit)
     stats = (protocol.mean, protocol.std)
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     shown = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     record: dict[str, Any] = {"protocol": args.protocol, "args": {**vars(args), "out": shown}, "variants": {}}
-    for name, kwargs in VARIANTS.items():
+    for name, kwargs in (VARIANTS[v] for v in args.variants.split(",")):
         torch.manual_seed(args.seed)
         model = msresnet.create_model("msresnet8_canonical", num_classes=protocol.num_classes,
                                       in_chans=protocol.in_chans, **kwargs)  # fmt: skip
