@@ -1,8 +1,9 @@
 """Does the canonicaliser's scale estimator read the object or the frame? Measured directly, per design.
 
 Each variant of the canonical wrapper (the previous design: border fill, zoom about the centre; reflection fill;
-reflection fill + localisation; each image's own surroundings (``fill="auto"``) + localisation, the default) gets a fresh estimator trained alone on its own self-supervised loss
-(``CanonicalClassifier.estimator_loss``) over a protocol's training images, then two measurements:
+reflection fill + localisation; each image's own surroundings (``fill="auto"``) + localisation, the default) gets a
+fresh estimator trained alone on its own self-supervised loss (``CanonicalClassifier.estimator_loss``) over a
+protocol's training images, then two measurements:
 
 * **shortcut**: background-only images (the scene generator's backgrounds, no object) zoomed by the same random
   factors the estimator is trained on, with the variant's own fill: the correlation of the estimate with the zoom.
