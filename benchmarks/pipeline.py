@@ -335,9 +335,11 @@ Measured = list[tuple[str, str, bool | None]]  # (target text, measured value, m
 
 
 def _best(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> tuple[dict, dict] | None:
-    """(protocol summary, best msresnet row's figures) of a target's protocol; None when nothing ran there."""
+    """(protocol summary, figures of the target's row) of a target's protocol: the row named by ``of``, else the best
+    msresnet on validation; None when it did not run there."""
     proto = summary.get(t["protocol"])
-    return (proto, proto["rows"][proto["best"]]) if proto and proto["best"] else None
+    row = t.get("of") or (proto["best"] if proto else None)
+    return (proto, proto["rows"][row]) if proto and row in proto["rows"] else None
 
 
 def _oracle_gap(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
@@ -411,21 +413,45 @@ def _below_rows(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measur
 
 
 def _size_gap(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    """One size (``size``) or every size (``size: all``: the one furthest below) against the ``reference`` size."""
     found = _best(t, summary)
     if found is None:
         return []
     proto, b = found
     conds = [int(c) for c in proto["conds"]]
-    if t["size"] not in conds or t["reference"] not in conds:
+    if t["reference"] not in conds or (t["size"] != "all" and t["size"] not in conds):
         return []
-    a, ref = b["per_cond"][conds.index(t["size"])], b["per_cond"][conds.index(t["reference"])]
-    return [(t["text"].format(**t), f"{a * 100:.1f} vs {ref * 100:.1f}", (ref - a) * 100 <= t["max_gap"])]
+    ref = b["per_cond"][conds.index(t["reference"])]
+    size = min(conds, key=lambda c: b["per_cond"][conds.index(c)]) if t["size"] == "all" else t["size"]
+    a = b["per_cond"][conds.index(size)]
+    measured = f"{a * 100:.1f} at {size} px vs {ref * 100:.1f}"
+    return [(t["text"].format(**t), measured, (ref - a) * 100 <= t["max_gap"])]
+
+
+def _min_worst(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    """The row's worst condition (each condition's mean over seeds) at least ``min`` (%)."""
+    found = _best(t, summary)
+    if found is None:
+        return []
+    proto, b = found
+    i = min(range(len(b["per_cond"])), key=lambda k: b["per_cond"][k])
+    worst = b["per_cond"][i] * 100
+    return [(t["text"].format(**t), f"{worst:.1f} at {float(proto['conds'][i]):g}", worst >= t["min"])]
+
+
+def _mean_vs_row(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    """The row's mean over conditions at least another row's."""
+    found = _best(t, summary)
+    if found is None or t["row"] not in found[0]["rows"]:
+        return []
+    a, other = found[1]["overall"] * 100, found[0]["rows"][t["row"]]["overall"] * 100
+    return [(t["text"].format(**t), f"{a:.1f} vs {other:.1f}", a >= other)]
 
 
 def _speed(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
     out: Measured = []
     reported: set[tuple] = set()  # a model measured in several speed files on the same device and batch: once
-    for speed in sorted((ROOT / "benchmarks" / "results").glob("speed*.json")):
+    for speed in sorted((ROOT / "benchmarks" / "results").glob(t.get("files", "speed*.json"))):
         d = json.loads(speed.read_text())
         where = f"{d.get('device')}, batch {d.get('batch')} (`{speed.name}`)"
         by = {(r["model"], r["size"]): r for r in d.get("rows", [])}
@@ -439,7 +465,7 @@ def _speed(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
             out.append((t["text"].format(**fields), f"train {tr:.2f}x, inference {inf:.2f}x",
                         tr >= t["min_ratio"] and inf >= t["min_ratio"]))  # fmt: skip
             big = by.get((model, size * 2))
-            if big:
+            if big and "growth_text" in t:
                 growth = r["train_img_s"] / big["train_img_s"]
                 out.append((t["growth_text"].format(**fields), f"{growth:.2f}x", growth <= t["max_growth"]))
     return out
@@ -452,6 +478,8 @@ _CHECKS = {
     "error_ratio": _error_ratio,
     "below_rows": _below_rows,
     "size_gap": _size_gap,
+    "min_worst": _min_worst,
+    "mean_vs_row": _mean_vs_row,
     "speed": _speed,
 }
 

@@ -40,6 +40,8 @@ from benchmarks.results_stats import (
 )
 from msresnet.evaluate.condition import Kind
 
+#: the protocols whose tables the README shows: objects alone on a black canvas, and objects in scenes
+README_PROTOCOLS = (HEADLINE_PROTOCOL, "fmnist-ls-scene")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEMO_BEGIN, DEMO_END = "<!-- demo:begin -->", "<!-- demo:end -->"
 DEFAULT_BEGIN, DEFAULT_END = "<!-- default:begin -->", "<!-- default:end -->"  # validation figures, not test ones
@@ -66,15 +68,17 @@ PROTOCOL_TEXT = {
 # ------------------------------------------------------------------------------------------------------ headline
 
 
-def headline_budget(df: pd.DataFrame) -> str | None:
-    """The budget the README shows: the most-trained one with the plain ResNet and the default msresnet's row (the
-    comparison the table is for); other rows of that budget (pyramid, oracles) join it where they were run."""
+def headline_budget(df: pd.DataFrame, protocol: str = HEADLINE_PROTOCOL) -> str | None:
+    """The budget the README shows for ``protocol``: the most-trained one with the plain ResNet and the default
+    msresnet's row (the comparison the table is for); other rows of that budget (pyramid, oracles) join it where they
+    were run."""
     choice = choose_default.choose(df)
-    default_row = choice.row_id if choice is not None else "canonical"
-    d = df[df.protocol == HEADLINE_PROTOCOL]
+    d = df[df.protocol == protocol]
     for budget in BUDGETS:
         ids = set(d[d.budget == budget].row_id)
-        if {"resnet", default_row} <= ids:
+        # before any budget allows a choice, any canonicalising row stands for the default
+        default = choice.row_id in ids if choice is not None else any("canonical" in i for i in ids)
+        if "resnet" in ids and default:
             return budget
     return None
 
@@ -145,25 +149,34 @@ def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool 
 
 
 def headline_block(df: pd.DataFrame) -> str:
-    """The README's block between the markers (caption, table, plot), from the summary data alone."""
-    budget = headline_budget(df)
-    if budget is None:
+    """The README's block between the markers (per headline protocol: caption, table, plot), from the summary data
+    alone."""
+    parts = [_headline_part(df, protocol) for protocol in README_PROTOCOLS]
+    parts = [p for p in parts if p]
+    if not parts:
         return "\nNo benchmark record is stored yet: run `python -m benchmarks.scale_bench --quick`.\n"
-    d = df[(df.protocol == HEADLINE_PROTOCOL) & (df.budget == budget)]
+    return "\n" + "\n\n".join(parts) + "\n"
+
+
+def _headline_part(df: pd.DataFrame, protocol: str) -> str | None:
+    budget = headline_budget(df, protocol)
+    if budget is None:
+        return None
+    d = df[(df.protocol == protocol) & (df.budget == budget)]
     stats = row_stats(d)
     stats = stats[stats.row_id.map(_is_headline)]
     stats = stats.assign(_o=stats.row_id.map(_headline_order)).sort_values("_o").drop(columns="_o")
     conds, name = conditions(d)
     depths = sorted({int(x) for x in stats.depth.dropna()})
     caption = (
-        f"*{HEADLINE_PROTOCOL}, {BUDGET_TEXT[budget]}; depth {', '.join(map(str, depths))}. Test accuracy (%) at "
-        "object scale s, mean over the seeds given; mean and worst over the scales, per seed, then mean ± std over "
-        "seeds. An oracle is trained and tested at its scale. Train cost: the training step's time relative to the "
-        f"plain ResNet's, {COST_TEXT}.*"
+        f"*{protocol} ({PROTOCOL_TEXT[protocol][0].lower() + PROTOCOL_TEXT[protocol][1:]}), {BUDGET_TEXT[budget]}; "
+        f"depth {', '.join(map(str, depths))}. Test accuracy (%) at object scale s, mean over the seeds given; mean "
+        "and worst over the scales, per seed, then mean ± std over seeds. An oracle is trained and tested at its "
+        f"scale. Train cost: the training step's time relative to the plain ResNet's, {COST_TEXT}.*"
     )
     caption = textwrap.fill(caption, width=116, break_on_hyphens=False, break_long_words=False)
-    plot = f"![{HEADLINE_PROTOCOL} accuracy against object scale](docs/img/results-{HEADLINE_PROTOCOL}.png)"
-    return "\n" + "\n".join([caption, "", *stats_table(stats, conds, name, short=True), "", plot]) + "\n"
+    plot = f"![{protocol} accuracy against object scale](docs/img/results-{protocol}.png)"
+    return "\n".join([caption, "", *stats_table(stats, conds, name, short=True), "", plot])
 
 
 def default_block(df: pd.DataFrame) -> str:

@@ -215,3 +215,24 @@ def test_run_job_resumes_a_stopped_run_and_counts_its_earlier_epochs(bench, tiny
     record = bench.run_job(job, {**cfg, "resume": True}, test_limit=10, val_limit=10)
     assert record["resumed_after_epochs"] == 1 and record["train_seconds"] >= earlier
     assert "resume" not in record["config"] and len(record["test"]["accuracy"]) == 9
+
+
+def test_targets_of_a_named_row(pages):
+    """Targets with ``of`` read that row, not the best msresnet; every size, the worst scale and means compare."""
+    rows = {
+        "canonical_loc": {"per_cond": [0.80, 0.86, 0.88], "overall": 0.846, "n": 3, "retention": 0.91, "val": 80.0},
+        "other": {"per_cond": [0.99, 0.99, 0.99], "overall": 0.99, "n": 3, "retention": 1.0, "val": 99.0},
+        "resnet": {"per_cond": [0.70, 0.87, 0.80], "overall": 0.79, "n": 3, "retention": 0.8, "val": 70.0},
+    }
+    summary = {"p": {"rows": rows, "oracle": {}, "best": "other", "conds": ["14", "21", "28"]}}
+    checks = pages._CHECKS
+    gap = {"protocol": "p", "of": "canonical_loc", "size": "all", "reference": 28, "max_gap": 3, "text": "t"}
+    assert checks["size_gap"](gap, summary) == [("t", "80.0 at 14 px vs 88.0", False)]
+    assert checks["size_gap"]({**gap, "max_gap": 8}, summary)[0][2] is True
+    assert checks["size_gap"]({**gap, "of": None}, summary)[0][2] is True  # the best row: flat
+    worst = {"protocol": "p", "of": "canonical_loc", "min": 84, "text": "w"}
+    assert checks["min_worst"](worst, summary) == [("w", "80.0 at 14", False)]
+    vs = {"protocol": "p", "of": "canonical_loc", "row": "resnet", "text": "m"}
+    assert checks["mean_vs_row"](vs, summary) == [("m", "84.6 vs 79.0", True)]
+    assert checks["retention"]({"protocol": "p", "of": "canonical_loc", "min": 0.9, "text": "r"}, summary)[0][2]
+    assert checks["min_worst"]({**worst, "of": "absent"}, summary) == []  # a row that did not run: no line
