@@ -16,13 +16,12 @@ global generator (which the training loop reseeds every step, so resuming stays 
 * the trunk sees what canonicalisation hands it at test time: an image first shrunk inside its canvas by
   ``2**U(detail_range)`` (the detail a small test object has; with probability ``sharp_p`` not at all, the detail of
   a large one) and then zoomed so that its object has a size in ``[target**2, 1]`` of the training size — the
-  sizes an estimate within ``tolerance`` octaves produces. By default (``trunk_view="estimated"``) the zoom back
-  uses the estimator's (detached) estimate of the shrunk image, exactly as canonicalisation will at test time: the
-  trunk learns the views it will be handed, errors of the estimate included, and a training set whose objects
-  already span a range of sizes is brought to the canonical size as test images will be. With ``"true"`` the zoom
-  back uses the known shrink, so training objects are never enlarged beyond their own size (every view of the trunk
-  is a shrink, or an enlargement back after a shrink); on training objects of varied sizes the trunk then never
-  sees them at the canonical size.
+  sizes an estimate within ``tolerance`` octaves produces. By default (``trunk_view="true"``) the zoom back uses the
+  known shrink, so training objects are never enlarged beyond their own size (every view of the trunk is a shrink,
+  or an enlargement back after a shrink): the rule of single-scale training data. With ``"estimated"`` it uses the
+  estimator's (detached) estimate of the shrunk image, as canonicalisation will at test time, which brings training
+  objects of varied sizes to the canonical size as test images will be; it costs a second estimator pass per step
+  and, on validation, did not beat ``"true"`` (see docs/design.md).
 
 What surrounds a shrunk view (``fill``): by default (``"auto"``) each image's own surroundings: an image whose edge is
 one colour (an object alone on a plain canvas) is extended with that colour, so the object stays alone; an image
@@ -98,7 +97,7 @@ class CanonicalClassifier(ScaleWrapper):
         search: 0, or the octave step of a local search: the trunk also classifies the zooms ``2**+-search``
             around the estimate and each image keeps its most confident one (3 trunk passes).
         trunk_view: how the trunk's training views are zoomed back after the shrink: by the known factor
-            (``"true"``) or by the estimate (``"estimated"``, as at test time), see the module docstring.
+            (``"true"``) or by the estimate (``"estimated"``), see the module docstring.
         estimator_weight: weight of the estimator's loss in :meth:`auxiliary_loss`.
         estimator_width: channels of the estimator's first stage.
         fill: what surrounds a shrunk image (``"auto"``, ``"reflection"``, ``"border"``, ``"zeros"``; see the module
@@ -116,7 +115,7 @@ class CanonicalClassifier(ScaleWrapper):
         tolerance: float = 0.25,
         canvas: str = "train",
         search: float = 0.0,
-        trunk_view: str = "estimated",
+        trunk_view: str = "true",
         estimator_weight: float = 1.0,
         estimator_width: int = 12,
         fill: str = "auto",
