@@ -209,3 +209,20 @@ def test_measured_step_costs_replace_the_runs_ratios(summarize, records, tmp_pat
     assert set(canon.train_cost_source) == {"runs"} and not canon.train_cost.eq(9.0).any()
     quick = df[df.row == "quick/resnet"]  # the quick budget trains the same depth-8 step: the measured ratio holds
     assert quick.train_cost.eq(1.0).all() and set(quick.train_cost_source) == {"step"}
+
+
+def test_readme_block_adds_the_scene_table_with_a_short_caption(summarize, render, records, tmp_path):
+    for s in range(2):  # the scene protocol: the plain ResNet and a canonicalising row
+        for row, acc in (("resnet", [0.3, 0.6, 0.9, 0.6, 0.4]), ("canonical", [0.8, 0.85, 0.88, 0.86, 0.8])):
+            r = _record("fmnist-ls-scene", row, s, acc)
+            (records / f"scene__{row}__seed{s}.json").write_text(json.dumps(r))
+    out = summarize.write_csv(summarize.summarize(records, tmp_path / "no_train_cost.json"), tmp_path / "summary.csv")
+    block = render.headline_block(render.load(out))
+    parts = block.strip().split("\n\n")
+    captions = [p for p in parts if p.startswith("*")]
+    assert [c.split(":")[0] for c in captions] == ["*fmnist-ls", "*fmnist-ls-scene"]
+    assert "oracle is trained" in captions[0] and captions[1].endswith("columns as above.*")
+    assert "oracle is trained" not in captions[1]
+    scene = parts[parts.index(captions[1]) + 1]
+    assert "| plain ResNet | `resnet8` | 2 |" in scene and "88.0" in scene
+    assert "docs/img/results-fmnist-ls-scene.png" in block
