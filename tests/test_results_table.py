@@ -120,7 +120,7 @@ def test_readme_block_is_means_over_seeds_of_the_summary(summarize, render, reco
         "oracle: plain ResNet trained at 0.5",
         "msresnet pyramid (most confident level)",
         "msresnet pyramid + `msresnet calibrate`",
-        "msresnet canonical (estimate, resample once, classify)",
+        "msresnet canonical, previous design",
     ]
     page = render.results_page(df)
     assert "Object-scale estimate" in page and "0.10 / 0.30" in page
