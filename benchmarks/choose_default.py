@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +36,8 @@ class Choice:
     budget: str
     protocols: tuple[str, ...]
     scores: dict[str, dict[str, float]]  # row id -> protocol -> validation score
+    #: rows measured on some protocols only: shown beside the choice, not eligible for it
+    partial: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def mean(self, row_id: str) -> float:
         return sum(self.scores[row_id].values()) / len(self.scores[row_id])
@@ -79,7 +81,8 @@ def choose(df: pd.DataFrame, rows_file: Path = ROWS_FILE) -> Choice | None:
     if not complete:
         return None
     best = max(complete, key=lambda r: (sum(complete[r].values()), r))
-    return Choice(best, str(candidates[best]["model"]), budget, protocols, complete)
+    partial = {r: s for r, s in scores.items() if r not in complete}
+    return Choice(best, str(candidates[best]["model"]), budget, protocols, complete, partial)
 
 
 def describe(choice: Choice) -> list[str]:
@@ -89,6 +92,11 @@ def describe(choice: Choice) -> list[str]:
     for row_id in sorted(choice.scores, key=lambda r: -choice.mean(r)):
         cells = [f"`{row_id}`", *(f"{choice.scores[row_id][p]:.1f}" for p in choice.protocols)]
         cells.append(f"{choice.mean(row_id):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for row_id in sorted(choice.partial):  # not measured everywhere: no mean, not a candidate
+        got = choice.partial[row_id]
+        cells = [f"`{row_id}` (not run on every protocol)", *(f"{got[p]:.1f}" if p in got else "–" for p in
+                                                                  choice.protocols), "–"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
