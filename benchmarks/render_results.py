@@ -100,6 +100,9 @@ def default_lines(df: pd.DataFrame) -> list[str]:
 
 
 def _is_headline(row_id: str) -> bool:
+    # calibrated copies of runs stay on the results page: the headline shows each model as trained
+    if row_id.endswith("+calibrate"):
+        return False
     return row_id in HEADLINE_ROWS or row_id.startswith("oracle@") or "canonical" in row_id
 
 

@@ -20,7 +20,7 @@ HEADLINE_ROWS = {
     "resnet_aug": "plain ResNet + random rescale",
     "msresnet_conf_sd": "msresnet pyramid (most confident level)",
     "msresnet_conf_sd+calibrate": "msresnet pyramid + `msresnet calibrate`",
-    "canonical_loc": "msresnet canonical (default: estimate, resample once, classify)",
+    "canonical_loc": "msresnet canonical (default)",
     "canonical": "msresnet canonical, previous design",
     "canonical_search": "msresnet canonical + local search",
 }
