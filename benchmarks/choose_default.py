@@ -93,11 +93,9 @@ def describe(choice: Choice) -> list[str]:
         cells = [f"`{row_id}`", *(f"{choice.scores[row_id][p]:.1f}" for p in choice.protocols)]
         cells.append(f"{choice.mean(row_id):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    for row_id in sorted(choice.partial):  # not measured everywhere: no mean, not a candidate
-        got = choice.partial[row_id]
-        cells = [f"`{row_id}` (not run on every protocol)", *(f"{got[p]:.1f}" if p in got else "–" for p in
-                                                                  choice.protocols), "–"]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+    for row_id, got in sorted(choice.partial.items()):  # not measured everywhere: no mean, not a candidate
+        scores = [f"{got[p]:.1f}" if p in got else "–" for p in choice.protocols]
+        lines.append("| " + " | ".join([f"`{row_id}` (not run on every protocol)", *scores, "–"]) + " |")
     return lines
 
 

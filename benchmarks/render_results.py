@@ -154,19 +154,13 @@ def stats_table(stats: pd.DataFrame, conds: list[float], name: str, short: bool 
 def headline_block(df: pd.DataFrame) -> str:
     """The README's block between the markers (per headline protocol: caption, table, plot), from the summary data
     alone."""
-    parts = [p for p in (_headline_part(df, protocol) for protocol in README_PROTOCOLS) if p]
-    parts = parts[:1] + [_short_caption(p) for p in parts[1:]]
+    parts: list[str] = []
+    for protocol in README_PROTOCOLS:
+        part = _headline_part(df, protocol, short=bool(parts))  # later captions skip the column notes
+        parts += [part] if part else []
     if not parts:
         return "\nNo benchmark record is stored yet: run `python -m benchmarks.scale_bench --quick`.\n"
     return "\n" + "\n\n".join(parts) + "\n"
-
-
-def _short_caption(part: str) -> str:
-    """A later table's caption without the column explanations the first one gave."""
-    caption, rest = part.split("\n\n", 1)
-    head = " ".join(caption.split(": test accuracy (%)")[0].splitlines())
-    short = textwrap.fill(f"{head}; columns as above.*", width=116, break_on_hyphens=False, break_long_words=False)
-    return short + "\n\n" + rest
 
 
 def _lower(text: str) -> str:
@@ -177,7 +171,7 @@ def _upper(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _headline_part(df: pd.DataFrame, protocol: str) -> str | None:
+def _headline_part(df: pd.DataFrame, protocol: str, short: bool = False) -> str | None:
     budget = headline_budget(df, protocol)
     if budget is None:
         return None
@@ -187,13 +181,16 @@ def _headline_part(df: pd.DataFrame, protocol: str) -> str | None:
     stats = stats.assign(_o=stats.row_id.map(_headline_order)).sort_values("_o").drop(columns="_o")
     conds, name = conditions(d)
     depths = sorted({int(x) for x in stats.depth.dropna()})
-    caption = (
-        f"*{protocol}: {_lower(PROTOCOL_TEXT[protocol])}. {_upper(BUDGET_TEXT[budget])}, "
-        f"depth {', '.join(map(str, depths))}: test accuracy (%) at object scale s, mean over the seeds given; mean "
-        "and worst over the scales as mean ± std over seeds; an oracle is trained and tested at its scale; train "
-        "cost relative to the plain ResNet's (* : from the runs' own throughputs, indicative).*"
+    depth = ", ".join(map(str, depths))
+    head = f"*{protocol}: {_lower(PROTOCOL_TEXT[protocol])}. {_upper(BUDGET_TEXT[budget])}, depth {depth}"
+    notes = (
+        "; columns as above.*"
+        if short
+        else ": test accuracy (%) at object scale s, mean over the seeds given; mean and worst over the scales as mean "
+        "± std over seeds; an oracle is trained and tested at its scale; train cost relative to the plain ResNet's "
+        "(* : from the runs' own throughputs, indicative).*"
     )
-    caption = textwrap.fill(caption, width=116, break_on_hyphens=False, break_long_words=False)
+    caption = textwrap.fill(head + notes, width=116, break_on_hyphens=False, break_long_words=False)
     plot = f"![{protocol} accuracy against object scale](docs/img/results-{protocol}.png)"
     return "\n".join([caption, "", *stats_table(stats, conds, name, short=True), "", plot])
 

@@ -56,7 +56,6 @@ __all__ = ["CANVASES", "CanonicalClassifier"]
 
 CANVASES = ("train", "input")
 TRUNK_VIEWS = ("true", "estimated")
-FILLS = PADDINGS
 
 
 def _range(name: str, r: Sequence[float], hi_max: float | None = None) -> tuple[float, float]:
@@ -126,8 +125,8 @@ class CanonicalClassifier(ScaleWrapper):
             raise UserError(f"canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
         if trunk_view not in TRUNK_VIEWS:
             raise UserError(f"trunk_view must be one of {', '.join(TRUNK_VIEWS)}, got {trunk_view!r}")
-        if fill not in FILLS:
-            raise UserError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+        if fill not in PADDINGS:
+            raise UserError(f"fill must be one of {', '.join(PADDINGS)}, got {fill!r}")
         if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0:
             raise UserError("sharp_p must be in [0, 1]; tolerance, search and estimator_weight must be >= 0")
         self.estimator_range = _range("estimator_range", estimator_range)

@@ -6,9 +6,8 @@ input's centre; ``span`` 1: the whole input; 0.5: its central half, enlarged; 2:
 canvas, the rest filled as ``padding`` says: ``"auto"`` (per image: where the image's edge is flat, its edge
 colour, so an object alone on a plain canvas stays alone on that canvas; where the edge is textured, the image
 mirrored, so a shrunk scene continues its scene); ``"reflection"``; ``"border"`` replicates the edge pixels, streaks
-that mark the shrink on any textured edge; ``"zeros"``). The zoom
-is isotropic in pixels whatever the two aspect ratios: the input pixel step per output pixel is
-``span * sqrt(H_in W_in / (H_out W_out))``.
+that mark the shrink on any textured edge; ``"zeros"``). The zoom is isotropic in pixels whatever the two aspect
+ratios: the input pixel step per output pixel is ``span * sqrt(H_in W_in / (H_out W_out))``.
 
 Antialiasing is mipmapping: a cheap pyramid of 2x2 average pools of the input, sampled bilinearly by
 ``grid_sample`` at the level of detail that matches each image's pixel step, linearly blended between the two
@@ -76,15 +75,23 @@ def flat_edge(x: torch.Tensor, width: int = 2) -> torch.Tensor:
     return ring.float().std(dim=2).amax(dim=1) < FLAT_EDGE
 
 
+def _auto(x: torch.Tensor) -> tuple[str, torch.Tensor | None]:
+    """``"auto"`` padding resolved for a batch: one padding mode when every image takes the same (eager), else
+    ``"auto"`` with the per-image choice (``flat``: edge colour, else mirrored)."""
+    flat = flat_edge(x)
+    if not _tracing():
+        if bool(flat.all()):
+            return "border", None
+        if not bool(flat.any()):
+            return "reflection", None
+    return "auto", flat
+
+
 def _sample(level: torch.Tensor, grid: torch.Tensor, padding: str, flat: torch.Tensor | None) -> torch.Tensor:
     """``grid_sample`` with ``padding``; ``"auto"``: edge colour where ``flat``, mirrored elsewhere."""
-    if flat is None:
+    if padding != "auto":
         return F.grid_sample(level, grid, mode="bilinear", padding_mode=padding, align_corners=False)
-    if not _tracing():  # eager: one sampling when the whole batch takes the same fill
-        if bool(flat.all()):
-            return _sample(level, grid, "border", None)
-        if not bool(flat.any()):
-            return _sample(level, grid, "reflection", None)
+    assert flat is not None  # "auto" always comes with its per-image choice
     plain, mirrored = _sample(level, grid, "border", None), _sample(level, grid, "reflection", None)
     return torch.where(flat.view(-1, 1, 1, 1), plain, mirrored)
 
@@ -126,7 +133,7 @@ def zoom(
     """
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
-    flat = flat_edge(x) if padding == "auto" else None
+    padding, flat = _auto(x) if padding == "auto" else (padding, None)
     size_in = image_size(x)
     if size is None:
         ys, xs = _axis(size_in[0], x[0, 0, :, 0]), _axis(size_in[1], x[0, 0, 0, :])
