@@ -347,3 +347,30 @@ def test_estimator_locates_and_its_attention_learns_from_its_loss() -> None:
     assert "fill='auto'" in repr(model) and "localise=True" in repr(model)
     with pytest.raises(UserError, match="fill"):
         _canonical(fill="mirror")
+
+
+def test_second_look_only_zooms_further_in(monkeypatch) -> None:
+    model = _canonical(in_chans=3).eval()
+    x = torch.rand(3, 3, 32, 32)
+    first = torch.tensor([-1.0, 0.0, 0.5])
+    monkeypatch.setattr(model.estimator, "estimate", lambda t, padding="auto": (first.clone(), torch.zeros(3, 2)))
+    looked: list[torch.Tensor] = []
+    residual = torch.tensor([-0.3, -0.4, -0.5])
+
+    def logits(view: torch.Tensor) -> torch.Tensor:
+        looked.append(view)
+        return model.estimator.targets(residual).log()
+
+    monkeypatch.setattr(model.estimator, "logits", logits)
+    e, _ = model.locate(x)
+    # a small object (e < 0) is read again zoomed in by its estimate; a large one keeps its first estimate
+    assert torch.allclose(e, torch.tensor([-1.3, 0.0, 0.5]), atol=0.02)
+    v = model.estimator.view_size
+    assert torch.allclose(looked[0][0], zoom(x[:1], torch.tensor([0.5]), (v, v), padding="reflection")[0], atol=1e-5)
+    residual = torch.tensor([0.7, 0.7, 0.7])  # a second look never zooms back out
+    assert torch.equal(model.locate(x)[0], first)
+    model.refine = 0
+    assert torch.equal(model.locate(x)[0], first) and len(looked) == 2
+    assert "refine=0" in repr(model)
+    with pytest.raises(UserError, match="refine"):
+        _canonical(refine=-1)

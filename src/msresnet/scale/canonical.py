@@ -30,6 +30,14 @@ textured border (``"border"``) draws a frame of streaks whose width is the shrin
 instead of the object, and a small object in a full frame of clutter then reads as "not shrunk". Mirroring a plain
 canvas (``"reflection"``) surrounds its object with copies of itself, which no test image has.
 
+A second look (``refine``): an object in clutter, shrunk, reads as larger than it is, because the estimator learnt
+from training views whose background shrank with their object, while the background behind a small test object
+keeps its own scale. Where the first estimate says the object is small, the estimator looks again at the image
+zoomed in by that estimate (about the object): a zoom-in has no fill to read, and the object is larger in the
+view, so what is left of the shrink can be read there. The residual only ever moves the estimate further in (a
+zoom-out view would be framed by its fill, which the estimator does read). It costs one more estimator pass at the
+estimator's coarse resolution, and changes nothing in training.
+
 Localisation (``localise``): the estimator's attention centroid says where the object is, and canonicalisation zooms
 about that point (clamped so that an enlarged window stays inside the image and a shrunk one keeps the whole image
 in view) instead of about the image centre, so an off-centre small object is enlarged, not pushed out of the canvas.
@@ -102,6 +110,7 @@ class CanonicalClassifier(ScaleWrapper):
         fill: what surrounds a shrunk image (``"auto"``, ``"reflection"``, ``"border"``, ``"zeros"``; see the module
             docstring).
         localise: zoom about the estimated object centre (else about the image centre).
+        refine: second looks at a small object (0: none; see the module docstring).
     """
 
     def __init__(
@@ -119,6 +128,7 @@ class CanonicalClassifier(ScaleWrapper):
         estimator_width: int = 12,
         fill: str = "auto",
         localise: bool = True,
+        refine: int = 1,
     ) -> None:
         super().__init__(trunk)
         if canvas not in CANVASES:
@@ -127,8 +137,8 @@ class CanonicalClassifier(ScaleWrapper):
             raise UserError(f"trunk_view must be one of {', '.join(TRUNK_VIEWS)}, got {trunk_view!r}")
         if fill not in PADDINGS:
             raise UserError(f"fill must be one of {', '.join(PADDINGS)}, got {fill!r}")
-        if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0:
-            raise UserError("sharp_p must be in [0, 1]; tolerance, search and estimator_weight must be >= 0")
+        if not 0.0 <= sharp_p <= 1.0 or tolerance < 0 or search < 0 or estimator_weight < 0 or refine < 0:
+            raise UserError("sharp_p must be in [0, 1]; tolerance, search, estimator_weight and refine must be >= 0")
         self.estimator_range = _range("estimator_range", estimator_range)
         self.detail_range = _range("detail_range", detail_range, hi_max=0.0)
         lo, hi = self.estimator_range
@@ -137,7 +147,7 @@ class CanonicalClassifier(ScaleWrapper):
                                         width=estimator_width)  # fmt: skip
         self.sharp_p, self.tolerance, self.canvas, self.search = float(sharp_p), float(tolerance), canvas, search
         self.estimator_weight, self.trunk_view = float(estimator_weight), trunk_view
-        self.fill, self.localise = fill, bool(localise)
+        self.fill, self.localise, self.refine = fill, bool(localise), int(refine)
         # (H, W) of the training images, recorded by training forwards; zeros until then
         self.register_buffer("train_canvas", torch.zeros(2, dtype=torch.long))
         self._canvas_seen: tuple[int, int] | None = None  # its value, for graph capture (see _trained_size)
@@ -152,13 +162,25 @@ class CanonicalClassifier(ScaleWrapper):
 
     # --------------------------------------------------------------------------------------------- estimate
     def log2_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The estimator's log2 object size relative to the frame, compared with training images ``[B]``."""
-        return self.estimator.estimate(x, padding=self.fill)[0]
+        """The estimated log2 object size relative to the frame, compared with training images ``[B]``."""
+        return self.locate(x)[0]
 
     def locate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log2 object size ``[B]`` and, when the wrapper localises, object centre ``[B, 2]`` (normalised ``x, y``)."""
+        """Log2 object size ``[B]`` and, when the wrapper localises, object centre ``[B, 2]`` (normalised ``x, y``):
+        the estimator's first look, refined by its second looks at a small object (see the module docstring)."""
         e, c = self.estimator.estimate(x, padding=self.fill)
-        return e, (c if self.localise else None)
+        centre = c if self.localise else None
+        for _ in range(self.refine):
+            e = e + self._second_look(x, e, centre)
+        return e, centre
+
+    def _second_look(self, x: torch.Tensor, e: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
+        """``[B]`` the further (negative) log2 shrink read from ``x`` zoomed in by ``2**e`` about ``centre`` where
+        ``e < 0``, 0 elsewhere."""
+        v = self.estimator.view_size
+        view = self._zoom(x, _exp2(e.clamp(max=0.0)), (v, v), centre)
+        residual = self.estimator.decode(self.estimator.logits(view)).clamp(max=0.0)
+        return torch.where(e < 0, residual, torch.zeros_like(residual))
 
     def estimate_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Each image's object size relative to the training objects', in pixels ``[B]`` (2.0: twice as large).
@@ -298,4 +320,4 @@ class CanonicalClassifier(ScaleWrapper):
         lo, hi = self.estimator_range
         return (f"canvas={self.canvas!r}, tolerance={self.tolerance}, estimator_range=({lo}, {hi}), "
                 f"search={self.search}, target={math.pow(2, -self.tolerance):.3f}, fill={self.fill!r}, "
-                f"localise={self.localise}")  # fmt: skip
+                f"localise={self.localise}, refine={self.refine}")  # fmt: skip
