@@ -176,11 +176,21 @@ class CanonicalClassifier(ScaleWrapper):
 
     def _second_look(self, x: torch.Tensor, e: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
         """``[B]`` the further (negative) log2 shrink read from ``x`` zoomed in by ``2**e`` about ``centre`` where
-        ``e < 0``, 0 elsewhere."""
+        ``e < 0``, 0 elsewhere. Eager calls look again at those images only; a recorded graph looks at every image
+        and selects."""
+        small = e < 0
+        if _tracing():
+            return torch.where(small, self._residual(x, e, centre), torch.zeros_like(e))
+        out = torch.zeros_like(e)
+        idx = small.nonzero().squeeze(1)
+        if idx.numel():
+            out[idx] = self._residual(x[idx], e[idx], None if centre is None else centre[idx])
+        return out
+
+    def _residual(self, x: torch.Tensor, e: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
         v = self.estimator.view_size
         view = self._zoom(x, _exp2(e.clamp(max=0.0)), (v, v), centre)
-        residual = self.estimator.decode(self.estimator.logits(view)).clamp(max=0.0)
-        return torch.where(e < 0, residual, torch.zeros_like(residual))
+        return self.estimator.decode(self.estimator.logits(view)).clamp(max=0.0)
 
     def estimate_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Each image's object size relative to the training objects', in pixels ``[B]`` (2.0: twice as large).
