@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         for msg in pool.map(launch, todo):
             print(msg, flush=True)
     wall = time.perf_counter() - t_start
-    _print_written(publish(results, (budget,), command, wall))
+    if results.resolve() == PUBLISHED.resolve():
+        _print_written(publish(results, (budget,), command, wall))
+    else:  # an experiment's own records: the published pages keep reading the published ones
+        print(f"records in {results}; the pages were not re-rendered (they read {PUBLISHED.relative_to(ROOT)})")
     print(f"{wall / 60:.1f} min")
     return 0
 

@@ -236,3 +236,13 @@ def test_targets_of_a_named_row(pages):
     assert checks["mean_vs_row"](vs, summary) == [("m", "84.6 vs 79.0", True)]
     assert checks["retention"]({"protocol": "p", "of": "canonical_loc", "min": 0.9, "text": "r"}, summary)[0][2]
     assert checks["min_worst"]({**worst, "of": "absent"}, summary) == []  # a row that did not run: no line
+
+
+def test_an_experiment_results_dir_leaves_the_published_pages_alone(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MSRESNET_BENCH_RESULTS", str(tmp_path))  # main() sets it; restored after the test
+    (tmp_path / "fmnist-ls__resnet__seed0.json").write_text("{}")  # already stored: nothing to run
+    published = []
+    monkeypatch.setattr(bench, "publish", lambda *a, **k: published.append(a) or [])
+    argv = ["--rows", "resnet", "--protocols", "fmnist-ls", "--seeds", "0", "--runs-dir", str(tmp_path / "runs")]
+    assert bench.main([*argv, "--results-dir", str(tmp_path)]) == 0
+    assert published == [] and "not re-rendered" in capsys.readouterr().out
