@@ -355,7 +355,7 @@ def test_second_look_only_zooms_further_in(monkeypatch) -> None:
     first = torch.tensor([-1.0, 0.0, 0.5])
     monkeypatch.setattr(model.estimator, "estimate", lambda t, padding="auto": (first.clone(), torch.zeros(3, 2)))
     looked: list[torch.Tensor] = []
-    residual = torch.tensor([-0.3, -0.4, -0.5])
+    residual = torch.tensor([-0.2, -0.4, -0.5])
 
     def logits(view: torch.Tensor) -> torch.Tensor:
         looked.append(view)
@@ -364,16 +364,18 @@ def test_second_look_only_zooms_further_in(monkeypatch) -> None:
     monkeypatch.setattr(model.estimator, "logits", logits)
     e, _ = model.locate(x)
     # a small object (e < 0) is read again zoomed in by its estimate; a large one keeps its first estimate
-    assert torch.allclose(e, torch.tensor([-1.3, 0.0, 0.5]), atol=0.02)
+    assert torch.allclose(e, torch.tensor([-1.2, 0.0, 0.5]), atol=0.02)
     v = model.estimator.view_size
     assert looked[0].shape[0] == 1  # eager: only the small object is looked at again
     assert torch.allclose(looked[0][0], zoom(x[:1], torch.tensor([0.5]), (v, v), padding="reflection")[0], atol=1e-5)
     monkeypatch.setattr("msresnet.scale.canonical._tracing", lambda: True)  # a recorded graph: every image, selected
     assert torch.equal(model.locate(x)[0], e) and looked[-1].shape[0] == 3
+    residual = torch.tensor([-1.5, -1.5, -1.5])  # at most `tolerance` further in
+    assert torch.allclose(model.locate(x)[0], torch.tensor([-1.0 - model.tolerance, 0.0, 0.5]), atol=0.02)
     residual = torch.tensor([0.7, 0.7, 0.7])  # a second look never zooms back out
     assert torch.equal(model.locate(x)[0], first)
     model.refine = 0
-    assert torch.equal(model.locate(x)[0], first) and len(looked) == 3
+    assert torch.equal(model.locate(x)[0], first) and len(looked) == 4
     assert "refine=0" in repr(model)
     with pytest.raises(UserError, match="refine"):
         _canonical(refine=-1)

@@ -35,7 +35,9 @@ from training views whose background shrank with their object, while the backgro
 keeps its own scale. Where the first estimate says the object is small, the estimator looks again at the image
 zoomed in by that estimate (about the object): a zoom-in has no fill to read, and the object is larger in the
 view, so what is left of the shrink can be read there. The residual only ever moves the estimate further in (a
-zoom-out view would be framed by its fill, which the estimator does read). It costs one more estimator pass at the
+zoom-out view would be framed by its fill, which the estimator does read), and by at most ``tolerance`` octaves,
+what the trunk is trained to absorb: a plain-canvas object the first look sized right can read as smaller still on
+a second look, and an uncapped residual then enlarges it out of the canvas. It costs one more estimator pass at the
 estimator's coarse resolution, and changes nothing in training.
 
 Localisation (``localise``): the estimator's attention centroid says where the object is, and canonicalisation zooms
@@ -190,7 +192,8 @@ class CanonicalClassifier(ScaleWrapper):
     def _residual(self, x: torch.Tensor, e: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
         v = self.estimator.view_size
         view = self._zoom(x, _exp2(e.clamp(max=0.0)), (v, v), centre)
-        return self.estimator.decode(self.estimator.logits(view)).clamp(max=0.0)
+        # at most ``tolerance`` further in: a wrong second look then costs no more than the trunk is trained to absorb
+        return self.estimator.decode(self.estimator.logits(view)).clamp(min=-self.tolerance, max=0.0)
 
     def estimate_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Each image's object size relative to the training objects', in pixels ``[B]`` (2.0: twice as large).
