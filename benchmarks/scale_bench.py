@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate_stored:
         val_limits = {p: recipes[p]["quick"].get("val_limit", 5000) if args.quick else 5000 for p in protocols}
         calibrate_stored(jobs, results, Path(args.runs_dir), args.test_limit, val_limits)
-        _print_written(publish(results, (budget,), command))
+        _publish_if_published(results, budget, command)
         return 0
     todo = [j for j in jobs if not (results / f"{j.key}.json").exists()]
     print(f"{len(jobs)} runs planned, {len(jobs) - len(todo)} already stored, {len(todo)} to run", flush=True)
@@ -326,12 +326,18 @@ def main(argv: list[str] | None = None) -> int:
         for msg in pool.map(launch, todo):
             print(msg, flush=True)
     wall = time.perf_counter() - t_start
-    if results.resolve() == PUBLISHED.resolve():
-        _print_written(publish(results, (budget,), command, wall))
-    else:  # an experiment's own records: the published pages keep reading the published ones
-        print(f"records in {results}; the pages were not re-rendered (they read {PUBLISHED.relative_to(ROOT)})")
+    _publish_if_published(results, budget, command, wall)
     print(f"{wall / 60:.1f} min")
     return 0
+
+
+def _publish_if_published(results: Path, budget: Budget, command: str, wall: float | None = None) -> None:
+    """Re-render the pages after a run or a calibration, but only from the published records: an experiment's own
+    ``--results-dir`` must not overwrite the pages with its partial records (``--render`` still renders any dir)."""
+    if results.resolve() == PUBLISHED.resolve():
+        _print_written(publish(results, (budget,), command, wall))
+    else:
+        print(f"records in {results}; the pages were not re-rendered (they read {PUBLISHED.relative_to(ROOT)})")
 
 
 def _print_written(paths: list[Path]) -> None:

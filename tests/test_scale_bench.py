@@ -246,3 +246,13 @@ def test_an_experiment_results_dir_leaves_the_published_pages_alone(bench, tmp_p
     argv = ["--rows", "resnet", "--protocols", "fmnist-ls", "--seeds", "0", "--runs-dir", str(tmp_path / "runs")]
     assert bench.main([*argv, "--results-dir", str(tmp_path)]) == 0
     assert published == [] and "not re-rendered" in capsys.readouterr().out
+
+
+def test_calibrating_an_experiments_records_leaves_the_published_pages_alone(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MSRESNET_BENCH_RESULTS", str(tmp_path))
+    published, calibrated = [], []
+    monkeypatch.setattr(bench, "publish", lambda *a, **k: published.append(a) or [])
+    monkeypatch.setattr(bench, "calibrate_stored", lambda jobs, results, *a: calibrated.append(results))
+    argv = ["--rows", "resnet", "--protocols", "fmnist-ls", "--seeds", "0", "--runs-dir", str(tmp_path / "runs")]
+    assert bench.main([*argv, "--results-dir", str(tmp_path), "--calibrate-stored"]) == 0
+    assert calibrated == [tmp_path.resolve()] and published == [] and "not re-rendered" in capsys.readouterr().out
