@@ -225,7 +225,7 @@ def test_targets_of_a_named_row(pages):
         "resnet": {"per_cond": [0.70, 0.87, 0.80], "overall": 0.79, "n": 3, "retention": 0.8, "val": 70.0},
     }
     summary = {"p": {"rows": rows, "oracle": {}, "best": "other", "conds": ["14", "21", "28"]}}
-    checks = pages._CHECKS
+    checks = load_benchmark("targets").CHECKS
     gap = {"protocol": "p", "of": "canonical_loc", "size": "all", "reference": 28, "max_gap": 3, "text": "t"}
     assert checks["size_gap"](gap, summary) == [("t", "80.0 at 14 px vs 88.0", False)]
     assert checks["size_gap"]({**gap, "max_gap": 8}, summary)[0][2] is True
