@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from msresnet.engine.config import TrainConfig, load_train_config, provenance, to_yaml
+from msresnet.engine.config import TrainConfig, load_train_config, to_yaml
+from msresnet.engine.provenance import provenance
 from msresnet.errors import UserError
 
 BASE = {"model": "resnet8", "out": "runs/x"}

@@ -37,11 +37,11 @@ from msresnet.engine.config import (
     PROVENANCE_KEY,
     RESUME_MUTABLE,
     TrainConfig,
-    provenance,
     read_text,
     to_yaml,
     validate_config,
 )
+from msresnet.engine.provenance import provenance
 from msresnet.errors import UserError
 
 __all__ = ["check_resume", "rebuild_weights", "resume_values", "stored_config", "write_run_config"]
