@@ -84,12 +84,17 @@ def _row_gap(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
     return [(t["text"].format(**t), measured, d <= t["max_gap"])]
 
 
-def _error_ratio(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+def _errors(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> tuple[dict, dict[str, float]] | None:
+    """(protocol summary, each row's mean error) of a target's protocol; None when its row did not run there."""
     found = _best(t, summary)
+    return None if found is None else (found[0], {k: 1 - v["overall"] for k, v in found[0]["rows"].items()})
+
+
+def _error_ratio(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
+    found = _errors(t, summary)
     if found is None:
         return []
-    proto = found[0]
-    err = {k: 1 - v["overall"] for k, v in proto["rows"].items()}
+    proto, err = found
     base = min(err.get(k, 1) for k in t["baselines"])
     e = err[proto["best"]]
     n, ran = proto["rows"][proto["best"]]["n"], [k for k in t["baselines"] if k in err]
@@ -99,11 +104,10 @@ def _error_ratio(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measu
 
 
 def _below_rows(t: dict[str, Any], summary: dict[str, dict[str, Any]]) -> Measured:
-    found = _best(t, summary)
+    found = _errors(t, summary)
     if found is None:
         return []
-    proto = found[0]
-    err = {k: 1 - v["overall"] for k, v in proto["rows"].items()}
+    proto, err = found
     others = {k: err[k] for k in t["rows"] if k in err}
     if not others:
         return []
