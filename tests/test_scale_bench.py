@@ -23,6 +23,11 @@ def pages():
     return load_benchmark("pipeline")
 
 
+@pytest.fixture(scope="module")
+def targets():
+    return load_benchmark("targets")
+
+
 def test_quick_plan_covers_every_protocol_with_oracles_and_three_realizations(bench):
     recipes, rows = bench.load_plan()
     jobs = bench.make_jobs(list(bench.PROTOCOLS), rows, recipes, [0], budget=Budget.QUICK)
@@ -217,7 +222,7 @@ def test_run_job_resumes_a_stopped_run_and_counts_its_earlier_epochs(bench, tiny
     assert "resume" not in record["config"] and len(record["test"]["accuracy"]) == 9
 
 
-def test_targets_of_a_named_row(pages):
+def test_targets_of_a_named_row(targets):
     """Targets with ``of`` read that row, not the best msresnet; every size, the worst scale and means compare."""
     rows = {
         "canonical_loc": {"per_cond": [0.80, 0.86, 0.88], "overall": 0.846, "n": 3, "retention": 0.91, "val": 80.0},
@@ -225,7 +230,7 @@ def test_targets_of_a_named_row(pages):
         "resnet": {"per_cond": [0.70, 0.87, 0.80], "overall": 0.79, "n": 3, "retention": 0.8, "val": 70.0},
     }
     summary = {"p": {"rows": rows, "oracle": {}, "best": "other", "conds": ["14", "21", "28"]}}
-    checks = load_benchmark("targets").CHECKS
+    checks = targets.CHECKS
     gap = {"protocol": "p", "of": "canonical_loc", "size": "all", "reference": 28, "max_gap": 3, "text": "t"}
     assert checks["size_gap"](gap, summary) == [("t", "80.0 at 14 px vs 88.0", False)]
     assert checks["size_gap"]({**gap, "max_gap": 8}, summary)[0][2] is True
