@@ -379,3 +379,33 @@ def test_second_look_only_zooms_further_in(monkeypatch) -> None:
     assert "refine=0" in repr(model)
     with pytest.raises(UserError, match="refine"):
         _canonical(refine=-1)
+
+
+def test_estimator_training_views_surround_a_shrunk_scene_with_its_own_background(monkeypatch) -> None:
+    model = _canonical(in_chans=3).train()
+    v = model.estimator.view_size
+    plain = torch.zeros(2, 3, 48, 48)
+    plain[..., 18:30, 18:30] = 2.0  # objects alone on a flat canvas
+    scene = _smooth(4, 3, 48, seed=1) * 2  # textured scenes
+    x = torch.cat([plain, scene])
+    span = torch.tensor([1.6, 3.0, 1.6, 2.0, 3.0, 0.7])
+    shift = torch.zeros(6, 2)
+    centre = torch.tensor([[0.3, -0.2]]).expand(6, 2)  # where the estimator says each object is
+    monkeypatch.setattr(model.estimator, "estimate", lambda t, padding="auto": (torch.zeros(len(t)), centre[: len(t)]))
+    view, used = model._estimator_view(x, span, shift)
+    plain_views = model.estimator.view(x, span, centre=shift, padding="auto")
+    # a plain canvas, a shrink beyond OWN_SURROUND and a zoom-in keep the plain zoom and its window
+    for i in (0, 1, 4, 5):
+        assert torch.equal(view[i], plain_views[i]) and torch.equal(used[i], shift[i])
+    # a textured image shrunk by at most OWN_SURROUND: pasted over its own full-size view, centred on its object
+    full = model.estimator.view(x)
+    for i in (2, 3):
+        around = view[i] - zoom(x[i : i + 1], span[i : i + 1], (v, v), centre=used[i : i + 1], padding="zeros")[0]
+        assert torch.allclose(around[:, :1, :1], full[i, :, :1, :1], atol=1e-5)  # the corner: its own background
+        assert not torch.allclose(view[i, :, :1, :1], plain_views[i, :, :1, :1], atol=1e-3)  # not a mirror
+        # the shrunk image lands at -window_centre / span in the view: where the full-size object is
+        assert torch.allclose(-used[i] / span[i], centre[i], atol=1e-5)
+    # an all-plain batch takes the plain path without asking the estimator where its objects are
+    monkeypatch.setattr(model.estimator, "estimate", None)
+    plain_only, _ = model._estimator_view(plain, span[:2], shift[:2])
+    assert torch.equal(plain_only, plain_views[:2])

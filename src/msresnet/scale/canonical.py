@@ -30,9 +30,15 @@ textured border (``"border"``) draws a frame of streaks whose width is the shrin
 instead of the object, and a small object in a full frame of clutter then reads as "not shrunk". Mirroring a plain
 canvas (``"reflection"``) surrounds its object with copies of itself, which no test image has.
 
-A second look (``refine``): an object in clutter, shrunk, reads as larger than it is, because the estimator learnt
-from training views whose background shrank with their object, while the background behind a small test object
-keeps its own scale. Where the first estimate says the object is small, the estimator looks again at the image
+A mirrored scene is still a cue: a shrunk view is then a tiling of mirrored copies of its scene (and of its object),
+and an estimator trained on such views reads a small object alone in an unmirrored scene as "not shrunk". So with
+``"auto"`` the estimator's training views of a textured image shrunk by at most :data:`OWN_SURROUND` are the shrunk
+image pasted over its own full-size view, centred on its object (where the estimator, without gradient, locates it):
+the shrunk scene is surrounded by the same scene's background at its own scale, as a small test object is. Stronger
+shrinks keep the mirrored fill: their window is too small to cover the full-size object.
+
+A second look (``refine``): an object in clutter, shrunk, can still read as larger than it is. Where the first
+estimate says the object is small, the estimator looks again at the image
 zoomed in by that estimate (about the object): a zoom-in has no fill to read, and the object is larger in the
 view, so what is left of the shrink can be read there. The residual only ever moves the estimate further in (a
 zoom-out view would be framed by its fill, which the estimator does read), and by at most ``tolerance`` octaves,
@@ -60,12 +66,16 @@ from msresnet.errors import UserError
 from msresnet.scale._factory import register_wrapper
 from msresnet.scale._wrapper import ScaleWrapper
 from msresnet.scale.estimator import ScaleEstimator
-from msresnet.scale.resample import PADDINGS, _tracing, image_size, window_extent, zoom
+from msresnet.scale.resample import PADDINGS, _tracing, flat_edge, image_size, window_extent, zoom
 
 __all__ = ["CANVASES", "CanonicalClassifier"]
 
 CANVASES = ("train", "input")
 TRUNK_VIEWS = ("true", "estimated")
+OWN_SURROUND = 2.0
+"""The largest shrink of an estimator training view pasted over its own image (``fill="auto"``, textured images): a
+window of half the frame still covers a training object of up to half the frame's side; a smaller one would leave
+the full-size object showing around it, a second object at another size that the label does not describe."""
 
 
 def _range(name: str, r: Sequence[float], hi_max: float | None = None) -> tuple[float, float]:
@@ -285,12 +295,45 @@ class CanonicalClassifier(ScaleWrapper):
             extent = window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))
             room = (1.0 - extent).abs()
             shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
-        view = self.estimator.view(self._blur(x), span, centre=shift, padding=self.fill)
+        view, shift = self._estimator_view(self._blur(x), span, shift)
         est_logits, c_view = self.estimator.logits_and_centre(view)
         loss = self.estimator.loss(est_logits, g) * self.estimator_weight
         if shift is None or extent is None:
             return loss, None
         return loss, shift + c_view.to(shift.dtype) * extent
+
+    def _estimator_view(
+        self, x: torch.Tensor, span: torch.Tensor, shift: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The estimator's training views of ``x`` zoomed by ``span`` about ``shift`` (None: the centre), and the
+        window centres they were made with. With ``fill="auto"``, a textured image shrunk by at most
+        :data:`OWN_SURROUND` is pasted over its own full-size view, centred on its object (the estimator's detached
+        estimate), so that what surrounds the shrunk scene is the scene's own background at its own scale: no mirrored
+        copies, no fill whose extent is the label (see the module docstring)."""
+        est = self.estimator
+        view = est.view(x, span, centre=shift, padding=self.fill)
+        if self.fill != "auto":
+            return view, shift
+        paste = (span > 1) & (span <= OWN_SURROUND) & ~flat_edge(x)
+        if not _tracing() and not bool(paste.any()):
+            return view, shift  # e.g. objects alone on a plain canvas: their edge colour is their background already
+        with torch.no_grad():
+            mode = est.training
+            est.train(False)  # running statistics: the look that inference takes, and no update of them
+            centre = est.estimate(x, padding=self.fill)[1].detach()
+            est.train(mode)
+        v = est.view_size
+        extent = window_extent(span, image_size(x), image_size(x).new_tensor([v, v]))
+        room = (1.0 - extent).abs()
+        # the shrunk image covers the view's [-1/extent, 1/extent] about -c/extent: that window centred on the object
+        c = torch.maximum(torch.minimum(-centre * extent, room), -room)
+        shrunk = est.view(x, span, centre=c, padding="zeros")
+        cover = est.view(torch.ones_like(x[:, :1]), span, centre=c, padding="zeros")
+        pasted = shrunk + (1.0 - cover) * est.view(x)
+        view = torch.where(paste.view(-1, 1, 1, 1), pasted, view)
+        if shift is not None:
+            shift = torch.where(paste.view(-1, 1), c, shift)
+        return view, shift
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the
