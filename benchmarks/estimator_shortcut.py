@@ -6,9 +6,11 @@ fresh estimator trained alone on its own self-supervised loss (``CanonicalClassi
 protocol's training images, then two measurements:
 
 * **shortcut**: background-only images (the scene generator's backgrounds, no object) zoomed by the same random
-  factors the estimator is trained on, with the variant's own fill: the correlation of the estimate with the zoom.
-  An estimator that reads the object has nothing to read here (correlation near 0); one that learnt the frame
-  around a shrunk view follows the zoom (correlation near 1);
+  factors the estimator is trained on: the correlation of the estimate with the zoom. An estimator that reads the
+  object has nothing to read here (correlation near 0); one that learnt the frame around a shrunk view follows the
+  zoom (correlation near 1). Two probes: ``background_only_correlation``, the backgrounds zoomed with the variant's
+  fill and read as at test time (``log2_scale``); ``..._training_views``, the variant's own training views of them
+  (for the default, a shrink of up to 2x pasted over the background's own full-size view) read by one look;
 * **scale error**: median |log2 estimate - log2 truth| (octaves) on the protocol's validation sweep, per scale.
 
     python -m benchmarks.estimator_shortcut                       # fmnist-ls-scene, writes the record below
@@ -30,6 +32,7 @@ import msresnet
 from benchmarks.layout import RESULTS, ROOT
 from msresnet.data import build_protocol
 from msresnet.data.scenes import BACKGROUNDS, scene_backgrounds
+from msresnet.engine.provenance import git_revision
 from msresnet.evaluate import ValidationSweep
 from msresnet.preprocess import normalize
 from msresnet.scale.resample import zoom
@@ -65,15 +68,23 @@ def train_estimator(model: Any, images: torch.Tensor, stats: tuple, steps: int, 
 
 
 @torch.no_grad()
-def shortcut(model: Any, in_chans: int, canvas: int, stats: tuple, n: int, seed: int) -> float:
-    """Correlation of the estimate with the training zoom on background-only images (see the module docstring)."""
+def shortcut(
+    model: Any, in_chans: int, canvas: int, stats: tuple, n: int, seed: int, training_views: bool = False
+) -> float:
+    """Correlation of the estimate with the training zoom on background-only images, zoomed as at test time or
+    (``training_views``) as the estimator's training views are made (see the module docstring)."""
     bg = scene_backgrounds(n, canvas, sorted(BACKGROUNDS), (seed, 17))
     if in_chans == 1:
         bg = bg.mean(1, keepdim=True)
     lo, hi = model.estimator_range
     g = lo + (hi - lo) * torch.rand(n, generator=torch.Generator().manual_seed(seed))
     model.eval()
-    est = model.log2_scale(zoom(normalize(bg, *stats), torch.exp2(-g), padding=model.fill))
+    x = normalize(bg, *stats)
+    if training_views:
+        view = model._estimator_view(x, torch.exp2(-g), None)[0]
+        est = model.estimator.decode(model.estimator.logits(view))
+    else:
+        est = model.log2_scale(zoom(x, torch.exp2(-g), padding=model.fill))
     return float(torch.corrcoef(torch.stack([est, g]))[0, 1])
 
 
@@ -112,20 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     shown = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     record: dict[str, Any] = {"protocol": args.protocol, "args": {**vars(args), "out": shown}, "variants": {}}
+    if out.exists():  # a re-measured variant replaces its entry; the others keep theirs
+        stored = json.loads(out.read_text())
+        if stored.get("protocol") == args.protocol and stored.get("args", {}).get("limit") == args.limit:
+            record["variants"] = stored.get("variants", {})
     for name, kwargs in (VARIANTS[v] for v in args.variants.split(",")):
         torch.manual_seed(args.seed)
         model = msresnet.create_model("msresnet8_canonical", num_classes=protocol.num_classes,
                                       in_chans=protocol.in_chans, **kwargs)  # fmt: skip
         t0 = time.perf_counter()
         loss = train_estimator(model, images, stats, args.steps, args.batch_size, args.seed)
+        probe = (model, protocol.in_chans, protocol.input_size[0], stats, args.probe_images, args.seed + 1)
         record["variants"][name] = {
             "kwargs": kwargs,
             "final_loss": round(loss, 4),
-            "background_only_correlation": round(
-                shortcut(model, protocol.in_chans, protocol.input_size[0], stats, args.probe_images, args.seed + 1), 3
-            ),  # fmt: skip
+            "background_only_correlation": round(shortcut(*probe), 3),
+            "background_only_correlation_training_views": round(shortcut(*probe, training_views=True), 3),
             "median_abs_error_octaves": scale_errors(model, sweep, stats, float(protocol.train_condition)),
             "seconds": round(time.perf_counter() - t0, 1),
+            "git": git_revision(ROOT),
         }
         print(name, json.dumps(record["variants"][name]), flush=True)
     record["torch"] = torch.__version__
