@@ -1,9 +1,9 @@
 """Does the canonicaliser's scale estimator read the object or the frame? Measured directly, per design.
 
 Each variant of the canonical wrapper (the previous design: border fill, zoom about the centre; reflection fill;
-reflection fill + localisation; each image's own surroundings (``fill="auto"``) + localisation, the default) gets a
-fresh estimator trained alone on its own self-supervised loss (``CanonicalClassifier.estimator_loss``) over a
-protocol's training images, then two measurements:
+reflection fill + localisation; each image's own background (``fill="auto"``: a shrunk scene pasted over its own
+full-size view) + localisation, the default) gets a fresh estimator trained alone on its own self-supervised loss
+(``CanonicalClassifier.estimator_loss``) over a protocol's training images, then two measurements:
 
 * **shortcut**: background-only images (the scene generator's backgrounds, no object) zoomed by the same random
   factors the estimator is trained on: the correlation of the estimate with the zoom. An estimator that reads the
@@ -43,7 +43,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "previous": ("previous: border fill, centre zoom", {"fill": "border", "localise": False}),
     "reflection-centre": ("reflection fill, centre zoom", {"fill": "reflection", "localise": False}),
     "reflection-localised": ("reflection fill + localised", {"fill": "reflection"}),
-    "default": ("own-surroundings fill + localised (default)", {}),
+    "default": ("own background: shrinks up to 2x pasted over the image's own view, + localised (default)", {}),
 }
 
 
