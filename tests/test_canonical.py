@@ -392,20 +392,26 @@ def test_estimator_training_views_surround_a_shrunk_scene_with_its_own_backgroun
     shift = torch.zeros(6, 2)
     centre = torch.tensor([[0.3, -0.2]]).expand(6, 2)  # where the estimator says each object is
     monkeypatch.setattr(model.estimator, "estimate", lambda t, padding="auto": (torch.zeros(len(t)), centre[: len(t)]))
-    view, used = model._estimator_view(x, span, shift)
+    view, pasted = model._estimator_view(x, span, shift)
+    assert pasted is not None and pasted[0].tolist() == [False, False, True, True, False, False]
+    assert torch.equal(pasted[1], centre)  # where the trunk's training view is then centred
     plain_views = model.estimator.view(x, span, centre=shift, padding="auto")
-    # a plain canvas, a shrink beyond OWN_SURROUND and a zoom-in keep the plain zoom and its window
+    # a plain canvas, a shrink beyond OWN_SURROUND and a zoom-in keep the plain zoom
     for i in (0, 1, 4, 5):
-        assert torch.equal(view[i], plain_views[i]) and torch.equal(used[i], shift[i])
+        assert torch.equal(view[i], plain_views[i])
     # a textured image shrunk by at most OWN_SURROUND: pasted over its own full-size view, centred on its object
     full = model.estimator.view(x)
     for i in (2, 3):
-        around = view[i] - zoom(x[i : i + 1], span[i : i + 1], (v, v), centre=used[i : i + 1], padding="zeros")[0]
+        c = -centre[i : i + 1] * span[i]  # the window centre that puts the shrunk image's centre on the object
+        around = view[i] - zoom(x[i : i + 1], span[i : i + 1], (v, v), centre=c, padding="zeros")[0]
         assert torch.allclose(around[:, :1, :1], full[i, :, :1, :1], atol=1e-5)  # the corner: its own background
         assert not torch.allclose(view[i, :, :1, :1], plain_views[i, :, :1, :1], atol=1e-3)  # not a mirror
-        # the shrunk image lands at -window_centre / span in the view: where the full-size object is
-        assert torch.allclose(-used[i] / span[i], centre[i], atol=1e-5)
     # an all-plain batch takes the plain path without asking the estimator where its objects are
     monkeypatch.setattr(model.estimator, "estimate", None)
-    plain_only, _ = model._estimator_view(plain, span[:2], shift[:2])
-    assert torch.equal(plain_only, plain_views[:2])
+    plain_only, none = model._estimator_view(plain, span[:2], shift[:2])
+    assert torch.equal(plain_only, plain_views[:2]) and none is None
+    # the trunk's training views of pasted images are centred where the full view located the object
+    monkeypatch.setattr(model.estimator, "estimate", lambda t, padding="auto": (torch.zeros(len(t)), centre[: len(t)]))
+    model.estimator_range = (-0.9, -0.1)  # every view a shrink of at most 2x: every scene pasted
+    _, located = model._estimator_step(scene)
+    assert located is not None and torch.equal(located, centre[:4])

@@ -285,7 +285,9 @@ class CanonicalClassifier(ScaleWrapper):
 
     def _estimator_step(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`estimator_loss` and, when localising, each object's centre in ``x`` (normalised ``x, y``) read
-        from the same pass: the view's attention centroid mapped back through the view's known zoom and shift."""
+        from the same pass: the view's attention centroid mapped back through the view's known zoom and shift (for a
+        view pasted over its own image, where that image's full view located the object: the view then shows the
+        object twice, and its centroid may be on either)."""
         b, dev = x.shape[0], x.device
         g = _uniform(b, *self.estimator_range, dev)
         span = _exp2(-g)
@@ -295,28 +297,33 @@ class CanonicalClassifier(ScaleWrapper):
             extent = window_extent(span, size_in, size_in.new_tensor([self.estimator.view_size] * 2))
             room = (1.0 - extent).abs()
             shift = (2 * _uniform(2 * b, 0.0, 1.0, dev).view(-1, 2) - 1) * room
-        view, shift = self._estimator_view(self._blur(x), span, shift)
+        view, pasted = self._estimator_view(self._blur(x), span, shift)
         est_logits, c_view = self.estimator.logits_and_centre(view)
         loss = self.estimator.loss(est_logits, g) * self.estimator_weight
         if shift is None or extent is None:
             return loss, None
-        return loss, shift + c_view.to(shift.dtype) * extent
+        centre = shift + c_view.to(shift.dtype) * extent
+        if pasted is not None:
+            centre = torch.where(pasted[0].view(-1, 1), pasted[1].to(centre.dtype), centre)
+        return loss, centre
 
     def _estimator_view(
         self, x: torch.Tensor, span: torch.Tensor, shift: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The estimator's training views of ``x`` zoomed by ``span`` about ``shift`` (None: the centre), and the
-        window centres they were made with. With ``fill="auto"``, a textured image shrunk by at most
-        :data:`OWN_SURROUND` is pasted over its own full-size view, centred on its object (the estimator's detached
-        estimate), so that what surrounds the shrunk scene is the scene's own background at its own scale: no mirrored
-        copies, no fill whose extent is the label (see the module docstring)."""
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The estimator's training views of ``x`` zoomed by ``span`` about ``shift`` (None: the centre), and which
+        views were pasted (``[B]`` bool) with the object centres located for them (``[B, 2]``), or None.
+
+        With ``fill="auto"``, a textured image shrunk by at most :data:`OWN_SURROUND` is pasted over its own full-size
+        view, centred on its object (the estimator's detached estimate), so that what surrounds the shrunk scene is the
+        scene's own background at its own scale: no mirrored copies, no fill whose extent is the label (see the module
+        docstring)."""
         est = self.estimator
         view = est.view(x, span, centre=shift, padding=self.fill)
         if self.fill != "auto":
-            return view, shift
+            return view, None
         paste = (span > 1) & (span <= OWN_SURROUND) & ~flat_edge(x)
         if not _tracing() and not bool(paste.any()):
-            return view, shift  # e.g. objects alone on a plain canvas: their edge colour is their background already
+            return view, None  # e.g. objects alone on a plain canvas: their edge colour is their background already
         with torch.no_grad():
             mode = est.training
             est.train(False)  # running statistics: the look that inference takes, and no update of them
@@ -330,10 +337,7 @@ class CanonicalClassifier(ScaleWrapper):
         shrunk = est.view(x, span, centre=c, padding="zeros")
         cover = est.view(torch.ones_like(x[:, :1]), span, centre=c, padding="zeros")
         pasted = shrunk + (1.0 - cover) * est.view(x)
-        view = torch.where(paste.view(-1, 1, 1, 1), pasted, view)
-        if shift is not None:
-            shift = torch.where(paste.view(-1, 1), c, shift)
-        return view, shift
+        return torch.where(paste.view(-1, 1, 1, 1), pasted, view), (paste, centre)
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with the detail of a ``2**U(detail_range)`` down-and-up resampling in a random ``1 - sharp_p`` of the
